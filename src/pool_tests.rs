@@ -1,0 +1,539 @@
+//! Table tests of the pool state machine: a fake clock, fake pids, no processes.
+//!
+//! Each row is `(milliseconds since start, event, actions expected)`. Spawn actions are answered
+//! at once with `Spawned` and pids counting from 100, as the driver does; `STATUS=` lines are
+//! left out of the tables (see `status_line_says_what_systemd_shows`).
+
+use std::collections::{BTreeSet, VecDeque};
+use std::path::Path;
+
+use proptest::prelude::*;
+
+use super::*;
+
+const BASE: &str = r#"
+command = ["worker"]
+instances = 2
+[ready]
+timeout = "10s"
+[stop]
+timeout = "5s"
+[restart]
+delay = "100ms"
+max_delay = "1s"
+min_uptime = "5s"
+max_restarts = 5
+window = "60s"
+"#;
+
+fn config(text: &str) -> Arc<Config> {
+    Arc::new(Config::parse(Path::new("/etc/corral/t.toml"), text, 4).expect("test config is valid"))
+}
+
+fn with(extra: &str) -> Arc<Config> {
+    // Top-level keys go before the first table.
+    config(&format!("{extra}\n{BASE}"))
+}
+
+struct Sim {
+    pool: Pool,
+    t0: Instant,
+    next_pid: i32,
+    alive: BTreeSet<i32>,
+    fail_spawns: bool,
+}
+
+impl Sim {
+    fn new(config: Arc<Config>) -> Sim {
+        Sim { pool: Pool::new(config), t0: Instant::now(), next_pid: 100, alive: BTreeSet::new(), fail_spawns: false }
+    }
+
+    fn at(&self, ms: u64) -> Instant {
+        self.t0 + Duration::from_millis(ms)
+    }
+
+    fn step(&mut self, ms: u64, event: Event) -> Vec<String> {
+        let now = self.at(ms);
+        if let Event::Exited { pid, .. } = &event {
+            assert!(self.alive.remove(&pid.as_raw()), "test bug: pid {pid} is not alive");
+        }
+        let mut queue = VecDeque::from([event]);
+        let mut log = Vec::new();
+        while let Some(event) = queue.pop_front() {
+            for action in self.pool.handle(now, event) {
+                match action {
+                    Action::Spawn { id, slot, generation, .. } => {
+                        if self.fail_spawns {
+                            log.push(format!("spawn {slot} g{generation} failed"));
+                            queue.push_back(Event::SpawnFailed { id, error: "No such file or directory".into() });
+                        } else {
+                            let pid = self.next_pid;
+                            self.next_pid += 1;
+                            self.alive.insert(pid);
+                            log.push(format!("spawn {slot} g{generation} = {pid}"));
+                            queue.push_back(Event::Spawned { id, pid: Pid::from_raw(pid) });
+                        }
+                    }
+                    Action::Signal { pid, signal } => {
+                        assert!(self.alive.contains(&pid.as_raw()), "signalled pid {pid} is not alive");
+                        log.push(format!("kill {pid} {}", signal.as_str()));
+                    }
+                    Action::Notify(fields) => {
+                        for f in fields {
+                            match f {
+                                Notify::Status(_) => {}
+                                Notify::Ready => log.push("READY".into()),
+                                Notify::Reloading => log.push("RELOADING".into()),
+                                Notify::Stopping => log.push("STOPPING".into()),
+                                Notify::ExtendTimeout(d) => log.push(format!("EXTEND {}s", d.as_secs())),
+                            }
+                        }
+                    }
+                    Action::Reply { to, result } => match result {
+                        Ok(_) => log.push(format!("reply {to} ok")),
+                        Err(e) => log.push(format!("reply {to} err: {e}")),
+                    },
+                    Action::Exit(code) => log.push(format!("exit {code}")),
+                }
+            }
+        }
+        log
+    }
+
+    fn run(&mut self, table: &[(u64, Event, &[&str])]) {
+        for (row, (ms, event, want)) in table.iter().enumerate() {
+            let got = self.step(*ms, event.clone());
+            assert_eq!(got, *want, "row {row}: at {ms}ms after {event:?}");
+        }
+    }
+}
+
+fn ready(pid: i32) -> Event {
+    Event::Ready { pid: Pid::from_raw(pid) }
+}
+fn exited(pid: i32, code: i32) -> Event {
+    Event::Exited { pid: Pid::from_raw(pid), status: ExitStatus::Code(code) }
+}
+fn reload(config: Arc<Config>, reply: ReplyId) -> Event {
+    Event::Reload { config: Ok(config), reply: Some(reply) }
+}
+
+/// Start the base pool and make both workers (pids 100, 101) ready.
+fn started() -> Sim {
+    let mut sim = Sim::new(config(BASE));
+    sim.run(&[
+        (0, Event::Start, &["spawn 0 g1 = 100", "spawn 1 g1 = 101"]),
+        (10, ready(100), &[]),
+        (20, ready(101), &["READY"]),
+    ]);
+    sim
+}
+
+#[test]
+fn start_spawns_every_slot_and_reports_ready_once_all_are() {
+    started();
+}
+
+#[test]
+fn ready_from_an_unknown_pid_is_ignored() {
+    let mut sim = Sim::new(config(BASE));
+    sim.run(&[
+        (0, Event::Start, &["spawn 0 g1 = 100", "spawn 1 g1 = 101"]),
+        (10, ready(999), &[]),
+        (10, ready(100), &[]),
+    ]);
+    assert_eq!(sim.pool.ready_count(), 1);
+}
+
+#[test]
+fn crash_restarts_with_exponential_backoff_and_resets_after_min_uptime() {
+    let mut sim = started();
+    sim.run(&[
+        // Crash after 1s of uptime (< min_uptime 5s): first restart after `delay`.
+        (1_000, exited(100, 1), &[]),
+        (1_099, Event::Tick, &[]),
+        (1_100, Event::Tick, &["spawn 0 g1 = 102"]),
+        // Dies before ready: backoff doubles, 200ms.
+        (1_150, exited(102, 1), &[]),
+        (1_349, Event::Tick, &[]),
+        (1_350, Event::Tick, &["spawn 0 g1 = 103"]),
+        (1_360, exited(103, 1), &[]),
+        (1_760, Event::Tick, &["spawn 0 g1 = 104"]),
+        (1_770, exited(104, 1), &[]),
+        (2_570, Event::Tick, &["spawn 0 g1 = 105"]),
+        // Capped at max_delay = 1s.
+        (2_580, exited(105, 1), &[]),
+        (3_580, Event::Tick, &["spawn 0 g1 = 106"]),
+        (3_600, ready(106), &[]),
+        // Up for 5s (min_uptime): the next crash restarts after `delay` again.
+        (8_600, exited(106, 1), &[]),
+        (8_700, Event::Tick, &["spawn 0 g1 = 107"]),
+    ]);
+    assert_eq!(sim.pool.restarts_total(), 6);
+    assert_eq!(sim.pool.next_deadline(), Some(sim.at(8_700 + 10_000)), "ready timeout of 107");
+}
+
+#[test]
+fn next_deadline_is_the_backoff_of_an_empty_slot() {
+    let mut sim = started();
+    sim.step(1_000, exited(101, 1));
+    assert_eq!(sim.pool.next_deadline(), Some(sim.at(1_100)));
+}
+
+#[test]
+fn gives_up_after_max_restarts_in_window_when_no_worker_is_ready() {
+    let mut sim = Sim::new(config(&BASE.replace("instances = 2", "instances = 1")));
+    sim.run(&[(0, Event::Start, &["spawn 0 g1 = 100"])]);
+    // 5 failures are allowed (max_restarts = 5), the 6th gives up.
+    let mut t = 0;
+    for pid in 100..105 {
+        t += 10;
+        sim.run(&[(t, exited(pid, 1), &[])]);
+        t += 2_000;
+        let want = format!("spawn 0 g1 = {}", pid + 1);
+        sim.run(&[(t, Event::Tick, &[want.as_str()])]);
+    }
+    sim.run(&[(t + 10, exited(105, 1), &["STOPPING", "EXTEND 5s", "exit 1"])]);
+}
+
+#[test]
+fn does_not_give_up_while_another_worker_is_ready() {
+    let mut sim = started();
+    let mut t = 0;
+    let mut pid = 100;
+    for _ in 0..8 {
+        t += 2_000;
+        sim.step(t, exited(pid, 1));
+        t += 1_000;
+        let spawned = sim.step(t, Event::Tick);
+        assert_eq!(spawned.len(), 1, "{spawned:?}");
+        pid = sim.next_pid - 1;
+    }
+    assert_eq!(sim.pool.restarts_total(), 8);
+    assert_eq!(sim.pool.ready_count(), 1);
+}
+
+#[test]
+fn failures_outside_the_window_are_forgotten() {
+    let mut sim = Sim::new(config(&BASE.replace("instances = 2", "instances = 1")));
+    sim.step(0, Event::Start);
+    let mut pid = 100;
+    for i in 0..20u64 {
+        // One failure every 20s: never more than 3 in a 60s window.
+        let t = i * 20_000;
+        assert!(!sim.step(t + 10, exited(pid, 1)).contains(&"exit 1".to_string()));
+        sim.step(t + 5_000, Event::Tick);
+        pid = sim.next_pid - 1;
+    }
+}
+
+#[test]
+fn ready_timeout_stops_the_worker_and_restarts_the_slot() {
+    let mut sim = started();
+    sim.run(&[
+        (1_000, exited(100, 1), &[]),
+        (1_100, Event::Tick, &["spawn 0 g1 = 102"]),
+        (11_099, Event::Tick, &[]),
+        (11_100, Event::Tick, &["kill 102 SIGTERM"]),
+        // Backoff for the second failure of slot 0 is 200ms; the stopping worker does not hold it.
+        (11_300, Event::Tick, &["spawn 0 g1 = 103"]),
+        (16_100, Event::Tick, &["kill 102 SIGKILL"]),
+        (16_110, exited(102, 137), &[]),
+    ]);
+}
+
+#[test]
+fn spawn_failures_back_off_like_crashes() {
+    let mut sim = Sim::new(config(&BASE.replace("instances = 2", "instances = 1")));
+    sim.fail_spawns = true;
+    sim.run(&[
+        (0, Event::Start, &["spawn 0 g1 failed"]),
+        (100, Event::Tick, &["spawn 0 g1 failed"]),
+        (300, Event::Tick, &["spawn 0 g1 failed"]),
+    ]);
+}
+
+#[test]
+fn reload_replaces_one_worker_at_a_time() {
+    let mut sim = started();
+    let next = with("env = { RELEASE = \"2\" }");
+    sim.run(&[
+        (1_000, reload(next, 7), &["RELOADING", "spawn 0 g2 = 102"]),
+        (1_100, ready(102), &["kill 100 SIGTERM", "spawn 1 g2 = 103"]),
+        (1_150, exited(100, 0), &[]),
+        (1_200, ready(103), &["kill 101 SIGTERM", "reply 7 ok", "READY"]),
+        (1_250, exited(101, 0), &[]),
+    ]);
+    assert_eq!(sim.pool.generation(), 2);
+    assert!(sim.pool.workers().iter().all(|w| w.generation == 2));
+}
+
+#[test]
+fn reload_batch_replaces_several_at_once() {
+    let base = BASE.replace("instances = 2", "instances = 4");
+    let mut sim = Sim::new(config(&base));
+    sim.step(0, Event::Start);
+    for pid in 100..104 {
+        sim.step(10, ready(pid));
+    }
+    let next = config(&format!("{base}\n[reload]\nbatch = \"50%\"\n"));
+    sim.run(&[
+        (1_000, reload(next, 1), &["RELOADING", "spawn 0 g2 = 104", "spawn 1 g2 = 105"]),
+        (1_100, ready(105), &["kill 101 SIGTERM", "spawn 2 g2 = 106"]),
+        (1_100, ready(104), &["kill 100 SIGTERM", "spawn 3 g2 = 107"]),
+        (1_200, ready(106), &["kill 102 SIGTERM"]),
+        (1_200, ready(107), &["kill 103 SIGTERM", "reply 1 ok", "READY"]),
+    ]);
+}
+
+#[test]
+fn reload_aborts_when_a_new_worker_exits_and_the_old_generation_keeps_serving() {
+    let mut sim = started();
+    sim.run(&[
+        (1_000, reload(with("env = { BROKEN = \"1\" }"), 3), &["RELOADING", "spawn 0 g2 = 102"]),
+        (
+            1_050,
+            exited(102, 1),
+            &["reply 3 err: reload failed, generation 1 keeps serving: worker 0 (pid 102) of generation 2 exited with exit code 1 before it was ready", "READY"],
+        ),
+        (5_000, Event::Tick, &[]),
+    ]);
+    assert_eq!(sim.pool.generation(), 1);
+    assert_eq!(sim.pool.ready_count(), 2);
+    assert!(matches!(sim.pool.last_reload(), Some(ReloadResult::Failed(_))));
+    assert!(sim.pool.status_line().contains("last reload failed"));
+}
+
+#[test]
+fn reload_aborts_on_ready_timeout_and_rolls_back_replaced_slots() {
+    let mut sim = started();
+    sim.run(&[
+        (1_000, reload(with("env = { SLOW = \"1\" }"), 4), &["RELOADING", "spawn 0 g2 = 102"]),
+        // Slot 0 is replaced by generation 2...
+        (1_100, ready(102), &["kill 100 SIGTERM", "spawn 1 g2 = 103"]),
+        (1_150, exited(100, 0), &[]),
+        // ...but slot 1's new worker never gets ready: abort, stop it, and put generation 1
+        // back into slot 0.
+        (
+            11_100,
+            Event::Tick,
+            &[
+                "kill 103 SIGTERM",
+                "reply 4 err: reload failed, generation 1 keeps serving: worker 1 (pid 103) of generation 2 was not ready within 10s",
+                "READY",
+                "spawn 0 g1 = 104",
+            ],
+        ),
+        (11_200, ready(104), &["kill 102 SIGTERM"]),
+        (11_300, exited(103, 143), &[]),
+        (11_300, exited(102, 0), &[]),
+    ]);
+    assert!(sim.pool.workers().iter().all(|w| w.generation == 1));
+    assert_eq!(sim.pool.ready_count(), 2);
+}
+
+#[test]
+fn invalid_config_on_reload_keeps_everything() {
+    let mut sim = started();
+    sim.run(&[(
+        1_000,
+        Event::Reload { config: Err("t.toml:3:1: unknown field `bogus`".into()), reply: Some(9) },
+        &["reply 9 err: t.toml:3:1: unknown field `bogus`", "RELOADING", "READY"],
+    )]);
+    assert_eq!(sim.pool.generation(), 1);
+    assert!(sim.pool.status_line().ends_with("last reload failed: t.toml:3:1: unknown field `bogus`"));
+}
+
+#[test]
+fn reloads_requested_mid_reload_coalesce_into_one_more() {
+    let mut sim = started();
+    sim.run(&[
+        (1_000, reload(with("env = { R = \"2\" }"), 1), &["RELOADING", "spawn 0 g2 = 102"]),
+        (1_010, reload(with("env = { R = \"3\" }"), 2), &[]),
+        (1_020, reload(with("env = { R = \"4\" }"), 3), &[]),
+        (1_100, ready(102), &["kill 100 SIGTERM", "spawn 1 g2 = 103"]),
+        // Generation 2 done; the two queued requests become one reload to generation 3.
+        (1_200, ready(103), &["kill 101 SIGTERM", "reply 1 ok", "spawn 0 g3 = 104"]),
+        (1_300, ready(104), &["kill 102 SIGTERM", "spawn 1 g3 = 105"]),
+        (1_400, ready(105), &["kill 103 SIGTERM", "reply 2 ok", "reply 3 ok", "READY"]),
+    ]);
+    assert_eq!(sim.pool.generation(), 3);
+    assert_eq!(sim.pool.config().env.get("R").map(String::as_str), Some("4"));
+}
+
+#[test]
+fn reload_applies_a_changed_instance_count() {
+    let mut sim = started();
+    let next = config(&BASE.replace("instances = 2", "instances = 3"));
+    sim.run(&[
+        (1_000, reload(next, 1), &["RELOADING", "spawn 2 g2 = 102", "spawn 0 g2 = 103"]),
+        (1_100, ready(102), &[]),
+        (1_100, ready(103), &["kill 100 SIGTERM", "spawn 1 g2 = 104"]),
+        (1_200, ready(104), &["kill 101 SIGTERM", "reply 1 ok", "READY"]),
+    ]);
+    assert_eq!(sim.pool.desired(), 3);
+}
+
+#[test]
+fn scale_up_and_down_gracefully_never_below_one() {
+    let mut sim = started();
+    sim.run(&[
+        (1_000, Event::Scale { request: ScaleRequest::Add(1), reply: Some(1) }, &["reply 1 ok", "spawn 2 g1 = 102"]),
+        (1_100, ready(102), &[]),
+        (2_000, Event::Scale { request: ScaleRequest::Set(1), reply: None }, &["kill 101 SIGTERM", "kill 102 SIGTERM"]),
+        (2_100, exited(101, 0), &[]),
+        (2_100, exited(102, 0), &[]),
+        (3_000, Event::Scale { request: ScaleRequest::Add(-5), reply: Some(2) }, &["reply 2 ok"]),
+    ]);
+    assert_eq!(sim.pool.desired(), 1);
+    assert_eq!(sim.pool.workers().len(), 1);
+}
+
+#[test]
+fn stop_escalates_to_sigkill_after_the_timeout_then_exits() {
+    let mut sim = started();
+    sim.run(&[
+        (1_000, Event::Stop, &["STOPPING", "EXTEND 10s", "kill 100 SIGTERM", "kill 101 SIGTERM"]),
+        (1_100, exited(100, 0), &[]),
+        (5_999, Event::Tick, &[]),
+        (6_000, Event::Tick, &["kill 101 SIGKILL"]),
+        (6_010, exited(101, 137), &["exit 0"]),
+        (7_000, Event::Tick, &[]),
+    ]);
+}
+
+#[test]
+fn a_second_stop_signal_kills_at_once() {
+    let mut sim = started();
+    sim.run(&[
+        (1_000, Event::Stop, &["STOPPING", "EXTEND 10s", "kill 100 SIGTERM", "kill 101 SIGTERM"]),
+        (1_001, Event::Stop, &["kill 100 SIGKILL", "kill 101 SIGKILL"]),
+        (1_002, exited(100, 137), &[]),
+        (1_003, exited(101, 137), &["exit 0"]),
+    ]);
+}
+
+#[test]
+fn stop_during_a_reload_answers_the_waiting_client() {
+    let mut sim = started();
+    sim.run(&[
+        (1_000, reload(with("env = { R = \"2\" }"), 5), &["RELOADING", "spawn 0 g2 = 102"]),
+        (
+            1_001,
+            Event::Stop,
+            &["reply 5 err: the pool is stopping", "STOPPING", "EXTEND 10s", "kill 100 SIGTERM", "kill 101 SIGTERM", "kill 102 SIGTERM"],
+        ),
+        (1_002, reload(with("env = { R = \"3\" }"), 6), &["reply 6 err: the pool is stopping"]),
+    ]);
+}
+
+#[test]
+fn crashes_while_stopping_are_not_restarted() {
+    let mut sim = started();
+    sim.step(1_000, Event::Stop);
+    sim.run(&[(1_100, exited(100, 1), &[]), (2_000, Event::Tick, &[]), (2_100, exited(101, 1), &["exit 0"])]);
+}
+
+#[test]
+fn delay_and_spawn_ready_modes() {
+    let text = BASE.replace("timeout = \"10s\"", "mode = \"delay\"\ndelay = \"2s\"");
+    let mut sim = Sim::new(config(&text));
+    sim.run(&[
+        (0, Event::Start, &["spawn 0 g1 = 100", "spawn 1 g1 = 101"]),
+        (1_999, Event::Tick, &[]),
+        (2_000, Event::Tick, &["READY"]),
+    ]);
+    let text = BASE.replace("timeout = \"10s\"", "mode = \"spawn\"");
+    let mut sim = Sim::new(config(&text));
+    sim.run(&[(0, Event::Start, &["spawn 0 g1 = 100", "spawn 1 g1 = 101", "READY"])]);
+}
+
+#[test]
+fn status_line_says_what_systemd_shows() {
+    let mut sim = started();
+    assert_eq!(sim.pool.status_line(), "2/2 workers ready · generation 1 · 0 restarts");
+    sim.step(1_000, exited(100, 1));
+    assert_eq!(sim.pool.status_line(), "1/2 workers ready · generation 1 · 1 restart");
+    sim.step(1_100, Event::Tick);
+    sim.step(1_200, reload(with("env = { R = \"2\" }"), 1));
+    assert_eq!(sim.pool.status_line(), "1/2 workers ready · generation 2 · 1 restart · reloading to generation 2");
+}
+
+#[test]
+fn status_is_sent_when_it_changes() {
+    let mut pool = Pool::new(config(BASE));
+    let now = Instant::now();
+    let actions = pool.handle(now, Event::Start);
+    assert!(actions.contains(&Action::Notify(vec![Notify::Status("0/2 workers ready · generation 1 · 0 restarts".into())])));
+    let actions = pool.handle(now, Event::Tick);
+    assert!(actions.is_empty(), "no change, no status: {actions:?}");
+}
+
+#[derive(Debug, Clone)]
+enum Op {
+    Ready(usize),
+    Exit(usize),
+    Tick(u64),
+    Reload(bool),
+    Scale(i64),
+    Stop,
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        4 => (0usize..16).prop_map(Op::Ready),
+        3 => (0usize..16).prop_map(Op::Exit),
+        4 => (1u64..15_000).prop_map(Op::Tick),
+        1 => any::<bool>().prop_map(Op::Reload),
+        1 => (-3i64..4).prop_map(Op::Scale),
+        1 => Just(Op::Stop),
+    ]
+}
+
+proptest! {
+    /// Over random event sequences: never more than `desired + batch` live workers, every signal
+    /// goes to a live pid (asserted by `Sim`), and no slot stays empty longer than the backoff.
+    #[test]
+    fn invariants_hold_for_any_event_sequence(ops in proptest::collection::vec(op(), 1..80)) {
+        let mut sim = Sim::new(config(BASE));
+        let mut t = 0u64;
+        sim.step(t, Event::Start);
+        let mut reply = 0;
+        for op in ops {
+            let live_pids: Vec<i32> = sim.alive.iter().copied().collect();
+            let event = match op {
+                Op::Ready(i) if !live_pids.is_empty() => ready(live_pids[i % live_pids.len()]),
+                Op::Exit(i) if !live_pids.is_empty() => exited(live_pids[i % live_pids.len()], 1),
+                Op::Tick(ms) => { t += ms; Event::Tick }
+                Op::Reload(ok) => {
+                    reply += 1;
+                    if ok { reload(with("env = { R = \"x\" }"), reply) } else { Event::Reload { config: Err("bad".into()), reply: Some(reply) } }
+                }
+                Op::Scale(d) => Event::Scale { request: ScaleRequest::Add(d), reply: None },
+                Op::Stop => Event::Stop,
+                _ => Event::Tick,
+            };
+            sim.step(t, event);
+            let live = sim.pool.workers().iter().filter(|w| w.is_live()).count();
+            let batch = sim.pool.config().batch(sim.pool.desired());
+            prop_assert!(live <= sim.pool.desired() + batch, "{live} live workers for {} desired", sim.pool.desired());
+            // Every tracked worker with a pid is one the harness believes alive.
+            for w in sim.pool.workers() {
+                if let Some(pid) = w.pid { prop_assert!(sim.alive.contains(&pid.as_raw())); }
+            }
+            // A slot without a worker has its restart scheduled no later than max_delay from now.
+            if let Some(d) = sim.pool.next_deadline() {
+                prop_assert!(d <= sim.at(t) + Duration::from_secs(15), "deadline too far");
+            }
+        }
+        // Drive to the end: stop, let every process exit, expect exit.
+        sim.step(t, Event::Stop);
+        sim.step(t, Event::StopNow);
+        let pids: Vec<i32> = sim.alive.iter().copied().collect();
+        let mut exited_cleanly = false;
+        for pid in pids {
+            exited_cleanly = sim.step(t, exited(pid, 137)).iter().any(|a| a.starts_with("exit"));
+        }
+        prop_assert!(exited_cleanly || sim.pool.workers().is_empty());
+    }
+}
