@@ -1,2 +1,28 @@
+//! corral: a systemd-native worker pool.
+//!
+//! One `corral` master per service. systemd owns the listening sockets (or the master binds them
+//! itself), the master starts N workers (any command) that inherit them at fd 3.. exactly as
+//! systemd would hand them over, and the kernel gives each connection to whichever worker
+//! `accept()`s it: the master never touches a request.
+//!
+//! The lifecycle, in the order a newcomer should read the modules:
+//! - [`config`]: the TOML file becomes a validated [`config::Config`] (errors as `file:line:col`).
+//! - [`pool`]: the pure state machine that decides everything: which slot to (re)start, crash
+//!   backoff, rolling reloads and their rollback, scaling, stop escalation. Events in, actions
+//!   out, no IO and no clock.
+//! - [`driver`]: the single-threaded tokio loop that turns signals, child exits, notify datagrams
+//!   and timers into events and executes the pool's actions.
+//! - [`spawn`]: fork/exec of one worker, the only `unsafe` code (`LISTEN_PID` is written into a
+//!   reserved envp buffer between fork and exec).
+//! - [`sockets`], [`notify`], [`journal`]: listening sockets, sd_notify in both directions, and
+//!   worker output.
+
+pub mod cli;
 pub mod config;
+pub mod driver;
+pub mod journal;
+pub mod manpages;
+pub mod notify;
 pub mod pool;
+pub mod sockets;
+pub mod spawn;

@@ -1,0 +1,45 @@
+//! Command-line definitions. They also feed the man page (clap_mangen) and shell completions
+//! (clap_complete), so help text written here is what users read everywhere.
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+/// A systemd-native worker pool: N copies of any command sharing listening sockets, kept alive,
+/// reloaded one by one without a failed request, with readiness and logs reported to systemd.
+#[derive(Debug, Parser)]
+#[command(name = "corral", version, about, long_about = None, propagate_version = true)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the master in the foreground (what ExecStart= calls).
+    ///
+    /// Sockets come from systemd socket activation (LISTEN_FDS) or, without it, are bound from
+    /// `listen` in the config. SIGHUP reloads, SIGTERM/SIGINT stop (a second one kills),
+    /// SIGTTIN/SIGTTOU add or remove a worker.
+    Run {
+        /// Config file [default: $CORRAL_CONFIG, else ./corral.toml]
+        #[arg(short, long, value_name = "FILE")]
+        config: Option<PathBuf>,
+    },
+    /// Validate a config: exit 0, or 78 with `file:line:col: message`.
+    Check {
+        /// Config file [default: $CORRAL_CONFIG, else /etc/corral/NAME.toml, else ./corral.toml]
+        #[arg(short, long, value_name = "FILE")]
+        config: Option<PathBuf>,
+        /// Pool name, to check /etc/corral/NAME.toml
+        name: Option<String>,
+    },
+    /// Print shell completions (bash, zsh, fish, elvish, powershell) to stdout.
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Write the man pages into DIR (used when packaging).
+    #[command(hide = true)]
+    Manpages { dir: PathBuf },
+}

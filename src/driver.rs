@@ -1,0 +1,423 @@
+//! The event loop: turns IO into [`Event`]s for the [`Pool`] and executes its [`Action`]s.
+//!
+//! One thread, one `select!` over signals (SIGCHLD reap, SIGHUP reload, SIGTERM/SIGINT stop,
+//! SIGTTIN/SIGTTOU scale), the workers' notify socket, the pool's next deadline and the systemd
+//! watchdog. Like nginx's master, the handlers only record; the loop acts. The driver makes no
+//! decisions of its own: who to start, stop or restart, and when a reload has failed, is the
+//! pool's business. It must never keep running with a worker it does not know, and never exit
+//! while a worker it started is alive.
+
+use std::collections::{HashMap, VecDeque};
+use std::ffi::OsString;
+use std::os::fd::OwnedFd;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use nix::sys::signal::{killpg, Signal};
+use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+use nix::unistd::Pid;
+use sd_notify::NotifyState;
+use tokio::signal::unix::{signal, SignalKind};
+
+use crate::config::Config;
+use crate::journal::{self, Origin, Sink, Stream};
+use crate::notify::{NotifyServer, SystemdNotifier};
+use crate::pool::{Action, Event, ExitStatus, Notify, Pool, ScaleRequest};
+use crate::sockets::ListenSockets;
+use crate::spawn::{self, Credentials, SpawnRequest};
+
+/// Variables of the master's own environment that belong to the master only.
+const PRIVATE_ENV: &[&str] =
+    &["LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES", "NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "JOURNAL_STREAM"];
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    #[error(transparent)]
+    Sockets(#[from] crate::sockets::SocketError),
+    #[error("{0}")]
+    Other(String),
+}
+
+/// What the driver knows about a live worker process.
+#[derive(Debug, Clone)]
+struct WorkerMeta {
+    slot: usize,
+    generation: u64,
+    status: Option<String>,
+}
+
+/// The pool's private directory: the workers' notify socket and a lock against a second master.
+pub struct RuntimeDir {
+    pub path: PathBuf,
+    _lock: nix::fcntl::Flock<std::fs::File>,
+}
+
+impl RuntimeDir {
+    /// `$RUNTIME_DIRECTORY` under systemd, else `/run/corral/NAME` as root, else
+    /// `$XDG_RUNTIME_DIR/corral/NAME`, else `/tmp/corral-UID/NAME`.
+    pub fn locate(name: &str) -> PathBuf {
+        if let Some(dir) = std::env::var_os("RUNTIME_DIRECTORY").filter(|d| !d.is_empty()) {
+            let first = dir.to_string_lossy().split(':').next().unwrap_or_default().to_string();
+            return PathBuf::from(first);
+        }
+        let uid = nix::unistd::geteuid();
+        if uid.is_root() {
+            return PathBuf::from("/run/corral").join(name);
+        }
+        match std::env::var_os("XDG_RUNTIME_DIR").filter(|d| !d.is_empty()) {
+            Some(xdg) => PathBuf::from(xdg).join("corral").join(name),
+            None => PathBuf::from(format!("/tmp/corral-{uid}")).join(name),
+        }
+    }
+
+    /// Create the directory (0700, or 0710 with the workers' group so they can reach the notify
+    /// socket) and take its lock.
+    pub fn create(name: &str, worker_gid: Option<u32>) -> Result<RuntimeDir, String> {
+        let path = Self::locate(name);
+        std::fs::create_dir_all(&path).map_err(|e| format!("cannot create runtime directory {}: {e}", path.display()))?;
+        let mode = if worker_gid.is_some() { 0o710 } else { 0o700 };
+        if std::env::var_os("RUNTIME_DIRECTORY").is_none() {
+            if let Some(gid) = worker_gid {
+                let _ = nix::unistd::chown(&path, None, Some(nix::unistd::Gid::from_raw(gid)));
+            }
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode))
+                .map_err(|e| format!("cannot set permissions on {}: {e}", path.display()))?;
+        }
+        let lock_path = path.join("master.lock");
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(|e| format!("cannot open {}: {e}", lock_path.display()))?;
+        let lock = nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock).map_err(|_| {
+            format!("another corral master is already running pool {name:?} (lock {} is held)", lock_path.display())
+        })?;
+        Ok(RuntimeDir { path, _lock: lock })
+    }
+}
+
+pub struct Driver {
+    pool: Pool,
+    config_path: PathBuf,
+    name: Arc<str>,
+    sockets: ListenSockets,
+    notify: NotifyServer,
+    systemd: SystemdNotifier,
+    _runtime: RuntimeDir,
+    workers: HashMap<Pid, WorkerMeta>,
+    base_env: Vec<(String, String)>,
+    sink: Arc<Sink>,
+    exit: Option<i32>,
+    events: VecDeque<Event>,
+}
+
+/// Run a pool in the foreground until it stops; returns the process exit code.
+pub fn run(config_path: &Path) -> Result<i32, StartError> {
+    let config = Arc::new(Config::load(config_path)?);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .enable_time()
+        .build()
+        .map_err(|e| StartError::Other(format!("cannot start the event loop: {e}")))?;
+    rt.block_on(async move {
+        let mut driver = Driver::start(config_path, config)?;
+        Ok(driver.run().await)
+    })
+}
+
+impl Driver {
+    fn start(config_path: &Path, config: Arc<Config>) -> Result<Driver, StartError> {
+        // Orphaned grandchildren of workers are re-parented to us and reaped; and we behave as
+        // an init when run as PID 1 in a container.
+        if let Err(e) = nix::sys::prctl::set_child_subreaper(true) {
+            tracing::warn!("cannot become a child subreaper: {e}");
+        }
+        let sockets = match ListenSockets::from_systemd()? {
+            Some(s) => {
+                if !config.listen.is_empty() {
+                    tracing::info!("socket-activated: ignoring `listen` in the config");
+                }
+                s
+            }
+            None => ListenSockets::bind(&config.listen)?,
+        };
+        let worker_gid = match &config.user {
+            Some(user) if nix::unistd::geteuid().is_root() => Some(Credentials::lookup(user).map_err(StartError::Other)?.gid),
+            _ => None,
+        };
+        let runtime = RuntimeDir::create(&config.name, worker_gid).map_err(StartError::Other)?;
+        let mode = if worker_gid.is_some() { 0o660 } else { 0o600 };
+        let notify_path = runtime.path.join("notify.sock");
+        let notify = NotifyServer::bind(&notify_path, mode)
+            .map_err(|e| StartError::Other(format!("cannot bind the notify socket {}: {e}", notify_path.display())))?;
+        if let Some(gid) = worker_gid {
+            let _ = nix::unistd::chown(&notify_path, None, Some(nix::unistd::Gid::from_raw(gid)));
+        }
+        let base_env = std::env::vars_os()
+            .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
+            .filter(|(k, _)| !PRIVATE_ENV.contains(&k.as_str()))
+            .collect();
+        for s in &sockets.sockets {
+            tracing::info!("listening on {} ({})", s.address, if sockets.activated { "from systemd" } else { "bound by corral" });
+        }
+        tracing::info!(
+            "pool {}: {} workers of `{}`",
+            config.name,
+            config.instances,
+            config.command.join(" ")
+        );
+        Ok(Driver {
+            name: Arc::from(config.name.as_str()),
+            pool: Pool::new(config),
+            config_path: config_path.to_owned(),
+            sockets,
+            notify,
+            systemd: SystemdNotifier::from_env(),
+            _runtime: runtime,
+            workers: HashMap::new(),
+            base_env,
+            sink: Arc::new(Sink::Stderr),
+            exit: None,
+            events: VecDeque::new(),
+        })
+    }
+
+    async fn run(&mut self) -> i32 {
+        let signals = (|| -> std::io::Result<_> {
+            Ok((
+                signal(SignalKind::child())?,
+                signal(SignalKind::terminate())?,
+                signal(SignalKind::interrupt())?,
+                signal(SignalKind::hangup())?,
+                signal(SignalKind::from_raw(libc::SIGTTIN))?,
+                signal(SignalKind::from_raw(libc::SIGTTOU))?,
+            ))
+        })();
+        let (mut chld, mut term, mut int, mut hup, mut ttin, mut ttou) = match signals {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!("cannot install signal handlers: {e}");
+                return 1;
+            }
+        };
+        let watchdog = sd_notify::watchdog_enabled().filter(|_| self.systemd.enabled());
+        let mut watchdog_timer = tokio::time::interval(watchdog.map_or(std::time::Duration::from_secs(3600), |d| d / 2));
+        watchdog_timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+
+        self.dispatch(Event::Start);
+        while self.exit.is_none() {
+            let deadline = self.pool.next_deadline().map(tokio::time::Instant::from_std);
+            let sleep = tokio::time::sleep_until(deadline.unwrap_or_else(|| tokio::time::Instant::now() + std::time::Duration::from_secs(3600)));
+            tokio::select! {
+                biased;
+                Some(()) = chld.recv() => self.reap(),
+                Some(()) = term.recv() => self.dispatch(Event::Stop),
+                Some(()) = int.recv() => self.dispatch(Event::Stop),
+                Some(()) = hup.recv() => self.reload(),
+                Some(()) = ttin.recv() => self.dispatch(Event::Scale { request: ScaleRequest::Add(1), reply: None }),
+                Some(()) = ttou.recv() => self.dispatch(Event::Scale { request: ScaleRequest::Add(-1), reply: None }),
+                msg = self.notify.recv() => match msg {
+                    Ok(msg) => self.on_notify(msg),
+                    Err(e) => tracing::warn!("notify socket: {e}"),
+                },
+                _ = sleep, if deadline.is_some() => self.dispatch(Event::Tick),
+                _ = watchdog_timer.tick(), if watchdog.is_some() => self.systemd.send(&[NotifyState::Watchdog]),
+            }
+        }
+        // Workers' output tasks finish on their own at EOF; give them the chance to flush.
+        tokio::task::yield_now().await;
+        self.exit.unwrap_or(1)
+    }
+
+    /// Feed an event (and every event its actions cause) through the pool.
+    fn dispatch(&mut self, event: Event) {
+        self.events.push_back(event);
+        while let Some(event) = self.events.pop_front() {
+            let actions = self.pool.handle(Instant::now(), event);
+            for action in actions {
+                self.execute(action);
+            }
+        }
+    }
+
+    fn execute(&mut self, action: Action) {
+        match action {
+            Action::Spawn { id, slot, generation, config } => {
+                let event = match self.spawn_worker(slot, generation, &config) {
+                    Ok(pid) => Event::Spawned { id, pid },
+                    Err(error) => Event::SpawnFailed { id, error },
+                };
+                self.events.push_back(event);
+            }
+            Action::Signal { pid, signal } => {
+                // The worker leads its own process group: signal all of it, like systemd's
+                // control-group kill mode; fall back to the pid if the group is gone.
+                if killpg(pid, signal).is_err() {
+                    let _ = nix::sys::signal::kill(pid, signal);
+                }
+            }
+            Action::Notify(fields) => self.notify_systemd(&fields),
+            Action::Reply { to, result } => match result {
+                Ok(msg) => tracing::debug!(reply = to, "{msg}"),
+                Err(msg) => tracing::debug!(reply = to, "{msg}"),
+            },
+            Action::Exit(code) => {
+                tracing::info!("all workers stopped, exiting with {code}");
+                self.exit = Some(code);
+            }
+        }
+    }
+
+    fn notify_systemd(&self, fields: &[Notify]) {
+        let mut states = Vec::new();
+        let mut monotonic = None;
+        for f in fields {
+            match f {
+                Notify::Ready => states.push(NotifyState::Ready),
+                Notify::Reloading => {
+                    states.push(NotifyState::Reloading);
+                    monotonic = NotifyState::monotonic_usec_now().ok();
+                }
+                Notify::Stopping => states.push(NotifyState::Stopping),
+                Notify::Status(s) => states.push(NotifyState::Status(s)),
+                Notify::ExtendTimeout(d) => {
+                    states.push(NotifyState::ExtendTimeoutUsec(u32::try_from(d.as_micros()).unwrap_or(u32::MAX)))
+                }
+            }
+        }
+        states.extend(monotonic);
+        self.systemd.send(&states);
+    }
+
+    fn spawn_worker(&mut self, slot: usize, generation: u64, config: &Config) -> Result<Pid, String> {
+        let credentials = match &config.user {
+            None => None,
+            Some(user) => {
+                let c = Credentials::lookup(user)?;
+                if nix::unistd::geteuid().is_root() {
+                    Some(c)
+                } else if c.uid == nix::unistd::geteuid().as_raw() {
+                    None
+                } else {
+                    return Err(format!("user = {user:?} needs corral to run as root (it runs as uid {})", nix::unistd::geteuid()));
+                }
+            }
+        };
+        let env = self.worker_env(slot, generation, config, credentials.as_ref());
+        let path = env.iter().rev().find(|(k, _)| k == "PATH").map(|(_, v)| OsString::from(v));
+        let program = spawn::resolve_program(&config.command[0], path.as_deref())?;
+        let fds = self.sockets.fds();
+        let req = SpawnRequest {
+            program: &program,
+            argv: &config.command,
+            env: &env,
+            listen_fds: &fds,
+            workdir: config.workdir.as_deref(),
+            credentials: credentials.as_ref(),
+        };
+        let child = spawn::spawn(&req)?;
+        let pid = child.pid;
+        self.workers.insert(pid, WorkerMeta { slot, generation, status: None });
+        let origin = Origin { name: self.name.clone(), slot, pid: pid.as_raw(), generation };
+        self.forward_output(child.stdout, Stream::Stdout, origin.clone());
+        self.forward_output(child.stderr, Stream::Stderr, origin);
+        Ok(pid)
+    }
+
+    fn forward_output(&self, fd: OwnedFd, stream: Stream, origin: Origin) {
+        tokio::spawn(journal::forward(fd, stream, origin, self.sink.clone()));
+    }
+
+    /// The complete environment of a worker: the master's own (minus what is private to it),
+    /// the config's `env`, then what corral sets. Later entries win.
+    fn worker_env(&self, slot: usize, generation: u64, config: &Config, creds: Option<&Credentials>) -> Vec<(String, String)> {
+        let mut env: Vec<(String, String)> = self.base_env.clone();
+        if let (Some(c), Some(user)) = (creds, &config.user) {
+            if let Ok(Some(u)) = nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(c.uid)) {
+                env.push(("USER".into(), u.name.clone()));
+                env.push(("LOGNAME".into(), u.name));
+                env.push(("HOME".into(), u.dir.to_string_lossy().into_owned()));
+            } else {
+                env.push(("USER".into(), user.clone()));
+            }
+        }
+        env.extend(config.env.iter().map(|(k, v)| (k.clone(), v.clone())));
+        if !self.sockets.sockets.is_empty() {
+            env.push(("LISTEN_FDS".into(), self.sockets.sockets.len().to_string()));
+            env.push(("LISTEN_FDNAMES".into(), self.sockets.names()));
+        }
+        env.push(("NOTIFY_SOCKET".into(), self.notify.path().to_string_lossy().into_owned()));
+        env.push(("CORRAL_NAME".into(), self.name.to_string()));
+        env.push(("CORRAL_WORKER".into(), slot.to_string()));
+        env.push(("CORRAL_GENERATION".into(), generation.to_string()));
+        if let Some(var) = &config.instance_var {
+            env.push((var.clone(), slot.to_string()));
+        }
+        // Keep the last value of each name, in first-seen order.
+        let mut seen = std::collections::HashSet::new();
+        let mut out: Vec<(String, String)> = env.into_iter().rev().filter(|(k, _)| seen.insert(k.clone())).collect();
+        out.reverse();
+        out
+    }
+
+    /// Reap every child that has exited: workers become `Exited` events, anything else (a
+    /// worker's orphaned child, re-parented to us as subreaper) is just reaped.
+    fn reap(&mut self) {
+        loop {
+            let (pid, status) = match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
+                Ok(WaitStatus::Exited(pid, code)) => (pid, ExitStatus::Code(code)),
+                Ok(WaitStatus::Signaled(pid, sig, _)) => (pid, ExitStatus::Signaled(sig as i32)),
+                Ok(WaitStatus::StillAlive) | Err(_) => return,
+                Ok(_) => continue,
+            };
+            if let Some(meta) = self.workers.remove(&pid) {
+                // Whatever the worker left behind in its process group goes with it.
+                let _ = killpg(pid, Signal::SIGKILL);
+                tracing::debug!(slot = meta.slot, pid = pid.as_raw(), generation = meta.generation, "reaped worker ({status})");
+                self.dispatch(Event::Exited { pid, status });
+            } else {
+                tracing::debug!(pid = pid.as_raw(), "reaped a stray process ({status})");
+            }
+        }
+    }
+
+    fn reload(&mut self) {
+        tracing::info!("reload requested: reading {}", self.config_path.display());
+        let config = Config::load(&self.config_path).map(Arc::new).map_err(|e| e.to_string());
+        if let Ok(c) = &config {
+            if c.listen != self.pool.config().listen && !self.sockets.activated {
+                tracing::warn!("`listen` changed: sockets are kept across reloads; restart the service to listen elsewhere");
+            }
+        }
+        self.dispatch(Event::Reload { config, reply: None });
+    }
+
+    fn on_notify(&mut self, msg: crate::notify::Message) {
+        // A worker's own children (e.g. `npm start` → node) may speak for it if they stayed in
+        // its process group, like systemd's NotifyAccess=all within the cgroup.
+        let pid = if self.workers.contains_key(&msg.pid) {
+            msg.pid
+        } else {
+            match nix::unistd::getpgid(Some(msg.pid)) {
+                Ok(pgid) if self.workers.contains_key(&pgid) => pgid,
+                _ => {
+                    tracing::debug!(pid = msg.pid.as_raw(), "ignoring a notification from a process that is not a worker");
+                    return;
+                }
+            }
+        };
+        if let Some(status) = msg.get("STATUS") {
+            if let Some(meta) = self.workers.get_mut(&pid) {
+                meta.status = Some(status.to_string());
+            }
+        }
+        if msg.get("READY") == Some("1") {
+            self.dispatch(Event::Ready { pid });
+        }
+    }
+}

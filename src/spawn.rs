@@ -1,0 +1,472 @@
+//! Fork and exec one worker: the only `unsafe` code in corral.
+//!
+//! Everything the child needs is prepared before `fork` ([`Prepared`]): argv and envp as
+//! NUL-terminated byte buffers with pointer arrays, the fd plan, uid/gid/groups, workdir. Between
+//! `fork` and `execve` the child makes only async-signal-safe system calls: no allocation, no
+//! locks, no logging. `LISTEN_PID` must be the child's own pid, which nobody knows before `fork`,
+//! so its envp entry is reserved as `LISTEN_PID=` plus 20 bytes and the child writes the digits of
+//! `getpid()` into it. `std::process::Command` cannot do that (it builds envp before `fork` and
+//! gives `pre_exec` no way to change it), hence this module.
+//!
+//! Failure anywhere in the child is written to a close-on-exec pipe as (step, errno) and the child
+//! `_exit(127)`s; the parent reads that pipe: EOF means `execve` succeeded.
+
+use std::ffi::{CString, OsStr};
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+
+use nix::errno::Errno;
+use nix::unistd::Pid;
+
+/// Who the worker runs as, resolved before `fork`.
+#[derive(Debug, Clone)]
+pub struct Credentials {
+    pub uid: libc::uid_t,
+    pub gid: libc::gid_t,
+    pub groups: Vec<libc::gid_t>,
+}
+
+impl Credentials {
+    /// Look up `user` (a name or a numeric uid) with its primary and supplementary groups.
+    pub fn lookup(user: &str) -> Result<Credentials, String> {
+        let found = match user.parse::<u32>() {
+            Ok(uid) => nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid)),
+            Err(_) => nix::unistd::User::from_name(user),
+        }
+        .map_err(|e| format!("cannot look up user {user:?}: {e}"))?;
+        let u = found.ok_or_else(|| format!("user {user:?} does not exist (create it, or change `user` in the config)"))?;
+        let cname = CString::new(u.name.as_bytes()).map_err(|_| format!("invalid user name {user:?}"))?;
+        let groups = nix::unistd::getgrouplist(&cname, u.gid)
+            .map_err(|e| format!("cannot list the groups of {user:?}: {e}"))?
+            .into_iter()
+            .map(|g| g.as_raw())
+            .collect();
+        Ok(Credentials { uid: u.uid.as_raw(), gid: u.gid.as_raw(), groups })
+    }
+}
+
+/// What to run. `env` is the complete environment except `LISTEN_PID`, which is added here.
+pub struct SpawnRequest<'a> {
+    pub program: &'a Path,
+    pub argv: &'a [String],
+    pub env: &'a [(String, String)],
+    pub listen_fds: &'a [BorrowedFd<'a>],
+    pub workdir: Option<&'a Path>,
+    pub credentials: Option<&'a Credentials>,
+}
+
+/// A started worker: its pid and the read ends of its stdout and stderr.
+#[derive(Debug)]
+pub struct Child {
+    pub pid: Pid,
+    pub stdout: OwnedFd,
+    pub stderr: OwnedFd,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+enum Step {
+    Setpgid = 1,
+    Pdeathsig,
+    Fds,
+    Groups,
+    Gid,
+    Uid,
+    Chdir,
+    Exec,
+}
+
+impl Step {
+    fn describe(code: u8) -> &'static str {
+        match code {
+            1 => "setpgid",
+            2 => "set the parent-death signal",
+            3 => "set up file descriptors",
+            4 => "setgroups",
+            5 => "setgid",
+            6 => "setuid",
+            7 => "chdir to the workdir",
+            _ => "exec",
+        }
+    }
+}
+
+/// Find `program` the way `execvp` would, but before `fork`: a name without `/` is searched in
+/// `path` (the worker's `PATH`). Names with a `/` are used as they are (relative to the workdir).
+pub fn resolve_program(program: &str, path: Option<&OsStr>) -> Result<PathBuf, String> {
+    if program.contains('/') {
+        return Ok(PathBuf::from(program));
+    }
+    let path = path.unwrap_or_else(|| OsStr::new("/usr/local/bin:/usr/bin:/bin"));
+    for dir in std::env::split_paths(path) {
+        let candidate = dir.join(program);
+        if let Ok(meta) = std::fs::metadata(&candidate) {
+            use std::os::unix::fs::PermissionsExt;
+            if meta.is_file() && meta.permissions().mode() & 0o111 != 0 {
+                return Ok(candidate);
+            }
+        }
+    }
+    Err(format!("cannot find `{program}` in PATH ({}): install it or give its full path in `command`", path.to_string_lossy()))
+}
+
+/// Buffers the child uses, allocated before `fork`.
+struct Prepared {
+    program: CString,
+    _argv: Vec<CString>,
+    argv_ptrs: Vec<*const libc::c_char>,
+    envp_ptrs: Vec<*const libc::c_char>,
+    /// Owns the envp strings the pointers above point into (`listen_pid_digits` too).
+    _env: Vec<Vec<u8>>,
+    /// Where the digits of the child's pid go, inside `env`.
+    listen_pid_digits: *mut u8,
+    workdir: Option<CString>,
+    listen_fds: Vec<RawFd>,
+    /// Scratch space for the temporary copies of `listen_fds`.
+    scratch: Vec<RawFd>,
+    credentials: Option<Credentials>,
+    master: libc::pid_t,
+}
+
+const LISTEN_PID_PREFIX: &[u8] = b"LISTEN_PID=";
+const PID_DIGITS: usize = 20;
+
+fn cstring(s: &[u8], what: &str) -> Result<CString, String> {
+    CString::new(s).map_err(|_| format!("{what} contains a NUL byte"))
+}
+
+impl Prepared {
+    fn new(req: &SpawnRequest<'_>) -> Result<Prepared, String> {
+        let program = cstring(req.program.as_os_str().as_bytes(), "program path")?;
+        let argv: Vec<CString> = req.argv.iter().map(|a| cstring(a.as_bytes(), "an argument")).collect::<Result<_, _>>()?;
+        let mut argv_ptrs: Vec<*const libc::c_char> = argv.iter().map(|a| a.as_ptr()).collect();
+        argv_ptrs.push(std::ptr::null());
+        let mut env: Vec<Vec<u8>> = Vec::with_capacity(req.env.len() + 1);
+        for (k, v) in req.env {
+            let mut e = Vec::with_capacity(k.len() + v.len() + 2);
+            e.extend_from_slice(k.as_bytes());
+            e.push(b'=');
+            e.extend_from_slice(v.as_bytes());
+            if e.contains(&0) {
+                return Err(format!("environment variable {k} contains a NUL byte"));
+            }
+            e.push(0);
+            env.push(e);
+        }
+        let mut listen_pid = Vec::with_capacity(LISTEN_PID_PREFIX.len() + PID_DIGITS + 1);
+        listen_pid.extend_from_slice(LISTEN_PID_PREFIX);
+        listen_pid.resize(LISTEN_PID_PREFIX.len() + PID_DIGITS + 1, 0);
+        env.push(listen_pid);
+        let envp_ptrs_len = env.len() + 1;
+        let mut envp_ptrs: Vec<*const libc::c_char> = Vec::with_capacity(envp_ptrs_len);
+        for e in &env {
+            envp_ptrs.push(e.as_ptr().cast());
+        }
+        envp_ptrs.push(std::ptr::null());
+        let last = env.len() - 1;
+        // The buffer lives as long as `env` (never resized again), so the pointer stays valid.
+        let listen_pid_digits = env[last][LISTEN_PID_PREFIX.len()..].as_mut_ptr();
+        let workdir = req.workdir.map(|w| cstring(w.as_os_str().as_bytes(), "workdir")).transpose()?;
+        Ok(Prepared {
+            program,
+            _argv: argv,
+            argv_ptrs,
+            envp_ptrs,
+            _env: env,
+            listen_pid_digits,
+            workdir,
+            listen_fds: req.listen_fds.iter().map(|f| f.as_raw_fd()).collect(),
+            scratch: vec![-1; req.listen_fds.len()],
+            credentials: req.credentials.cloned(),
+            master: std::process::id() as libc::pid_t,
+        })
+    }
+}
+
+fn pipe() -> Result<(OwnedFd, OwnedFd), String> {
+    nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| format!("cannot create a pipe: {e}"))
+}
+
+/// Start one worker. On success the child has exec'd `program`.
+pub fn spawn(req: &SpawnRequest<'_>) -> Result<Child, String> {
+    let mut prep = Prepared::new(req)?;
+    let (out_r, out_w) = pipe()?;
+    let (err_r, err_w) = pipe()?;
+    let (status_r, status_w) = pipe()?;
+    let devnull = std::fs::File::open("/dev/null").map_err(|e| format!("cannot open /dev/null: {e}"))?;
+
+    // SAFETY: corral's master is single-threaded (tokio current_thread runtime, no blocking pool),
+    // so no other thread can hold a lock the child would need; and the child branch below only
+    // makes async-signal-safe calls on memory prepared before this point, then execs or _exits.
+    let pid = unsafe { libc::fork() };
+    if pid < 0 {
+        return Err(format!("cannot fork: {}", Errno::last()));
+    }
+    if pid == 0 {
+        let fds = ChildFds {
+            stdin: devnull.as_raw_fd(),
+            stdout: out_w.as_raw_fd(),
+            stderr: err_w.as_raw_fd(),
+            status: status_w.as_raw_fd(),
+        };
+        // SAFETY: we are the freshly forked child; `child_main` never returns.
+        unsafe { child_main(&mut prep, fds) }
+    }
+    // Parent. Also set the group here, so a signal to the group cannot race the child's setpgid.
+    let _ = nix::unistd::setpgid(Pid::from_raw(pid), Pid::from_raw(pid));
+    drop((out_w, err_w, status_w, devnull));
+    let mut buf = [0u8; 5];
+    let mut got = 0;
+    while got < buf.len() {
+        match nix::unistd::read(&status_r, &mut buf[got..]) {
+            Ok(0) => break,
+            Ok(n) => got += n,
+            Err(Errno::EINTR) => continue,
+            Err(e) => return Err(format!("cannot read the status of worker {pid}: {e}")),
+        }
+    }
+    drop(prep);
+    if got == 0 {
+        return Ok(Child { pid: Pid::from_raw(pid), stdout: out_r, stderr: err_r });
+    }
+    // The child failed before exec and is exiting: reap it now so it never lingers.
+    let _ = nix::sys::wait::waitpid(Pid::from_raw(pid), None);
+    let errno = Errno::from_raw(i32::from_ne_bytes([buf[1], buf[2], buf[3], buf[4]]));
+    let program = req.argv.first().map(String::as_str).unwrap_or("");
+    Err(match buf[0] {
+        s if s == Step::Exec as u8 => format!("cannot execute {program}: {}", errno.desc()),
+        s if s == Step::Chdir as u8 => {
+            format!("cannot chdir to {}: {}", req.workdir.map(|w| w.display().to_string()).unwrap_or_default(), errno.desc())
+        }
+        s => format!("cannot {} for {program}: {}", Step::describe(s), errno.desc()),
+    })
+}
+
+#[derive(Clone, Copy)]
+struct ChildFds {
+    stdin: RawFd,
+    stdout: RawFd,
+    stderr: RawFd,
+    status: RawFd,
+}
+
+/// Report `step` and errno on the status pipe and exit. Async-signal-safe.
+unsafe fn fail(status: RawFd, step: Step) -> ! {
+    let errno = *libc::__errno_location();
+    let e = errno.to_ne_bytes();
+    let msg = [step as u8, e[0], e[1], e[2], e[3]];
+    // SAFETY: write(2) and _exit(2) are async-signal-safe; `msg` is on the stack.
+    unsafe {
+        libc::write(status, msg.as_ptr().cast(), msg.len());
+        libc::_exit(127)
+    }
+}
+
+/// The child between `fork` and `execve`. Only async-signal-safe calls; no allocation.
+unsafe fn child_main(p: &mut Prepared, fds: ChildFds) -> ! {
+    // SAFETY (whole block): every call is a raw async-signal-safe system call on memory that was
+    // allocated before fork and is not resized here; errors end in `fail`, which only writes and
+    // _exits.
+    unsafe {
+        if libc::setpgid(0, 0) != 0 {
+            fail(fds.status, Step::Setpgid);
+        }
+        // Die with the master. It may already have died before prctl: then our parent changed.
+        if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0) != 0 {
+            fail(fds.status, Step::Pdeathsig);
+        }
+        if libc::getppid() != p.master {
+            libc::_exit(127);
+        }
+        // Undo the master's signal state: empty mask, default dispositions (SIGPIPE is ignored
+        // by Rust programs, and ignored signals survive exec).
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigprocmask(libc::SIG_SETMASK, &set, std::ptr::null_mut());
+        let mut dfl: libc::sigaction = std::mem::zeroed();
+        dfl.sa_sigaction = libc::SIG_DFL;
+        for sig in 1..65 {
+            if sig != libc::SIGKILL && sig != libc::SIGSTOP {
+                libc::sigaction(sig, &dfl, std::ptr::null_mut());
+            }
+        }
+        // File descriptors: first copy every source above the highest target (so placing one
+        // cannot clobber another), then dup2 each into place.
+        let n = p.listen_fds.len() as RawFd;
+        let base = 3 + n;
+        let dup_high = |fd: RawFd| libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, base);
+        let status = dup_high(fds.status);
+        if status < 0 {
+            fail(fds.status, Step::Fds);
+        }
+        let (stdin, stdout, stderr) = (dup_high(fds.stdin), dup_high(fds.stdout), dup_high(fds.stderr));
+        if stdin < 0 || stdout < 0 || stderr < 0 {
+            fail(status, Step::Fds);
+        }
+        for i in 0..p.listen_fds.len() {
+            let tmp = dup_high(p.listen_fds[i]);
+            if tmp < 0 {
+                fail(status, Step::Fds);
+            }
+            p.scratch[i] = tmp;
+        }
+        if libc::dup2(stdin, 0) < 0 || libc::dup2(stdout, 1) < 0 || libc::dup2(stderr, 2) < 0 {
+            fail(status, Step::Fds);
+        }
+        for i in 0..p.listen_fds.len() {
+            let target = 3 + i as RawFd;
+            // dup2 clears FD_CLOEXEC on the new fd; clear it explicitly anyway, as the protocol
+            // requires the fd to survive exec whatever dup2 did.
+            if libc::dup2(p.scratch[i], target) < 0 || libc::fcntl(target, libc::F_SETFD, 0) < 0 {
+                fail(status, Step::Fds);
+            }
+        }
+        // Everything from `base` up closes at exec (the status pipe must stay open until then).
+        if libc::syscall(libc::SYS_close_range, base as libc::c_uint, libc::c_uint::MAX, libc::CLOSE_RANGE_CLOEXEC) != 0 {
+            // Kernels before 5.11: mark them one by one.
+            let mut limit: libc::rlimit = std::mem::zeroed();
+            let max = if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 { limit.rlim_cur.min(65536) as RawFd } else { 4096 };
+            for fd in base..max {
+                libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC);
+            }
+        }
+        if let Some(c) = &p.credentials {
+            if libc::setgroups(c.groups.len(), c.groups.as_ptr()) != 0 {
+                fail(status, Step::Groups);
+            }
+            if libc::setgid(c.gid) != 0 {
+                fail(status, Step::Gid);
+            }
+            if libc::setuid(c.uid) != 0 {
+                fail(status, Step::Uid);
+            }
+        }
+        if let Some(dir) = &p.workdir {
+            if libc::chdir(dir.as_ptr()) != 0 {
+                fail(status, Step::Chdir);
+            }
+        }
+        write_decimal(p.listen_pid_digits, libc::getpid() as u64);
+        libc::execve(p.program.as_ptr(), p.argv_ptrs.as_ptr(), p.envp_ptrs.as_ptr());
+        fail(status, Step::Exec)
+    }
+}
+
+/// Write `n` in decimal followed by NUL at `dst`, which has room for [`PID_DIGITS`] + 1 bytes.
+/// No allocation, no formatting machinery: safe to call between fork and exec.
+unsafe fn write_decimal(dst: *mut u8, mut n: u64) {
+    let mut digits = [0u8; PID_DIGITS];
+    let mut len = 0;
+    loop {
+        digits[len] = b'0' + (n % 10) as u8;
+        len += 1;
+        n /= 10;
+        if n == 0 || len == PID_DIGITS {
+            break;
+        }
+    }
+    for i in 0..len {
+        // SAFETY: `dst` points at PID_DIGITS + 1 writable bytes and len <= PID_DIGITS.
+        unsafe { *dst.add(i) = digits[len - 1 - i] };
+    }
+    // SAFETY: as above; len <= PID_DIGITS so index len is within the buffer.
+    unsafe { *dst.add(len) = 0 };
+}
+
+/// The sockets systemd passed to this process (fd 3.., `LISTEN_PID` checked), as owned fds with
+/// their `LISTEN_FDNAMES` names, marked close-on-exec. Returns them once per process; later calls
+/// get nothing, which is what makes taking ownership of the raw fds sound.
+pub fn take_inherited_fds() -> std::io::Result<Vec<(OwnedFd, String)>> {
+    static TAKEN: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    if TAKEN.swap(true, std::sync::atomic::Ordering::SeqCst) {
+        return Ok(Vec::new());
+    }
+    let mut out = Vec::new();
+    for (raw, name) in sd_notify::listen_fds_with_names()? {
+        if nix::fcntl::fcntl(unsafe_free_borrow(raw), nix::fcntl::FcntlArg::F_GETFD).is_err() {
+            return Err(std::io::Error::other(format!("LISTEN_FDS names fd {raw}, which is not open")));
+        }
+        // SAFETY: `listen_fds_with_names` verified LISTEN_PID is this process, so fds 3.. were
+        // handed to us by the service manager; the fd is open (checked above), and the swap of
+        // TAKEN guarantees this runs once, so no other OwnedFd for it exists.
+        out.push((unsafe { OwnedFd::from_raw_fd(raw) }, name));
+    }
+    Ok(out)
+}
+
+/// Borrow a raw fd number only for the `F_GETFD` probe above.
+fn unsafe_free_borrow(raw: RawFd) -> BorrowedFd<'static> {
+    // SAFETY: used only for fcntl(F_GETFD), which is harmless on any integer: a closed fd gives
+    // EBADF, and the borrow does not outlive the call.
+    unsafe { BorrowedFd::borrow_raw(raw) }
+}
+
+/// The digits written for `n`, for tests of the no-alloc formatter.
+#[cfg(test)]
+fn decimal(n: u64) -> String {
+    let mut buf = [0xffu8; PID_DIGITS + 1];
+    // SAFETY: `buf` has PID_DIGITS + 1 bytes.
+    unsafe { write_decimal(buf.as_mut_ptr(), n) };
+    std::ffi::CStr::from_bytes_until_nul(&buf).map(|c| c.to_string_lossy().into_owned()).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decimal_formatting_without_allocation() {
+        for n in [0u64, 7, 10, 4_194_304, u32::MAX as u64, u64::MAX] {
+            assert_eq!(decimal(n), n.to_string());
+        }
+    }
+
+    #[test]
+    fn program_resolution() {
+        assert_eq!(resolve_program("./server", None).unwrap(), PathBuf::from("./server"));
+        assert_eq!(resolve_program("sh", Some(OsStr::new("/nonexistent:/bin"))).unwrap(), PathBuf::from("/bin/sh"));
+        let err = resolve_program("no-such-program-x", Some(OsStr::new("/bin"))).unwrap_err();
+        assert!(err.contains("cannot find `no-such-program-x` in PATH (/bin)"), "{err}");
+    }
+
+    #[test]
+    fn exec_failure_is_reported_with_the_real_error() {
+        let req = SpawnRequest {
+            program: Path::new("/nonexistent/program"),
+            argv: &["program".into()],
+            env: &[],
+            listen_fds: &[],
+            workdir: None,
+            credentials: None,
+        };
+        let err = spawn(&req).unwrap_err();
+        assert_eq!(err, "cannot execute program: No such file or directory");
+        let req = SpawnRequest { program: Path::new("/bin/true"), workdir: Some(Path::new("/nonexistent")), ..req };
+        let err = spawn(&req).unwrap_err();
+        assert_eq!(err, "cannot chdir to /nonexistent: No such file or directory");
+    }
+
+    #[test]
+    fn listen_pid_is_the_child_pid_and_output_is_piped() {
+        let env = [("PATH".to_string(), "/bin:/usr/bin".to_string())];
+        let req = SpawnRequest {
+            program: Path::new("/bin/sh"),
+            argv: &["sh".into(), "-c".into(), "echo \"$LISTEN_PID $$\"; echo err >&2".into()],
+            env: &env,
+            listen_fds: &[],
+            workdir: Some(Path::new("/")),
+            credentials: None,
+        };
+        let child = spawn(&req).unwrap();
+        let mut out = String::new();
+        use std::io::Read;
+        std::fs::File::from(child.stdout).read_to_string(&mut out).unwrap();
+        let mut err = String::new();
+        std::fs::File::from(child.stderr).read_to_string(&mut err).unwrap();
+        nix::sys::wait::waitpid(child.pid, None).unwrap();
+        let pid = child.pid.to_string();
+        assert_eq!(out.trim(), format!("{pid} {pid}"));
+        assert_eq!(err.trim(), "err");
+    }
+}

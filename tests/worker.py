@@ -1,0 +1,194 @@
+#!/usr/bin/env python3
+"""Test worker for corral's integration tests.
+
+It knows only the systemd protocols: sockets at fd 3.. (LISTEN_FDS/LISTEN_PID) and
+NOTIFY_SOCKET. It serves HTTP on its first socket ("GET /" answers with its pid, slot and
+generation) and can be told to misbehave through its arguments:
+
+  --report FILE      write what it received (fds, env, ids, cwd) as JSON, then go on
+  --ready-after MS   send READY=1 after MS milliseconds (default 0)
+  --never-ready      never send READY=1
+  --exit CODE        exit with CODE right after start (before ready)
+  --crash-after MS   exit 3 MS milliseconds after becoming ready
+  --ignore-term      ignore SIGTERM (only SIGKILL stops it)
+  --fail-if-env VAR  exit 4 before ready if VAR is set (a "broken release")
+  --spawn-child      start a child process (sleep) that stays in the process group
+  --say TEXT         print TEXT on stdout and TEXT-err on stderr at start
+"""
+
+import argparse
+import http.server
+import json
+import os
+import signal
+import socket
+import socketserver
+import subprocess
+import sys
+import threading
+import time
+
+
+def notify(msg: str) -> None:
+    path = os.environ.get("NOTIFY_SOCKET")
+    if not path:
+        return
+    if path.startswith("@"):
+        path = "\0" + path[1:]
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
+        s.connect(path)
+        s.send(msg.encode())
+
+
+def open_fds():
+    out = []
+    for name in os.listdir("/proc/self/fd"):
+        fd = int(name)
+        try:
+            target = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            continue  # the fd listdir itself used
+        out.append((fd, target))
+    return out
+
+
+def report(path: str, initial_fds) -> None:
+    info = {
+        "pid": os.getpid(),
+        "ppid": os.getppid(),
+        "pgid": os.getpgid(0),
+        "uid": os.getuid(),
+        "gid": os.getgid(),
+        "groups": os.getgroups(),
+        "cwd": os.getcwd(),
+        "argv": sys.argv,
+        "fds": [fd for fd, _ in initial_fds],
+        "fd_targets": {str(fd): t for fd, t in initial_fds},
+        "env": dict(os.environ),
+        "sigpipe_default": signal.getsignal(signal.SIGPIPE) == signal.SIG_DFL,
+        "blocked": sorted(int(s) for s in signal.pthread_sigmask(signal.SIG_BLOCK, [])),
+    }
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(info, f)
+    os.rename(tmp, path)
+
+
+CONNS = {}  # handler -> True while it waits for the next request on a keep-alive connection
+LOCK = threading.Lock()
+
+
+class Handler(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def handle(self):
+        try:
+            self.close_connection = False
+            while not self.close_connection:
+                with LOCK:
+                    if STOPPING.is_set():
+                        break
+                    CONNS[self] = True
+                self.handle_one_request()
+        finally:
+            with LOCK:
+                CONNS.pop(self, None)
+
+    def do_GET(self):
+        with LOCK:
+            CONNS[self] = False
+        body = (
+            f"worker {os.getpid()} slot {os.environ.get('CORRAL_WORKER')} "
+            f"generation {os.environ.get('CORRAL_GENERATION')} release {os.environ.get('RELEASE', '')}\n"
+        ).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "text/plain")
+        self.send_header("Content-Length", str(len(body)))
+        if STOPPING.is_set():
+            self.send_header("Connection", "close")
+            self.close_connection = True
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+
+class Server(socketserver.ThreadingMixIn, http.server.HTTPServer):
+    daemon_threads = False
+    block_on_close = True
+
+
+STOPPING = threading.Event()
+
+
+def main() -> int:
+    initial_fds = open_fds()
+    p = argparse.ArgumentParser()
+    p.add_argument("--report")
+    p.add_argument("--ready-after", type=int, default=0)
+    p.add_argument("--never-ready", action="store_true")
+    p.add_argument("--exit", type=int)
+    p.add_argument("--crash-after", type=int)
+    p.add_argument("--ignore-term", action="store_true")
+    p.add_argument("--fail-if-env")
+    p.add_argument("--spawn-child", action="store_true")
+    p.add_argument("--say")
+    a = p.parse_args()
+
+    if a.report:
+        report(a.report.replace("{slot}", os.environ.get("CORRAL_WORKER", "x")).replace("{pid}", str(os.getpid())), initial_fds)
+    if a.say:
+        print(a.say, flush=True)
+        print(a.say + "-err", file=sys.stderr, flush=True)
+    if a.exit is not None:
+        return a.exit
+    if a.fail_if_env and os.environ.get(a.fail_if_env):
+        print(f"broken release: {a.fail_if_env} is set", file=sys.stderr, flush=True)
+        return 4
+    if a.spawn_child:
+        subprocess.Popen(["sleep", "300"])
+
+    server = None
+    if int(os.environ.get("LISTEN_FDS", "0")) >= 1 and os.environ.get("LISTEN_PID") == str(os.getpid()):
+        sock = socket.socket(fileno=3)
+        server = Server(sock.getsockname() if sock.family != socket.AF_UNIX else "", Handler, bind_and_activate=False)
+        server.socket.close()
+        server.socket = sock
+        threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True).start()
+
+    def on_term(signum, frame):
+        if a.ignore_term:
+            return
+        STOPPING.set()
+
+    signal.signal(signal.SIGTERM, on_term)
+    signal.signal(signal.SIGINT, on_term)
+
+    if a.ready_after:
+        time.sleep(a.ready_after / 1000)
+    if not a.never_ready:
+        notify(f"READY=1\nSTATUS=serving as pid {os.getpid()}")
+    ready_at = time.monotonic()
+    while not STOPPING.is_set():
+        if a.crash_after is not None and time.monotonic() - ready_at > a.crash_after / 1000:
+            print("crashing on purpose", file=sys.stderr, flush=True)
+            os._exit(3)
+        STOPPING.wait(0.05)
+    notify("STOPPING=1")
+    with LOCK:
+        for handler, idle in CONNS.items():
+            if idle:  # close idle keep-alive connections; busy ones close after their response
+                try:
+                    handler.connection.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+    if server is not None:
+        server.shutdown()  # stop accepting; the shared socket stays open for the other workers
+        server.server_close()  # waits for in-flight connections (block_on_close)
+    print("stopped gracefully", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
