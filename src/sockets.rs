@@ -90,10 +90,20 @@ impl ListenSockets {
                 };
                 SocketError::Bind { address: addr.to_string(), source, hint }
             })?;
-            sockets.push(ListenSocket { fd, name: addr.to_string(), address: addr.to_string() });
+            sockets.push(ListenSocket { fd, name: fd_name(addr), address: addr.to_string() });
         }
         Ok(ListenSockets { sockets, activated: false })
     }
+}
+
+/// A `LISTEN_FDNAMES` name for a socket we bound: its address, with the characters systemd does
+/// not allow in names (`:` separates them; control characters) replaced by `_`.
+pub fn fd_name(addr: &ListenAddr) -> String {
+    let s = match addr {
+        ListenAddr::Unix(p) => p.display().to_string(),
+        other => other.to_string(),
+    };
+    s.chars().map(|c| if c == ':' || c.is_control() || !c.is_ascii() { '_' } else { c }).take(255).collect()
 }
 
 fn bind_one(addr: &ListenAddr) -> io::Result<OwnedFd> {
@@ -213,6 +223,13 @@ mod tests {
         let err = ListenSockets::bind(&addrs[1..]).unwrap_err().to_string();
         assert!(err.contains("is not a socket"), "{err}");
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn fd_names_never_contain_colons() {
+        assert_eq!(fd_name(&"127.0.0.1:3000".parse().unwrap()), "127.0.0.1_3000");
+        assert_eq!(fd_name(&"[::1]:80".parse().unwrap()), "[__1]_80");
+        assert_eq!(fd_name(&"unix:/run/a/http.sock".parse().unwrap()), "/run/a/http.sock");
     }
 
     #[test]

@@ -81,6 +81,10 @@ LOCK = threading.Lock()
 class Handler(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
 
+    def setup(self):
+        self.request.setblocking(True)
+        super().setup()
+
     def handle(self):
         try:
             self.close_connection = False
@@ -152,6 +156,9 @@ def main() -> int:
     server = None
     if int(os.environ.get("LISTEN_FDS", "0")) >= 1 and os.environ.get("LISTEN_PID") == str(os.getpid()):
         sock = socket.socket(fileno=3)
+        # The socket is shared with the other workers: a wakeup does not mean this worker gets
+        # the connection, so accept() must not block.
+        sock.setblocking(False)
         server = Server(sock.getsockname() if sock.family != socket.AF_UNIX else "", Handler, bind_and_activate=False)
         server.socket.close()
         server.socket = sock

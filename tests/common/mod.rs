@@ -1,0 +1,475 @@
+//! Test harness: start the real `corral` binary in a temp dir, act as systemd (sockets at fd 3..
+//! via `systemd-socket-activate`, a datagram NOTIFY_SOCKET we read), wait on conditions, drive
+//! HTTP load, and inspect processes through /proc. Every process a test starts is killed when the
+//! test ends, even when it fails.
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::unix::net::UnixDatagram;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+pub const CORRAL: &str = env!("CARGO_BIN_EXE_corral");
+/// Generous: CI machines are slow and shared. Tests wait on conditions, never on a fixed sleep.
+pub const TIMEOUT: Duration = Duration::from_secs(30);
+
+pub fn worker_py() -> String {
+    format!("{}/tests/worker.py", env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Poll `cond` every 20ms until it holds; panic with `what` after `timeout`.
+pub fn wait_until(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !cond() {
+        if start.elapsed() > timeout {
+            panic!("timed out after {timeout:?} waiting for: {what}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Poll until `f` returns Some.
+pub fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let start = Instant::now();
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        if start.elapsed() > timeout {
+            panic!("timed out after {timeout:?} waiting for: {what}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A directory removed at drop.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> TempDir {
+        static N: AtomicUsize = AtomicUsize::new(0);
+        let p = std::env::temp_dir().join(format!("corral-it-{tag}-{}-{}", std::process::id(), N.fetch_add(1, Ordering::SeqCst)));
+        let _ = std::fs::remove_dir_all(&p);
+        std::fs::create_dir_all(&p).expect("create temp dir");
+        TempDir(p)
+    }
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+    pub fn join(&self, s: &str) -> PathBuf {
+        self.0.join(s)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A free TCP port on loopback (bound and released; tests use it right away).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("free port")
+}
+
+/// The datagram socket systemd would read: the master's NOTIFY_SOCKET.
+pub struct FakeSystemd {
+    pub path: PathBuf,
+    sock: UnixDatagram,
+    pub messages: Vec<String>,
+}
+
+impl FakeSystemd {
+    pub fn new(dir: &TempDir) -> FakeSystemd {
+        let path = dir.join("systemd-notify.sock");
+        let sock = UnixDatagram::bind(&path).expect("bind fake notify socket");
+        sock.set_nonblocking(true).expect("nonblocking");
+        FakeSystemd { path, sock, messages: Vec::new() }
+    }
+    fn drain(&mut self) {
+        let mut buf = vec![0u8; 8192];
+        while let Ok(n) = self.sock.recv(&mut buf) {
+            self.messages.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+        }
+    }
+    /// Wait for a datagram that contains `needle`; returns it.
+    pub fn wait(&mut self, needle: &str) -> String {
+        wait_for(&format!("notification containing {needle:?}"), TIMEOUT, || {
+            self.drain();
+            self.messages.iter().find(|m| m.contains(needle)).cloned()
+        })
+    }
+    /// Wait for the latest STATUS= to contain `needle`.
+    pub fn wait_status(&mut self, needle: &str) -> String {
+        wait_for(&format!("STATUS containing {needle:?}"), TIMEOUT, || {
+            self.drain();
+            self.last_status().filter(|s| s.contains(needle))
+        })
+    }
+    pub fn last_status(&mut self) -> Option<String> {
+        self.drain();
+        self.messages.iter().rev().find_map(|m| m.lines().find_map(|l| l.strip_prefix("STATUS=")).map(str::to_string))
+    }
+    pub fn count(&mut self, line: &str) -> usize {
+        self.drain();
+        self.messages.iter().filter(|m| m.lines().any(|l| l == line)).count()
+    }
+    pub fn clear(&mut self) {
+        self.drain();
+        self.messages.clear();
+    }
+}
+
+pub struct Options {
+    /// Sockets for `systemd-socket-activate -l` (socket activation); empty: corral binds.
+    pub activate: Vec<String>,
+    pub fdnames: Vec<String>,
+    pub notify: bool,
+    pub env: Vec<(String, String)>,
+    /// Prefix the command, e.g. `taskset -c 0`.
+    pub wrapper: Vec<String>,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options { activate: vec![], fdnames: vec![], notify: true, env: vec![], wrapper: vec![] }
+    }
+}
+
+/// A running `corral run`. Killing it (and every process under it) happens on drop.
+pub struct Master {
+    pub child: Child,
+    pub dir: TempDir,
+    pub config: PathBuf,
+    pub log: PathBuf,
+    pub systemd: Option<FakeSystemd>,
+    pub exit: Option<std::process::ExitStatus>,
+    known: Arc<Mutex<Vec<i32>>>,
+}
+
+impl Master {
+    /// Write `config` (with `{worker}` and `{dir}` replaced) and start `corral run` on it.
+    pub fn start(tag: &str, config: &str, opts: Options) -> Master {
+        let dir = TempDir::new(tag);
+        let text = config.replace("{worker}", &worker_py()).replace("{dir}", &dir.0.to_string_lossy());
+        let config = dir.join("pool.toml");
+        std::fs::write(&config, text).expect("write config");
+        let log = dir.join("master.log");
+        let systemd = opts.notify.then(|| FakeSystemd::new(&dir));
+        let mut argv: Vec<String> = opts.wrapper.clone();
+        if !opts.activate.is_empty() {
+            argv.push("systemd-socket-activate".into());
+            for l in &opts.activate {
+                argv.push(format!("--listen={l}"));
+            }
+            if !opts.fdnames.is_empty() {
+                argv.push(format!("--fdname={}", opts.fdnames.join(":")));
+            }
+            if let Some(s) = &systemd {
+                argv.push(format!("--setenv=NOTIFY_SOCKET={}", s.path.display()));
+            }
+            for var in ["PATH", "CORRAL_LOG", "RUNTIME_DIRECTORY", "HOME"] {
+                argv.push(format!("--setenv={var}"));
+            }
+            for (k, v) in &opts.env {
+                argv.push(format!("--setenv={k}={v}"));
+            }
+        }
+        argv.push(CORRAL.into());
+        argv.extend(["run".into(), "-c".into(), config.to_string_lossy().into_owned()]);
+        let mut cmd = Command::new(&argv[0]);
+        cmd.args(&argv[1..])
+            .current_dir(dir.path())
+            .stdin(Stdio::null())
+            .stdout(std::fs::File::create(dir.join("master.out")).expect("stdout file"))
+            .stderr(std::fs::File::create(&log).expect("log file"))
+            .env("CORRAL_LOG", "debug")
+            .env("RUNTIME_DIRECTORY", dir.join("run"))
+            .env_remove("NOTIFY_SOCKET")
+            .env_remove("LISTEN_FDS")
+            .env_remove("LISTEN_PID")
+            .process_group(0);
+        if let Some(s) = &systemd {
+            cmd.env("NOTIFY_SOCKET", &s.path);
+        }
+        for (k, v) in &opts.env {
+            cmd.env(k, v);
+        }
+        let child = cmd.spawn().expect("start corral");
+        Master { child, dir, config, log, systemd, exit: None, known: Arc::new(Mutex::new(Vec::new())) }
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    pub fn systemd(&mut self) -> &mut FakeSystemd {
+        self.systemd.as_mut().expect("started with a fake systemd")
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn wait_log(&self, needle: &str) {
+        wait_until(&format!("master log containing {needle:?}"), TIMEOUT, || self.log_text().contains(needle));
+    }
+
+    pub fn signal(&self, sig: nix::sys::signal::Signal) {
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pid()), sig).expect("signal the master");
+    }
+
+    /// Live (non-zombie) child processes of the master.
+    pub fn workers(&self) -> Vec<i32> {
+        let w = children(self.pid()).into_iter().filter(|p| proc_state(*p).is_some_and(|s| s != 'Z')).collect::<Vec<_>>();
+        self.known.lock().map(|mut k| k.extend(w.iter().copied())).ok();
+        w
+    }
+
+    pub fn wait_workers(&self, n: usize) -> Vec<i32> {
+        wait_for(&format!("{n} live workers"), TIMEOUT, || {
+            let w = self.workers();
+            (w.len() == n).then_some(w)
+        })
+    }
+
+    /// Wait for the master to exit; returns its exit code.
+    pub fn wait_exit(&mut self) -> Option<i32> {
+        let status = wait_for("the master to exit", TIMEOUT, || self.child.try_wait().ok().flatten());
+        self.exit = Some(status);
+        status.code()
+    }
+
+    pub fn running(&mut self) -> bool {
+        self.child.try_wait().ok().flatten().is_none()
+    }
+}
+
+impl Drop for Master {
+    fn drop(&mut self) {
+        if self.exit.is_none() && self.running() {
+            let mut pids = descendants(self.pid());
+            pids.extend(self.known.lock().map(|k| k.clone()).unwrap_or_default());
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+            for p in pids {
+                let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(p), nix::sys::signal::Signal::SIGKILL);
+            }
+        }
+        if std::thread::panicking() {
+            eprintln!("---- master log ({}) ----\n{}", self.log.display(), self.log_text());
+        }
+    }
+}
+
+/// Direct children of `pid`, from /proc.
+pub fn children(pid: i32) -> Vec<i32> {
+    let mut out = Vec::new();
+    let Ok(entries) = std::fs::read_dir("/proc") else { return out };
+    for e in entries.flatten() {
+        let Some(p) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else { continue };
+        if proc_ppid(p) == Some(pid) {
+            out.push(p);
+        }
+    }
+    out.sort();
+    out
+}
+
+pub fn descendants(pid: i32) -> Vec<i32> {
+    let mut out = Vec::new();
+    let mut todo = vec![pid];
+    while let Some(p) = todo.pop() {
+        for c in children(p) {
+            out.push(c);
+            todo.push(c);
+        }
+    }
+    out
+}
+
+fn stat_fields(pid: i32) -> Option<Vec<String>> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let close = s.rfind(')')?;
+    Some(s[close + 2..].split_whitespace().map(str::to_string).collect())
+}
+
+pub fn proc_state(pid: i32) -> Option<char> {
+    stat_fields(pid)?.first()?.chars().next()
+}
+
+pub fn proc_ppid(pid: i32) -> Option<i32> {
+    stat_fields(pid)?.get(1)?.parse().ok()
+}
+
+pub fn alive(pid: i32) -> bool {
+    proc_state(pid).is_some_and(|s| s != 'Z')
+}
+
+pub fn fd_count(pid: i32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd")).map(|d| d.count()).unwrap_or(0)
+}
+
+pub fn threads(pid: i32) -> usize {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| s.lines().find_map(|l| l.strip_prefix("Threads:").map(|v| v.trim().parse().unwrap_or(0))))
+        .unwrap_or(0)
+}
+
+/// What the test worker reported with `--report`.
+pub fn read_report(path: &Path) -> serde_json::Value {
+    let text = wait_for(&format!("worker report {}", path.display()), TIMEOUT, || std::fs::read_to_string(path).ok());
+    serde_json::from_str(&text).expect("report is JSON")
+}
+
+/// One GET over a fresh connection; returns the body.
+pub fn get(addr: SocketAddr) -> std::io::Result<String> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    s.write_all(b"GET / HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n")?;
+    let mut resp = String::new();
+    s.read_to_string(&mut resp)?;
+    if !resp.starts_with("HTTP/1.1 200") && !resp.starts_with("HTTP/1.0 200") {
+        return Err(std::io::Error::other(format!("bad response: {resp:?}")));
+    }
+    Ok(resp.split("\r\n\r\n").nth(1).unwrap_or_default().to_string())
+}
+
+/// The pid in a test worker's answer ("worker <pid> slot ...").
+pub fn answer_pid(body: &str) -> Option<i32> {
+    body.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// Read one HTTP response with Content-Length from a keep-alive connection.
+fn read_response(s: &mut TcpStream) -> std::io::Result<(usize, String)> {
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        if s.read(&mut byte)? == 0 {
+            return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, format!("closed after {} bytes", head.len())));
+        }
+        head.push(byte[0]);
+    }
+    let head_text = String::from_utf8_lossy(&head).into_owned();
+    if !head_text.starts_with("HTTP/1.1 200") {
+        return Err(std::io::Error::other(format!("bad response: {head_text:?}")));
+    }
+    let len: usize = head_text
+        .lines()
+        .find_map(|l| l.strip_prefix("Content-Length: "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0);
+    let mut body = vec![0u8; len];
+    s.read_exact(&mut body)?;
+    let close = head_text.to_ascii_lowercase().contains("connection: close");
+    Ok((if close { 1 } else { 0 }, String::from_utf8_lossy(&body).into_owned()))
+}
+
+#[derive(Debug, Default, Clone)]
+pub struct LoadResult {
+    pub ok: usize,
+    pub failed: usize,
+    /// Keep-alive requests resent on a new connection because the server closed the idle one
+    /// before any byte of a response (RFC 9112 §9.3.1: clients retry idempotent requests then).
+    pub retried_idle_close: usize,
+    pub errors: BTreeMap<String, usize>,
+    pub pids: BTreeMap<i32, usize>,
+}
+
+/// Hammer `addr` from `clients` threads until `stop` is set (or `max` requests each, or 120s):
+/// a bounded load loop that stops by itself.
+pub fn load(addr: SocketAddr, clients: usize, keep_alive: bool, stop: Arc<std::sync::atomic::AtomicBool>) -> std::thread::JoinHandle<LoadResult> {
+    std::thread::spawn(move || {
+        let handles: Vec<_> = (0..clients)
+            .map(|_| {
+                let stop = stop.clone();
+                std::thread::spawn(move || client_loop(addr, keep_alive, &stop, 200_000, Duration::from_secs(120)))
+            })
+            .collect();
+        let mut total = LoadResult::default();
+        for h in handles {
+            let r = h.join().unwrap_or_default();
+            total.ok += r.ok;
+            total.failed += r.failed;
+            total.retried_idle_close += r.retried_idle_close;
+            for (k, v) in r.errors {
+                *total.errors.entry(k).or_default() += v;
+            }
+            for (k, v) in r.pids {
+                *total.pids.entry(k).or_default() += v;
+            }
+        }
+        total
+    })
+}
+
+fn client_loop(addr: SocketAddr, keep_alive: bool, stop: &std::sync::atomic::AtomicBool, max: usize, limit: Duration) -> LoadResult {
+    let mut r = LoadResult::default();
+    let start = Instant::now();
+    let mut conn: Option<TcpStream> = None;
+    let mut fail = |r: &mut LoadResult, e: String| {
+        r.failed += 1;
+        *r.errors.entry(e).or_default() += 1;
+    };
+    while !stop.load(Ordering::SeqCst) && r.ok + r.failed < max && start.elapsed() < limit {
+        if !keep_alive {
+            match get(addr) {
+                Ok(body) => {
+                    r.ok += 1;
+                    *r.pids.entry(answer_pid(&body).unwrap_or(0)).or_default() += 1;
+                }
+                Err(e) => fail(&mut r, e.to_string()),
+            }
+            continue;
+        }
+        let reused = conn.is_some();
+        if conn.is_none() {
+            match TcpStream::connect_timeout(&addr, Duration::from_secs(5)) {
+                Ok(s) => {
+                    let _ = s.set_read_timeout(Some(Duration::from_secs(10)));
+                    conn = Some(s);
+                }
+                Err(e) => {
+                    fail(&mut r, format!("connect: {e}"));
+                    continue;
+                }
+            }
+        }
+        let Some(s) = conn.as_mut() else { continue };
+        let result = s.write_all(b"GET / HTTP/1.1\r\nHost: test\r\n\r\n").and_then(|_| read_response(s));
+        match result {
+            Ok((close, body)) => {
+                r.ok += 1;
+                *r.pids.entry(answer_pid(&body).unwrap_or(0)).or_default() += 1;
+                if close == 1 {
+                    conn = None;
+                }
+            }
+            Err(e) => {
+                conn = None;
+                let idle_close = reused
+                    && (e.kind() == std::io::ErrorKind::UnexpectedEof && e.to_string() == "closed after 0 bytes"
+                        || e.kind() == std::io::ErrorKind::ConnectionReset
+                        || e.kind() == std::io::ErrorKind::BrokenPipe);
+                if idle_close {
+                    r.retried_idle_close += 1;
+                } else {
+                    fail(&mut r, e.to_string());
+                }
+            }
+        }
+    }
+    r
+}
+
+/// `corral` with arguments, collecting output.
+pub fn corral(args: &[&str]) -> std::process::Output {
+    Command::new(CORRAL).args(args).env_remove("NOTIFY_SOCKET").output().expect("run corral")
+}
