@@ -234,8 +234,10 @@ pub fn spawn(req: &SpawnRequest<'_>) -> Result<Child, String> {
     let _ = nix::sys::wait::waitpid(Pid::from_raw(pid), None);
     let errno = Errno::from_raw(i32::from_ne_bytes([buf[1], buf[2], buf[3], buf[4]]));
     let program = req.argv.first().map(String::as_str).unwrap_or("");
+    let as_user = req.credentials.map(|c| format!(" as uid {}", c.uid)).unwrap_or_default();
+    let resolved = if req.program.as_os_str() == program { String::new() } else { format!(" ({})", req.program.display()) };
     Err(match buf[0] {
-        s if s == Step::Exec as u8 => format!("cannot execute {program}: {}", errno.desc()),
+        s if s == Step::Exec as u8 => format!("cannot execute {program}{resolved}{as_user}: {}", errno.desc()),
         s if s == Step::Chdir as u8 => {
             format!("cannot chdir to {}: {}", req.workdir.map(|w| w.display().to_string()).unwrap_or_default(), errno.desc())
         }
@@ -284,11 +286,13 @@ unsafe fn child_main(p: &mut Prepared, fds: ChildFds) -> ! {
         let mut set: libc::sigset_t = std::mem::zeroed();
         libc::sigemptyset(&mut set);
         libc::sigprocmask(libc::SIG_SETMASK, &set, std::ptr::null_mut());
-        let mut dfl: libc::sigaction = std::mem::zeroed();
-        dfl.sa_sigaction = libc::SIG_DFL;
+        // The raw system call, because glibc's sigaction() refuses signals 32 and 33 (its own),
+        // which may still arrive ignored from whoever started us. An all-zero kernel
+        // `struct sigaction` (handler, flags, restorer, mask) is SIG_DFL with no flags.
+        let dfl = [0u64; 4];
         for sig in 1..65 {
             if sig != libc::SIGKILL && sig != libc::SIGSTOP {
-                libc::sigaction(sig, &dfl, std::ptr::null_mut());
+                libc::syscall(libc::SYS_rt_sigaction, sig, dfl.as_ptr(), std::ptr::null_mut::<u64>(), 8usize);
             }
         }
         // File descriptors: first copy every source above the highest target (so placing one
@@ -441,7 +445,7 @@ mod tests {
             credentials: None,
         };
         let err = spawn(&req).unwrap_err();
-        assert_eq!(err, "cannot execute program: No such file or directory");
+        assert_eq!(err, "cannot execute program (/nonexistent/program): No such file or directory");
         let req = SpawnRequest { program: Path::new("/bin/true"), workdir: Some(Path::new("/nonexistent")), ..req };
         let err = spawn(&req).unwrap_err();
         assert_eq!(err, "cannot chdir to /nonexistent: No such file or directory");
