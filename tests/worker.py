@@ -80,6 +80,8 @@ LOCK = threading.Lock()
 
 class Handler(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True
+    wbufsize = 64 * 1024  # headers and body leave in one write
 
     def setup(self):
         self.request.setblocking(True)
@@ -87,7 +89,9 @@ class Handler(http.server.BaseHTTPRequestHandler):
 
     def handle(self):
         try:
-            self.close_connection = False
+            # A connection this worker accepted gets its request answered, even while stopping;
+            # only an idle keep-alive connection is closed when the worker stops.
+            self.handle_one_request()
             while not self.close_connection:
                 with LOCK:
                     if STOPPING.is_set():
@@ -103,7 +107,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
             CONNS[self] = False
         body = (
             f"worker {os.getpid()} slot {os.environ.get('CORRAL_WORKER')} "
-            f"generation {os.environ.get('CORRAL_GENERATION')} release {os.environ.get('RELEASE', '')}\n"
+            f"generation {os.environ.get('CORRAL_GENERATION')} release {RELEASE}\n"
         ).encode()
         self.send_response(200)
         self.send_header("Content-Type", "text/plain")
@@ -124,6 +128,20 @@ class Server(socketserver.ThreadingMixIn, http.server.HTTPServer):
 
 
 STOPPING = threading.Event()
+
+
+def release() -> str:
+    """The RELEASE variable, else the RELEASE file of the working directory (a deployed release)."""
+    if os.environ.get("RELEASE"):
+        return os.environ["RELEASE"]
+    try:
+        with open("RELEASE") as f:
+            return f.read().strip()
+    except OSError:
+        return ""
+
+
+RELEASE = release()
 
 
 def main() -> int:

@@ -112,6 +112,13 @@ impl FakeSystemd {
             self.last_status().filter(|s| s.contains(needle))
         })
     }
+    /// Wait for the latest STATUS= to be exactly `want`.
+    pub fn wait_status_eq(&mut self, want: &str) {
+        wait_for(&format!("STATUS = {want:?}"), TIMEOUT, || {
+            self.drain();
+            (self.last_status().as_deref() == Some(want)).then_some(())
+        })
+    }
     pub fn last_status(&mut self) -> Option<String> {
         self.drain();
         self.messages.iter().rev().find_map(|m| m.lines().find_map(|l| l.strip_prefix("STATUS=")).map(str::to_string))
