@@ -29,8 +29,15 @@ use crate::sockets::ListenSockets;
 use crate::spawn::{self, Credentials, SpawnRequest};
 
 /// Variables of the master's own environment that belong to the master only.
-const PRIVATE_ENV: &[&str] =
-    &["LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES", "NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "JOURNAL_STREAM"];
+const PRIVATE_ENV: &[&str] = &[
+    "LISTEN_FDS",
+    "LISTEN_PID",
+    "LISTEN_FDNAMES",
+    "NOTIFY_SOCKET",
+    "WATCHDOG_USEC",
+    "WATCHDOG_PID",
+    "JOURNAL_STREAM",
+];
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -61,7 +68,12 @@ impl RuntimeDir {
     /// `$XDG_RUNTIME_DIR/corral/NAME`, else `/tmp/corral-UID/NAME`.
     pub fn locate(name: &str) -> PathBuf {
         if let Some(dir) = std::env::var_os("RUNTIME_DIRECTORY").filter(|d| !d.is_empty()) {
-            let first = dir.to_string_lossy().split(':').next().unwrap_or_default().to_string();
+            let first = dir
+                .to_string_lossy()
+                .split(':')
+                .next()
+                .unwrap_or_default()
+                .to_string();
             return PathBuf::from(first);
         }
         let uid = nix::unistd::geteuid();
@@ -78,7 +90,8 @@ impl RuntimeDir {
     /// socket) and take its lock.
     pub fn create(name: &str, worker_gid: Option<u32>) -> Result<RuntimeDir, String> {
         let path = Self::locate(name);
-        std::fs::create_dir_all(&path).map_err(|e| format!("cannot create runtime directory {}: {e}", path.display()))?;
+        std::fs::create_dir_all(&path)
+            .map_err(|e| format!("cannot create runtime directory {}: {e}", path.display()))?;
         let mode = if worker_gid.is_some() { 0o710 } else { 0o700 };
         if std::env::var_os("RUNTIME_DIRECTORY").is_none() {
             if let Some(gid) = worker_gid {
@@ -94,9 +107,13 @@ impl RuntimeDir {
             .write(true)
             .open(&lock_path)
             .map_err(|e| format!("cannot open {}: {e}", lock_path.display()))?;
-        let lock = nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock).map_err(|_| {
-            format!("another corral master is already running pool {name:?} (lock {} is held)", lock_path.display())
-        })?;
+        let lock = nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock)
+            .map_err(|_| {
+                format!(
+                    "another corral master is already running pool {name:?} (lock {} is held)",
+                    lock_path.display()
+                )
+            })?;
         Ok(RuntimeDir { path, _lock: lock })
     }
 }
@@ -147,14 +164,20 @@ impl Driver {
             None => ListenSockets::bind(&config.listen)?,
         };
         let worker_gid = match &config.user {
-            Some(user) if nix::unistd::geteuid().is_root() => Some(Credentials::lookup(user).map_err(StartError::Other)?.gid),
+            Some(user) if nix::unistd::geteuid().is_root() => {
+                Some(Credentials::lookup(user).map_err(StartError::Other)?.gid)
+            }
             _ => None,
         };
         let runtime = RuntimeDir::create(&config.name, worker_gid).map_err(StartError::Other)?;
         let mode = if worker_gid.is_some() { 0o660 } else { 0o600 };
         let notify_path = runtime.path.join("notify.sock");
-        let notify = NotifyServer::bind(&notify_path, mode)
-            .map_err(|e| StartError::Other(format!("cannot bind the notify socket {}: {e}", notify_path.display())))?;
+        let notify = NotifyServer::bind(&notify_path, mode).map_err(|e| {
+            StartError::Other(format!(
+                "cannot bind the notify socket {}: {e}",
+                notify_path.display()
+            ))
+        })?;
         if let Some(gid) = worker_gid {
             let _ = nix::unistd::chown(&notify_path, None, Some(nix::unistd::Gid::from_raw(gid)));
         }
@@ -163,7 +186,15 @@ impl Driver {
             .filter(|(k, _)| !PRIVATE_ENV.contains(&k.as_str()))
             .collect();
         for s in &sockets.sockets {
-            tracing::info!("listening on {} ({})", s.address, if sockets.activated { "from systemd" } else { "bound by corral" });
+            tracing::info!(
+                "listening on {} ({})",
+                s.address,
+                if sockets.activated {
+                    "from systemd"
+                } else {
+                    "bound by corral"
+                }
+            );
         }
         tracing::info!(
             "pool {}: {} workers of `{}`",
@@ -206,13 +237,19 @@ impl Driver {
             }
         };
         let watchdog = sd_notify::watchdog_enabled().filter(|_| self.systemd.enabled());
-        let mut watchdog_timer = tokio::time::interval(watchdog.map_or(std::time::Duration::from_secs(3600), |d| d / 2));
+        let mut watchdog_timer =
+            tokio::time::interval(watchdog.map_or(std::time::Duration::from_secs(3600), |d| d / 2));
         watchdog_timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
 
         self.dispatch(Event::Start);
         while self.exit.is_none() {
-            let deadline = self.pool.next_deadline().map(tokio::time::Instant::from_std);
-            let sleep = tokio::time::sleep_until(deadline.unwrap_or_else(|| tokio::time::Instant::now() + std::time::Duration::from_secs(3600)));
+            let deadline = self
+                .pool
+                .next_deadline()
+                .map(tokio::time::Instant::from_std);
+            let sleep = tokio::time::sleep_until(deadline.unwrap_or_else(|| {
+                tokio::time::Instant::now() + std::time::Duration::from_secs(3600)
+            }));
             tokio::select! {
                 biased;
                 Some(()) = chld.recv() => self.reap(),
@@ -247,7 +284,12 @@ impl Driver {
 
     fn execute(&mut self, action: Action) {
         match action {
-            Action::Spawn { id, slot, generation, config } => {
+            Action::Spawn {
+                id,
+                slot,
+                generation,
+                config,
+            } => {
                 let event = match self.spawn_worker(slot, generation, &config) {
                     Ok(pid) => Event::Spawned { id, pid },
                     Err(error) => Event::SpawnFailed { id, error },
@@ -285,16 +327,21 @@ impl Driver {
                 }
                 Notify::Stopping => states.push(NotifyState::Stopping),
                 Notify::Status(s) => states.push(NotifyState::Status(s)),
-                Notify::ExtendTimeout(d) => {
-                    states.push(NotifyState::ExtendTimeoutUsec(u32::try_from(d.as_micros()).unwrap_or(u32::MAX)))
-                }
+                Notify::ExtendTimeout(d) => states.push(NotifyState::ExtendTimeoutUsec(
+                    u32::try_from(d.as_micros()).unwrap_or(u32::MAX),
+                )),
             }
         }
         states.extend(monotonic);
         self.systemd.send(&states);
     }
 
-    fn spawn_worker(&mut self, slot: usize, generation: u64, config: &Config) -> Result<Pid, String> {
+    fn spawn_worker(
+        &mut self,
+        slot: usize,
+        generation: u64,
+        config: &Config,
+    ) -> Result<Pid, String> {
         let credentials = match &config.user {
             None => None,
             Some(user) => {
@@ -304,12 +351,19 @@ impl Driver {
                 } else if c.uid == nix::unistd::geteuid().as_raw() {
                     None
                 } else {
-                    return Err(format!("user = {user:?} needs corral to run as root (it runs as uid {})", nix::unistd::geteuid()));
+                    return Err(format!(
+                        "user = {user:?} needs corral to run as root (it runs as uid {})",
+                        nix::unistd::geteuid()
+                    ));
                 }
             }
         };
         let env = self.worker_env(slot, generation, config, credentials.as_ref());
-        let path = env.iter().rev().find(|(k, _)| k == "PATH").map(|(_, v)| OsString::from(v));
+        let path = env
+            .iter()
+            .rev()
+            .find(|(k, _)| k == "PATH")
+            .map(|(_, v)| OsString::from(v));
         let program = spawn::resolve_program(&config.command[0], path.as_deref())?;
         let fds = self.sockets.fds();
         let req = SpawnRequest {
@@ -322,8 +376,20 @@ impl Driver {
         };
         let child = spawn::spawn(&req)?;
         let pid = child.pid;
-        self.workers.insert(pid, WorkerMeta { slot, generation, status: None });
-        let origin = Origin { name: self.name.clone(), slot, pid: pid.as_raw(), generation };
+        self.workers.insert(
+            pid,
+            WorkerMeta {
+                slot,
+                generation,
+                status: None,
+            },
+        );
+        let origin = Origin {
+            name: self.name.clone(),
+            slot,
+            pid: pid.as_raw(),
+            generation,
+        };
         self.forward_output(child.stdout, Stream::Stdout, origin.clone());
         self.forward_output(child.stderr, Stream::Stderr, origin);
         Ok(pid)
@@ -335,7 +401,13 @@ impl Driver {
 
     /// The complete environment of a worker: the master's own (minus what is private to it),
     /// the config's `env`, then what corral sets. Later entries win.
-    fn worker_env(&self, slot: usize, generation: u64, config: &Config, creds: Option<&Credentials>) -> Vec<(String, String)> {
+    fn worker_env(
+        &self,
+        slot: usize,
+        generation: u64,
+        config: &Config,
+        creds: Option<&Credentials>,
+    ) -> Vec<(String, String)> {
         let mut env: Vec<(String, String)> = self.base_env.clone();
         if let (Some(c), Some(user)) = (creds, &config.user) {
             if let Ok(Some(u)) = nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(c.uid)) {
@@ -351,7 +423,10 @@ impl Driver {
             env.push(("LISTEN_FDS".into(), self.sockets.sockets.len().to_string()));
             env.push(("LISTEN_FDNAMES".into(), self.sockets.names()));
         }
-        env.push(("NOTIFY_SOCKET".into(), self.notify.path().to_string_lossy().into_owned()));
+        env.push((
+            "NOTIFY_SOCKET".into(),
+            self.notify.path().to_string_lossy().into_owned(),
+        ));
         env.push(("CORRAL_NAME".into(), self.name.to_string()));
         env.push(("CORRAL_WORKER".into(), slot.to_string()));
         env.push(("CORRAL_GENERATION".into(), generation.to_string()));
@@ -360,7 +435,11 @@ impl Driver {
         }
         // Keep the last value of each name, in first-seen order.
         let mut seen = std::collections::HashSet::new();
-        let mut out: Vec<(String, String)> = env.into_iter().rev().filter(|(k, _)| seen.insert(k.clone())).collect();
+        let mut out: Vec<(String, String)> = env
+            .into_iter()
+            .rev()
+            .filter(|(k, _)| seen.insert(k.clone()))
+            .collect();
         out.reverse();
         out
     }
@@ -378,7 +457,12 @@ impl Driver {
             if let Some(meta) = self.workers.remove(&pid) {
                 // Whatever the worker left behind in its process group goes with it.
                 let _ = killpg(pid, Signal::SIGKILL);
-                tracing::debug!(slot = meta.slot, pid = pid.as_raw(), generation = meta.generation, "reaped worker ({status})");
+                tracing::debug!(
+                    slot = meta.slot,
+                    pid = pid.as_raw(),
+                    generation = meta.generation,
+                    "reaped worker ({status})"
+                );
                 self.dispatch(Event::Exited { pid, status });
             } else {
                 tracing::debug!(pid = pid.as_raw(), "reaped a stray process ({status})");
@@ -388,13 +472,18 @@ impl Driver {
 
     fn reload(&mut self) {
         tracing::info!("reload requested: reading {}", self.config_path.display());
-        let config = Config::load(&self.config_path).map(Arc::new).map_err(|e| e.to_string());
+        let config = Config::load(&self.config_path)
+            .map(Arc::new)
+            .map_err(|e| e.to_string());
         if let Ok(c) = &config {
             if c.listen != self.pool.config().listen && !self.sockets.activated {
                 tracing::warn!("`listen` changed: sockets are kept across reloads; restart the service to listen elsewhere");
             }
         }
-        self.dispatch(Event::Reload { config, reply: None });
+        self.dispatch(Event::Reload {
+            config,
+            reply: None,
+        });
     }
 
     fn on_notify(&mut self, msg: crate::notify::Message) {
@@ -406,7 +495,10 @@ impl Driver {
             match nix::unistd::getpgid(Some(msg.pid)) {
                 Ok(pgid) if self.workers.contains_key(&pgid) => pgid,
                 _ => {
-                    tracing::debug!(pid = msg.pid.as_raw(), "ignoring a notification from a process that is not a worker");
+                    tracing::debug!(
+                        pid = msg.pid.as_raw(),
+                        "ignoring a notification from a process that is not a worker"
+                    );
                     return;
                 }
             }

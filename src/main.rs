@@ -18,7 +18,11 @@ fn main() -> ExitCode {
     init_logging();
     match cli.command {
         Command::Run { config } => {
-            let path = config::locate(config.as_deref(), std::env::var("CORRAL_CONFIG").ok().as_deref(), None);
+            let path = config::locate(
+                config.as_deref(),
+                std::env::var("CORRAL_CONFIG").ok().as_deref(),
+                None,
+            );
             match driver::run(&path) {
                 Ok(code) => ExitCode::from(u8::try_from(code).unwrap_or(1)),
                 Err(StartError::Config(e)) => {
@@ -32,7 +36,11 @@ fn main() -> ExitCode {
             }
         }
         Command::Check { config, name } => {
-            let path = config::locate(config.as_deref(), std::env::var("CORRAL_CONFIG").ok().as_deref(), name.as_deref());
+            let path = config::locate(
+                config.as_deref(),
+                std::env::var("CORRAL_CONFIG").ok().as_deref(),
+                name.as_deref(),
+            );
             check(&path)
         }
         Command::Completions { shell } => {
@@ -77,7 +85,10 @@ fn init_logging() {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     if stderr_is_journal() {
         if let Ok(layer) = tracing_journald::layer() {
-            tracing_subscriber::registry().with(filter).with(layer.with_syslog_identifier("corral".into())).init();
+            tracing_subscriber::registry()
+                .with(filter)
+                .with(layer.with_syslog_identifier("corral".into()))
+                .init();
             return;
         }
     }
@@ -92,9 +103,15 @@ fn init_logging() {
 /// True when stderr is the stream systemd connected to journald (`JOURNAL_STREAM=dev:ino`).
 fn stderr_is_journal() -> bool {
     use std::os::unix::fs::MetadataExt;
-    let Some(stream) = std::env::var_os("JOURNAL_STREAM") else { return false };
+    let Some(stream) = std::env::var_os("JOURNAL_STREAM") else {
+        return false;
+    };
     let stream = stream.to_string_lossy().into_owned();
-    let Some((dev, ino)) = stream.split_once(':') else { return false };
-    let Ok(meta) = std::fs::metadata("/proc/self/fd/2") else { return false };
+    let Some((dev, ino)) = stream.split_once(':') else {
+        return false;
+    };
+    let Ok(meta) = std::fs::metadata("/proc/self/fd/2") else {
+        return false;
+    };
     dev.parse() == Ok(meta.dev()) && ino.parse() == Ok(meta.ino())
 }

@@ -72,18 +72,35 @@ pub enum Event {
     /// Start the first generation.
     Start,
     /// The driver forked and exec'd worker `id`.
-    Spawned { id: WorkerId, pid: Pid },
+    Spawned {
+        id: WorkerId,
+        pid: Pid,
+    },
     /// The worker could not be started at all (fork or exec failed).
-    SpawnFailed { id: WorkerId, error: String },
+    SpawnFailed {
+        id: WorkerId,
+        error: String,
+    },
     /// `READY=1` from this pid (credentials checked by the driver).
-    Ready { pid: Pid },
+    Ready {
+        pid: Pid,
+    },
     /// A worker process was reaped.
-    Exited { pid: Pid, status: ExitStatus },
+    Exited {
+        pid: Pid,
+        status: ExitStatus,
+    },
     /// A deadline from [`Pool::next_deadline`] has passed.
     Tick,
     /// Re-read config: the new one, or why it could not be used.
-    Reload { config: Result<Arc<Config>, String>, reply: Option<ReplyId> },
-    Scale { request: ScaleRequest, reply: Option<ReplyId> },
+    Reload {
+        config: Result<Arc<Config>, String>,
+        reply: Option<ReplyId>,
+    },
+    Scale {
+        request: ScaleRequest,
+        reply: Option<ReplyId>,
+    },
     /// Graceful stop (SIGTERM/SIGINT). A second one means [`Event::StopNow`].
     Stop,
     StopNow,
@@ -101,11 +118,22 @@ pub enum Notify {
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum Action {
-    Spawn { id: WorkerId, slot: SlotId, generation: Generation, config: Arc<Config> },
+    Spawn {
+        id: WorkerId,
+        slot: SlotId,
+        generation: Generation,
+        config: Arc<Config>,
+    },
     /// Signal a worker's process group.
-    Signal { pid: Pid, signal: Signal },
+    Signal {
+        pid: Pid,
+        signal: Signal,
+    },
     Notify(Vec<Notify>),
-    Reply { to: ReplyId, result: Result<String, String> },
+    Reply {
+        to: ReplyId,
+        result: Result<String, String>,
+    },
     Exit(i32),
 }
 
@@ -123,10 +151,16 @@ pub enum WorkerState {
     /// Asked for; the driver has not reported a pid yet.
     Spawning,
     /// Running, not ready yet. `timeout_at`: ready deadline; `ready_at`: when `delay` mode says ready.
-    Starting { timeout_at: Option<Instant>, ready_at: Option<Instant> },
+    Starting {
+        timeout_at: Option<Instant>,
+        ready_at: Option<Instant>,
+    },
     Ready,
     /// Signalled; SIGKILL at `kill_at` (None once killed).
-    Stopping { reason: StopReason, kill_at: Option<Instant> },
+    Stopping {
+        reason: StopReason,
+        kill_at: Option<Instant>,
+    },
 }
 
 #[derive(Debug, Clone)]
@@ -148,7 +182,10 @@ impl Worker {
         self.state == WorkerState::Ready
     }
     fn is_starting(&self) -> bool {
-        matches!(self.state, WorkerState::Spawning | WorkerState::Starting { .. })
+        matches!(
+            self.state,
+            WorkerState::Spawning | WorkerState::Starting { .. }
+        )
     }
 }
 
@@ -271,8 +308,20 @@ impl Pool {
             Event::SpawnFailed { id, error } => {
                 if let Some(i) = self.index_of(id) {
                     let w = self.workers.remove(i);
-                    tracing::error!(slot = w.slot, generation = w.generation, "cannot start worker: {error}");
-                    self.on_failure(now, &w, format!("worker {} of generation {} could not start: {error}", w.slot, w.generation), &mut out);
+                    tracing::error!(
+                        slot = w.slot,
+                        generation = w.generation,
+                        "cannot start worker: {error}"
+                    );
+                    self.on_failure(
+                        now,
+                        &w,
+                        format!(
+                            "worker {} of generation {} could not start: {error}",
+                            w.slot, w.generation
+                        ),
+                        &mut out,
+                    );
                 }
             }
             Event::Ready { pid } => {
@@ -280,7 +329,12 @@ impl Pool {
                     if w.is_starting() {
                         w.state = WorkerState::Ready;
                         w.ready_since = Some(now);
-                        tracing::info!(slot = w.slot, pid = pid.as_raw(), generation = w.generation, "worker ready");
+                        tracing::info!(
+                            slot = w.slot,
+                            pid = pid.as_raw(),
+                            generation = w.generation,
+                            "worker ready"
+                        );
                     }
                 }
             }
@@ -316,7 +370,10 @@ impl Pool {
         let mut times = Vec::new();
         for w in &self.workers {
             match w.state {
-                WorkerState::Starting { timeout_at, ready_at } => times.extend(timeout_at.into_iter().chain(ready_at)),
+                WorkerState::Starting {
+                    timeout_at,
+                    ready_at,
+                } => times.extend(timeout_at.into_iter().chain(ready_at)),
                 WorkerState::Stopping { kill_at, .. } => times.extend(kill_at),
                 _ => {}
             }
@@ -358,29 +415,62 @@ impl Pool {
                 w.ready_since = Some(now);
                 WorkerState::Ready
             }
-            ReadyMode::Delay => WorkerState::Starting { timeout_at: None, ready_at: Some(now + ready.delay.0) },
-            ReadyMode::Notify => WorkerState::Starting { timeout_at: Some(now + ready.timeout.0), ready_at: None },
+            ReadyMode::Delay => WorkerState::Starting {
+                timeout_at: None,
+                ready_at: Some(now + ready.delay.0),
+            },
+            ReadyMode::Notify => WorkerState::Starting {
+                timeout_at: Some(now + ready.timeout.0),
+                ready_at: None,
+            },
         };
-        tracing::info!(slot = w.slot, pid = pid.as_raw(), generation = w.generation, "worker started");
+        tracing::info!(
+            slot = w.slot,
+            pid = pid.as_raw(),
+            generation = w.generation,
+            "worker started"
+        );
         if self.phase != Phase::Running {
             self.stop_worker(now, i, StopReason::Shutdown, out);
         }
     }
 
     fn on_exited(&mut self, now: Instant, pid: Pid, status: ExitStatus, out: &mut Vec<Action>) {
-        let Some(i) = self.workers.iter().position(|w| w.pid == Some(pid)) else { return };
+        let Some(i) = self.workers.iter().position(|w| w.pid == Some(pid)) else {
+            return;
+        };
         let w = self.workers.remove(i);
         match w.state {
             WorkerState::Stopping { .. } => {
-                tracing::info!(slot = w.slot, pid = pid.as_raw(), generation = w.generation, "worker stopped ({status})");
+                tracing::info!(
+                    slot = w.slot,
+                    pid = pid.as_raw(),
+                    generation = w.generation,
+                    "worker stopped ({status})"
+                );
             }
             _ if self.phase != Phase::Running => {}
             WorkerState::Ready => {
-                tracing::warn!(slot = w.slot, pid = pid.as_raw(), generation = w.generation, "worker exited unexpectedly ({status})");
-                self.on_failure(now, &w, format!("worker {} (pid {pid}) exited with {status}", w.slot), out);
+                tracing::warn!(
+                    slot = w.slot,
+                    pid = pid.as_raw(),
+                    generation = w.generation,
+                    "worker exited unexpectedly ({status})"
+                );
+                self.on_failure(
+                    now,
+                    &w,
+                    format!("worker {} (pid {pid}) exited with {status}", w.slot),
+                    out,
+                );
             }
             WorkerState::Spawning | WorkerState::Starting { .. } => {
-                tracing::warn!(slot = w.slot, pid = pid.as_raw(), generation = w.generation, "worker exited before it was ready ({status})");
+                tracing::warn!(
+                    slot = w.slot,
+                    pid = pid.as_raw(),
+                    generation = w.generation,
+                    "worker exited before it was ready ({status})"
+                );
                 let reason = format!(
                     "worker {} (pid {pid}) of generation {} exited with {status} before it was ready",
                     w.slot, w.generation
@@ -394,15 +484,26 @@ impl Pool {
         for i in 0..self.workers.len() {
             let w = &self.workers[i];
             match w.state {
-                WorkerState::Starting { ready_at: Some(t), .. } if t <= now => {
+                WorkerState::Starting {
+                    ready_at: Some(t), ..
+                } if t <= now => {
                     let w = &mut self.workers[i];
                     w.state = WorkerState::Ready;
                     w.ready_since = Some(now);
                 }
-                WorkerState::Starting { timeout_at: Some(t), .. } if t <= now => {
+                WorkerState::Starting {
+                    timeout_at: Some(t),
+                    ..
+                } if t <= now => {
                     let w = w.clone();
                     let timeout = self.configs[&w.generation].ready.timeout.0;
-                    tracing::warn!(slot = w.slot, pid = w.pid.map(Pid::as_raw), generation = w.generation, "worker not ready after {}", humantime::format_duration(timeout));
+                    tracing::warn!(
+                        slot = w.slot,
+                        pid = w.pid.map(Pid::as_raw),
+                        generation = w.generation,
+                        "worker not ready after {}",
+                        humantime::format_duration(timeout)
+                    );
                     self.stop_worker(now, i, StopReason::ReadyTimeout, out);
                     let pid = w.pid.map_or_else(String::new, |p| format!(" (pid {p})"));
                     let reason = format!(
@@ -413,12 +514,25 @@ impl Pool {
                     );
                     self.on_failure(now, &w, reason, out);
                 }
-                WorkerState::Stopping { reason, kill_at: Some(t) } if t <= now => {
+                WorkerState::Stopping {
+                    reason,
+                    kill_at: Some(t),
+                } if t <= now => {
                     if let Some(pid) = w.pid {
-                        tracing::warn!(slot = w.slot, pid = pid.as_raw(), "worker did not stop in time, sending SIGKILL");
-                        out.push(Action::Signal { pid, signal: Signal::SIGKILL });
+                        tracing::warn!(
+                            slot = w.slot,
+                            pid = pid.as_raw(),
+                            "worker did not stop in time, sending SIGKILL"
+                        );
+                        out.push(Action::Signal {
+                            pid,
+                            signal: Signal::SIGKILL,
+                        });
                     }
-                    self.workers[i].state = WorkerState::Stopping { reason, kill_at: None };
+                    self.workers[i].state = WorkerState::Stopping {
+                        reason,
+                        kill_at: None,
+                    };
                 }
                 _ => {}
             }
@@ -430,7 +544,8 @@ impl Pool {
         if self.phase != Phase::Running {
             return;
         }
-        let aborts_reload = self.reload.as_ref().is_some_and(|r| r.to == w.generation) && w.ready_since.is_none();
+        let aborts_reload =
+            self.reload.as_ref().is_some_and(|r| r.to == w.generation) && w.ready_since.is_none();
         let restart = self.configs[&w.generation].restart.clone();
         let uptime = now.saturating_duration_since(w.started);
         let slot = self.slot_mut(w.slot);
@@ -440,11 +555,19 @@ impl Pool {
         slot.failures += 1;
         slot.restarts += 1;
         let exp = slot.failures.saturating_sub(1).min(30);
-        let delay = restart.delay.0.saturating_mul(1u32 << exp).min(restart.max_delay.0);
+        let delay = restart
+            .delay
+            .0
+            .saturating_mul(1u32 << exp)
+            .min(restart.max_delay.0);
         slot.not_before = Some(now + delay);
         self.restarts_total += 1;
         self.crashes.push_back(now);
-        while self.crashes.front().is_some_and(|t| now.saturating_duration_since(*t) > restart.window.0) {
+        while self
+            .crashes
+            .front()
+            .is_some_and(|t| now.saturating_duration_since(*t) > restart.window.0)
+        {
             self.crashes.pop_front();
         }
         if aborts_reload {
@@ -457,23 +580,41 @@ impl Pool {
             );
             self.begin_stop(now, 1, out);
         } else {
-            tracing::info!(slot = w.slot, "restarting worker in {}", humantime::format_duration(delay));
+            tracing::info!(
+                slot = w.slot,
+                "restarting worker in {}",
+                humantime::format_duration(delay)
+            );
         }
     }
 
-    fn on_reload(&mut self, config: Result<Arc<Config>, String>, reply: Option<ReplyId>, out: &mut Vec<Action>) {
+    fn on_reload(
+        &mut self,
+        config: Result<Arc<Config>, String>,
+        reply: Option<ReplyId>,
+        out: &mut Vec<Action>,
+    ) {
         if self.phase != Phase::Running {
             if let Some(to) = reply {
-                out.push(Action::Reply { to, result: Err("the pool is stopping".into()) });
+                out.push(Action::Reply {
+                    to,
+                    result: Err("the pool is stopping".into()),
+                });
             }
             return;
         }
         let replies: Vec<ReplyId> = reply.into_iter().collect();
         match config {
             Err(error) => {
-                tracing::error!("reload refused, keeping generation {}: {error}", self.target);
+                tracing::error!(
+                    "reload refused, keeping generation {}: {error}",
+                    self.target
+                );
                 for to in replies {
-                    out.push(Action::Reply { to, result: Err(error.clone()) });
+                    out.push(Action::Reply {
+                        to,
+                        result: Err(error.clone()),
+                    });
                 }
                 if self.reload.is_none() {
                     // Tell systemd the reload happened (and ended): notify-reload waits for it.
@@ -484,8 +625,13 @@ impl Pool {
             }
             Ok(config) => {
                 if self.reload.is_some() {
-                    tracing::info!("reload requested during a reload: it will follow the current one");
-                    let queued = self.queued.get_or_insert(QueuedReload { config: config.clone(), replies: vec![] });
+                    tracing::info!(
+                        "reload requested during a reload: it will follow the current one"
+                    );
+                    let queued = self.queued.get_or_insert(QueuedReload {
+                        config: config.clone(),
+                        replies: vec![],
+                    });
                     queued.config = config;
                     queued.replies.extend(replies);
                 } else {
@@ -502,16 +648,24 @@ impl Pool {
         if config.instances_spec != self.configs[&from].instances_spec {
             self.desired = config.instances;
         }
-        tracing::info!("reloading: generation {from} → {to}, {} workers", self.desired);
+        tracing::info!(
+            "reloading: generation {from} → {to}, {} workers",
+            self.desired
+        );
         self.configs.insert(to, config);
         self.target = to;
         self.reload = Some(ReloadRun { from, to, replies });
     }
 
     fn finish_reload(&mut self, result: Result<String, String>, out: &mut Vec<Action>) {
-        let Some(run) = self.reload.take() else { return };
+        let Some(run) = self.reload.take() else {
+            return;
+        };
         for to in run.replies {
-            out.push(Action::Reply { to, result: result.clone() });
+            out.push(Action::Reply {
+                to,
+                result: result.clone(),
+            });
         }
         self.last_reload = Some(match result {
             Ok(_) => ReloadResult::Succeeded(run.to),
@@ -525,10 +679,22 @@ impl Pool {
     }
 
     fn abort_reload(&mut self, reason: String, out: &mut Vec<Action>) {
-        let Some(run) = self.reload.as_ref() else { return };
-        tracing::error!("reload to generation {} failed, generation {} keeps serving: {reason}", run.to, run.from);
+        let Some(run) = self.reload.as_ref() else {
+            return;
+        };
+        tracing::error!(
+            "reload to generation {} failed, generation {} keeps serving: {reason}",
+            run.to,
+            run.from
+        );
         self.target = run.from;
-        self.finish_reload(Err(format!("reload failed, generation {} keeps serving: {reason}", run.from)), out);
+        self.finish_reload(
+            Err(format!(
+                "reload failed, generation {} keeps serving: {reason}",
+                run.from
+            )),
+            out,
+        );
     }
 
     fn on_scale(&mut self, request: ScaleRequest, reply: Option<ReplyId>, out: &mut Vec<Action>) {
@@ -555,11 +721,22 @@ impl Pool {
         self.queued = None;
         if let Some(run) = self.reload.take() {
             for to in run.replies {
-                out.push(Action::Reply { to, result: Err("the pool is stopping".into()) });
+                out.push(Action::Reply {
+                    to,
+                    result: Err("the pool is stopping".into()),
+                });
             }
         }
-        let longest = self.workers.iter().map(|w| self.configs[&w.generation].stop.timeout.0).max().unwrap_or_default();
-        out.push(Action::Notify(vec![Notify::Stopping, Notify::ExtendTimeout(longest + EXTEND_MARGIN)]));
+        let longest = self
+            .workers
+            .iter()
+            .map(|w| self.configs[&w.generation].stop.timeout.0)
+            .max()
+            .unwrap_or_default();
+        out.push(Action::Notify(vec![
+            Notify::Stopping,
+            Notify::ExtendTimeout(longest + EXTEND_MARGIN),
+        ]));
         for i in 0..self.workers.len() {
             if self.workers[i].is_live() {
                 self.stop_worker(now, i, StopReason::Shutdown, out);
@@ -571,13 +748,19 @@ impl Pool {
         tracing::warn!("stopping now: killing every worker");
         for w in &mut self.workers {
             if let Some(pid) = w.pid {
-                out.push(Action::Signal { pid, signal: Signal::SIGKILL });
+                out.push(Action::Signal {
+                    pid,
+                    signal: Signal::SIGKILL,
+                });
             }
             let reason = match w.state {
                 WorkerState::Stopping { reason, .. } => reason,
                 _ => StopReason::Shutdown,
             };
-            w.state = WorkerState::Stopping { reason, kill_at: None };
+            w.state = WorkerState::Stopping {
+                reason,
+                kill_at: None,
+            };
         }
     }
 
@@ -587,11 +770,22 @@ impl Pool {
         let w = &mut self.workers[i];
         match w.pid {
             Some(pid) => {
-                out.push(Action::Signal { pid, signal: stop.signal.0 });
-                w.state = WorkerState::Stopping { reason, kill_at: Some(now + stop.timeout.0) };
+                out.push(Action::Signal {
+                    pid,
+                    signal: stop.signal.0,
+                });
+                w.state = WorkerState::Stopping {
+                    reason,
+                    kill_at: Some(now + stop.timeout.0),
+                };
             }
             // Not forked yet: it will be stopped the moment it is (see `on_spawned`).
-            None => w.state = WorkerState::Stopping { reason, kill_at: Some(now) },
+            None => {
+                w.state = WorkerState::Stopping {
+                    reason,
+                    kill_at: Some(now),
+                }
+            }
         }
     }
 
@@ -607,7 +801,12 @@ impl Pool {
             started: now,
             ready_since: None,
         });
-        out.push(Action::Spawn { id, slot, generation: self.target, config: self.configs[&self.target].clone() });
+        out.push(Action::Spawn {
+            id,
+            slot,
+            generation: self.target,
+            config: self.configs[&self.target].clone(),
+        });
     }
 
     /// Converge the workers onto `desired` ready workers of the target generation.
@@ -634,9 +833,21 @@ impl Pool {
         let mut empty = Vec::new();
         for slot in 0..self.desired {
             let live = |w: &&Worker| w.slot == slot && w.is_live();
-            let has_target = self.workers.iter().filter(live).any(|w| w.generation == target);
-            let target_ready = self.workers.iter().filter(live).any(|w| w.generation == target && w.is_ready());
-            let old_ready = self.workers.iter().filter(live).any(|w| w.generation != target && w.is_ready());
+            let has_target = self
+                .workers
+                .iter()
+                .filter(live)
+                .any(|w| w.generation == target);
+            let target_ready = self
+                .workers
+                .iter()
+                .filter(live)
+                .any(|w| w.generation == target && w.is_ready());
+            let old_ready = self
+                .workers
+                .iter()
+                .filter(live)
+                .any(|w| w.generation != target && w.is_ready());
             if target_ready && old_ready {
                 for i in 0..self.workers.len() {
                     let w = &self.workers[i];
@@ -653,7 +864,11 @@ impl Pool {
             }
         }
         for slot in empty {
-            let due = self.slots.get(slot).and_then(|s| s.not_before).is_none_or(|t| t <= now);
+            let due = self
+                .slots
+                .get(slot)
+                .and_then(|s| s.not_before)
+                .is_none_or(|t| t <= now);
             if due {
                 self.spawn(now, slot, out);
             }
@@ -668,12 +883,15 @@ impl Pool {
         // Generations nobody runs any more are forgotten.
         let in_use: Vec<Generation> = self.workers.iter().map(|w| w.generation).collect();
         let keep_from = self.reload.as_ref().map(|r| r.from);
-        self.configs.retain(|g, _| *g == target || Some(*g) == keep_from || in_use.contains(g));
+        self.configs
+            .retain(|g, _| *g == target || Some(*g) == keep_from || in_use.contains(g));
     }
 
     fn all_slots_ready_on_target(&self) -> bool {
         (0..self.desired).all(|slot| {
-            self.workers.iter().any(|w| w.slot == slot && w.generation == self.target && w.is_ready())
+            self.workers
+                .iter()
+                .any(|w| w.slot == slot && w.generation == self.target && w.is_ready())
         })
     }
 
@@ -682,13 +900,23 @@ impl Pool {
         if self.phase == Phase::Running && self.all_slots_ready_on_target() {
             if !self.announced_ready {
                 self.announced_ready = true;
-                tracing::info!("generation {}: all {} workers ready", self.target, self.desired);
+                tracing::info!(
+                    "generation {}: all {} workers ready",
+                    self.target,
+                    self.desired
+                );
                 out.push(Action::Notify(vec![Notify::Ready]));
             }
             if let Some(run) = &self.reload {
-                let no_old = !self.workers.iter().any(|w| w.is_live() && w.generation != self.target);
+                let no_old = !self
+                    .workers
+                    .iter()
+                    .any(|w| w.is_live() && w.generation != self.target);
                 if no_old {
-                    let msg = format!("generation {} serving with {} workers", run.to, self.desired);
+                    let msg = format!(
+                        "generation {} serving with {} workers",
+                        run.to, self.desired
+                    );
                     tracing::info!("reload done: {msg}");
                     self.finish_reload(Ok(msg), out);
                 }
@@ -719,7 +947,10 @@ impl Pool {
             1 => "1 restart".to_string(),
             n => format!("{n} restarts"),
         };
-        let mut s = format!("{ready}/{} workers ready · generation {} · {restarts}", self.desired, self.target);
+        let mut s = format!(
+            "{ready}/{} workers ready · generation {} · {restarts}",
+            self.desired, self.target
+        );
         if let Some(run) = &self.reload {
             s.push_str(&format!(" · reloading to generation {}", run.to));
         } else if let Some(ReloadResult::Failed(e)) = &self.last_reload {

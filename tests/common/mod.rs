@@ -54,7 +54,11 @@ pub struct TempDir(pub PathBuf);
 impl TempDir {
     pub fn new(tag: &str) -> TempDir {
         static N: AtomicUsize = AtomicUsize::new(0);
-        let p = std::env::temp_dir().join(format!("corral-it-{tag}-{}-{}", std::process::id(), N.fetch_add(1, Ordering::SeqCst)));
+        let p = std::env::temp_dir().join(format!(
+            "corral-it-{tag}-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::SeqCst)
+        ));
         let _ = std::fs::remove_dir_all(&p);
         std::fs::create_dir_all(&p).expect("create temp dir");
         TempDir(p)
@@ -75,7 +79,10 @@ impl Drop for TempDir {
 
 /// A free TCP port on loopback (bound and released; tests use it right away).
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("free port")
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
 }
 
 /// The datagram socket systemd would read: the master's NOTIFY_SOCKET.
@@ -90,20 +97,29 @@ impl FakeSystemd {
         let path = dir.join("systemd-notify.sock");
         let sock = UnixDatagram::bind(&path).expect("bind fake notify socket");
         sock.set_nonblocking(true).expect("nonblocking");
-        FakeSystemd { path, sock, messages: Vec::new() }
+        FakeSystemd {
+            path,
+            sock,
+            messages: Vec::new(),
+        }
     }
     fn drain(&mut self) {
         let mut buf = vec![0u8; 8192];
         while let Ok(n) = self.sock.recv(&mut buf) {
-            self.messages.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+            self.messages
+                .push(String::from_utf8_lossy(&buf[..n]).into_owned());
         }
     }
     /// Wait for a datagram that contains `needle`; returns it.
     pub fn wait(&mut self, needle: &str) -> String {
-        wait_for(&format!("notification containing {needle:?}"), TIMEOUT, || {
-            self.drain();
-            self.messages.iter().find(|m| m.contains(needle)).cloned()
-        })
+        wait_for(
+            &format!("notification containing {needle:?}"),
+            TIMEOUT,
+            || {
+                self.drain();
+                self.messages.iter().find(|m| m.contains(needle)).cloned()
+            },
+        )
     }
     /// Wait for the latest STATUS= to contain `needle`.
     pub fn wait_status(&mut self, needle: &str) -> String {
@@ -121,11 +137,18 @@ impl FakeSystemd {
     }
     pub fn last_status(&mut self) -> Option<String> {
         self.drain();
-        self.messages.iter().rev().find_map(|m| m.lines().find_map(|l| l.strip_prefix("STATUS=")).map(str::to_string))
+        self.messages.iter().rev().find_map(|m| {
+            m.lines()
+                .find_map(|l| l.strip_prefix("STATUS="))
+                .map(str::to_string)
+        })
     }
     pub fn count(&mut self, line: &str) -> usize {
         self.drain();
-        self.messages.iter().filter(|m| m.lines().any(|l| l == line)).count()
+        self.messages
+            .iter()
+            .filter(|m| m.lines().any(|l| l == line))
+            .count()
     }
     pub fn clear(&mut self) {
         self.drain();
@@ -145,7 +168,13 @@ pub struct Options {
 
 impl Default for Options {
     fn default() -> Self {
-        Options { activate: vec![], fdnames: vec![], notify: true, env: vec![], wrapper: vec![] }
+        Options {
+            activate: vec![],
+            fdnames: vec![],
+            notify: true,
+            env: vec![],
+            wrapper: vec![],
+        }
     }
 }
 
@@ -164,7 +193,9 @@ impl Master {
     /// Write `config` (with `{worker}` and `{dir}` replaced) and start `corral run` on it.
     pub fn start(tag: &str, config: &str, opts: Options) -> Master {
         let dir = TempDir::new(tag);
-        let text = config.replace("{worker}", &worker_py()).replace("{dir}", &dir.0.to_string_lossy());
+        let text = config
+            .replace("{worker}", &worker_py())
+            .replace("{dir}", &dir.0.to_string_lossy());
         let config = dir.join("pool.toml");
         std::fs::write(&config, text).expect("write config");
         let log = dir.join("master.log");
@@ -189,7 +220,11 @@ impl Master {
             }
         }
         argv.push(CORRAL.into());
-        argv.extend(["run".into(), "-c".into(), config.to_string_lossy().into_owned()]);
+        argv.extend([
+            "run".into(),
+            "-c".into(),
+            config.to_string_lossy().into_owned(),
+        ]);
         let mut cmd = Command::new(&argv[0]);
         cmd.args(&argv[1..])
             .current_dir(dir.path())
@@ -209,7 +244,15 @@ impl Master {
             cmd.env(k, v);
         }
         let child = cmd.spawn().expect("start corral");
-        Master { child, dir, config, log, systemd, exit: None, known: Arc::new(Mutex::new(Vec::new())) }
+        Master {
+            child,
+            dir,
+            config,
+            log,
+            systemd,
+            exit: None,
+            known: Arc::new(Mutex::new(Vec::new())),
+        }
     }
 
     pub fn pid(&self) -> i32 {
@@ -225,17 +268,28 @@ impl Master {
     }
 
     pub fn wait_log(&self, needle: &str) {
-        wait_until(&format!("master log containing {needle:?}"), TIMEOUT, || self.log_text().contains(needle));
+        wait_until(
+            &format!("master log containing {needle:?}"),
+            TIMEOUT,
+            || self.log_text().contains(needle),
+        );
     }
 
     pub fn signal(&self, sig: nix::sys::signal::Signal) {
-        nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pid()), sig).expect("signal the master");
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pid()), sig)
+            .expect("signal the master");
     }
 
     /// Live (non-zombie) child processes of the master.
     pub fn workers(&self) -> Vec<i32> {
-        let w = children(self.pid()).into_iter().filter(|p| proc_state(*p).is_some_and(|s| s != 'Z')).collect::<Vec<_>>();
-        self.known.lock().map(|mut k| k.extend(w.iter().copied())).ok();
+        let w = children(self.pid())
+            .into_iter()
+            .filter(|p| proc_state(*p).is_some_and(|s| s != 'Z'))
+            .collect::<Vec<_>>();
+        self.known
+            .lock()
+            .map(|mut k| k.extend(w.iter().copied()))
+            .ok();
         w
     }
 
@@ -248,7 +302,9 @@ impl Master {
 
     /// Wait for the master to exit; returns its exit code.
     pub fn wait_exit(&mut self) -> Option<i32> {
-        let status = wait_for("the master to exit", TIMEOUT, || self.child.try_wait().ok().flatten());
+        let status = wait_for("the master to exit", TIMEOUT, || {
+            self.child.try_wait().ok().flatten()
+        });
         self.exit = Some(status);
         status.code()
     }
@@ -266,11 +322,18 @@ impl Drop for Master {
             let _ = self.child.kill();
             let _ = self.child.wait();
             for p in pids {
-                let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(p), nix::sys::signal::Signal::SIGKILL);
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(p),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
             }
         }
         if std::thread::panicking() {
-            eprintln!("---- master log ({}) ----\n{}", self.log.display(), self.log_text());
+            eprintln!(
+                "---- master log ({}) ----\n{}",
+                self.log.display(),
+                self.log_text()
+            );
         }
     }
 }
@@ -278,9 +341,13 @@ impl Drop for Master {
 /// Direct children of `pid`, from /proc.
 pub fn children(pid: i32) -> Vec<i32> {
     let mut out = Vec::new();
-    let Ok(entries) = std::fs::read_dir("/proc") else { return out };
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return out;
+    };
     for e in entries.flatten() {
-        let Some(p) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else { continue };
+        let Some(p) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
+            continue;
+        };
         if proc_ppid(p) == Some(pid) {
             out.push(p);
         }
@@ -304,7 +371,12 @@ pub fn descendants(pid: i32) -> Vec<i32> {
 fn stat_fields(pid: i32) -> Option<Vec<String>> {
     let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     let close = s.rfind(')')?;
-    Some(s[close + 2..].split_whitespace().map(str::to_string).collect())
+    Some(
+        s[close + 2..]
+            .split_whitespace()
+            .map(str::to_string)
+            .collect(),
+    )
 }
 
 pub fn proc_state(pid: i32) -> Option<char> {
@@ -320,19 +392,30 @@ pub fn alive(pid: i32) -> bool {
 }
 
 pub fn fd_count(pid: i32) -> usize {
-    std::fs::read_dir(format!("/proc/{pid}/fd")).map(|d| d.count()).unwrap_or(0)
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| d.count())
+        .unwrap_or(0)
 }
 
 pub fn threads(pid: i32) -> usize {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
-        .and_then(|s| s.lines().find_map(|l| l.strip_prefix("Threads:").map(|v| v.trim().parse().unwrap_or(0))))
+        .and_then(|s| {
+            s.lines().find_map(|l| {
+                l.strip_prefix("Threads:")
+                    .map(|v| v.trim().parse().unwrap_or(0))
+            })
+        })
         .unwrap_or(0)
 }
 
 /// What the test worker reported with `--report`.
 pub fn read_report(path: &Path) -> serde_json::Value {
-    let text = wait_for(&format!("worker report {}", path.display()), TIMEOUT, || std::fs::read_to_string(path).ok());
+    let text = wait_for(
+        &format!("worker report {}", path.display()),
+        TIMEOUT,
+        || std::fs::read_to_string(path).ok(),
+    );
     serde_json::from_str(&text).expect("report is JSON")
 }
 
@@ -346,7 +429,11 @@ pub fn get(addr: SocketAddr) -> std::io::Result<String> {
     if !resp.starts_with("HTTP/1.1 200") && !resp.starts_with("HTTP/1.0 200") {
         return Err(std::io::Error::other(format!("bad response: {resp:?}")));
     }
-    Ok(resp.split("\r\n\r\n").nth(1).unwrap_or_default().to_string())
+    Ok(resp
+        .split("\r\n\r\n")
+        .nth(1)
+        .unwrap_or_default()
+        .to_string())
 }
 
 /// The pid in a test worker's answer ("worker <pid> slot ...").
@@ -360,13 +447,18 @@ fn read_response(s: &mut TcpStream) -> std::io::Result<(usize, String)> {
     let mut byte = [0u8; 1];
     while !head.ends_with(b"\r\n\r\n") {
         if s.read(&mut byte)? == 0 {
-            return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, format!("closed after {} bytes", head.len())));
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                format!("closed after {} bytes", head.len()),
+            ));
         }
         head.push(byte[0]);
     }
     let head_text = String::from_utf8_lossy(&head).into_owned();
     if !head_text.starts_with("HTTP/1.1 200") {
-        return Err(std::io::Error::other(format!("bad response: {head_text:?}")));
+        return Err(std::io::Error::other(format!(
+            "bad response: {head_text:?}"
+        )));
     }
     let len: usize = head_text
         .lines()
@@ -376,7 +468,10 @@ fn read_response(s: &mut TcpStream) -> std::io::Result<(usize, String)> {
     let mut body = vec![0u8; len];
     s.read_exact(&mut body)?;
     let close = head_text.to_ascii_lowercase().contains("connection: close");
-    Ok((if close { 1 } else { 0 }, String::from_utf8_lossy(&body).into_owned()))
+    Ok((
+        if close { 1 } else { 0 },
+        String::from_utf8_lossy(&body).into_owned(),
+    ))
 }
 
 #[derive(Debug, Default, Clone)]
@@ -392,12 +487,19 @@ pub struct LoadResult {
 
 /// Hammer `addr` from `clients` threads until `stop` is set (or `max` requests each, or 120s):
 /// a bounded load loop that stops by itself.
-pub fn load(addr: SocketAddr, clients: usize, keep_alive: bool, stop: Arc<std::sync::atomic::AtomicBool>) -> std::thread::JoinHandle<LoadResult> {
+pub fn load(
+    addr: SocketAddr,
+    clients: usize,
+    keep_alive: bool,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+) -> std::thread::JoinHandle<LoadResult> {
     std::thread::spawn(move || {
         let handles: Vec<_> = (0..clients)
             .map(|_| {
                 let stop = stop.clone();
-                std::thread::spawn(move || client_loop(addr, keep_alive, &stop, 200_000, Duration::from_secs(120)))
+                std::thread::spawn(move || {
+                    client_loop(addr, keep_alive, &stop, 200_000, Duration::from_secs(120))
+                })
             })
             .collect();
         let mut total = LoadResult::default();
@@ -417,11 +519,17 @@ pub fn load(addr: SocketAddr, clients: usize, keep_alive: bool, stop: Arc<std::s
     })
 }
 
-fn client_loop(addr: SocketAddr, keep_alive: bool, stop: &std::sync::atomic::AtomicBool, max: usize, limit: Duration) -> LoadResult {
+fn client_loop(
+    addr: SocketAddr,
+    keep_alive: bool,
+    stop: &std::sync::atomic::AtomicBool,
+    max: usize,
+    limit: Duration,
+) -> LoadResult {
     let mut r = LoadResult::default();
     let start = Instant::now();
     let mut conn: Option<TcpStream> = None;
-    let mut fail = |r: &mut LoadResult, e: String| {
+    let fail = |r: &mut LoadResult, e: String| {
         r.failed += 1;
         *r.errors.entry(e).or_default() += 1;
     };
@@ -450,7 +558,9 @@ fn client_loop(addr: SocketAddr, keep_alive: bool, stop: &std::sync::atomic::Ato
             }
         }
         let Some(s) = conn.as_mut() else { continue };
-        let result = s.write_all(b"GET / HTTP/1.1\r\nHost: test\r\n\r\n").and_then(|_| read_response(s));
+        let result = s
+            .write_all(b"GET / HTTP/1.1\r\nHost: test\r\n\r\n")
+            .and_then(|_| read_response(s));
         match result {
             Ok((close, body)) => {
                 r.ok += 1;
@@ -462,7 +572,8 @@ fn client_loop(addr: SocketAddr, keep_alive: bool, stop: &std::sync::atomic::Ato
             Err(e) => {
                 conn = None;
                 let idle_close = reused
-                    && (e.kind() == std::io::ErrorKind::UnexpectedEof && e.to_string() == "closed after 0 bytes"
+                    && (e.kind() == std::io::ErrorKind::UnexpectedEof
+                        && e.to_string() == "closed after 0 bytes"
                         || e.kind() == std::io::ErrorKind::ConnectionReset
                         || e.kind() == std::io::ErrorKind::BrokenPipe);
                 if idle_close {
@@ -478,5 +589,9 @@ fn client_loop(addr: SocketAddr, keep_alive: bool, stop: &std::sync::atomic::Ato
 
 /// `corral` with arguments, collecting output.
 pub fn corral(args: &[&str]) -> std::process::Output {
-    Command::new(CORRAL).args(args).env_remove("NOTIFY_SOCKET").output().expect("run corral")
+    Command::new(CORRAL)
+        .args(args)
+        .env_remove("NOTIFY_SOCKET")
+        .output()
+        .expect("run corral")
 }

@@ -1,0 +1,57 @@
+// The Express-style app from PM2's cluster-mode docs, on Node's plain `http` module (no
+// dependencies), adapted to corral: it listens on the socket handed over at fd 3 instead of
+// binding a port, so every worker shares one kernel accept queue and corral never touches a
+// request.
+//
+//   GET /health        -> {"status":"ok","pid":...}
+//   GET /api/v1/hello  -> Hello from worker <pid>
+//
+// Readiness: Node cannot send unix datagrams itself, so the app runs `systemd-notify --ready`
+// once it listens (corral accepts it: the helper stays in the worker's process group). Without
+// that tool, use `[ready] mode = "delay"` in the pool's config.
+'use strict';
+const http = require('http');
+const { execFile } = require('child_process');
+
+const routes = {
+  '/health': (req, res) => json(res, 200, { status: 'ok', pid: process.pid }),
+  '/api/v1/hello': (req, res) => text(res, 200, `Hello from worker ${process.pid}\n`),
+};
+
+function json(res, code, obj) {
+  const body = JSON.stringify(obj);
+  res.writeHead(code, { 'Content-Type': 'application/json', 'Content-Length': Buffer.byteLength(body) });
+  res.end(body);
+}
+
+function text(res, code, body) {
+  res.writeHead(code, { 'Content-Type': 'text/plain', 'Content-Length': Buffer.byteLength(body) });
+  res.end(body);
+}
+
+const server = http.createServer((req, res) => {
+  const route = routes[req.url];
+  if (route) route(req, res);
+  else text(res, 404, 'not found\n');
+});
+
+const activated = process.env.LISTEN_PID === String(process.pid) && Number(process.env.LISTEN_FDS) >= 1;
+const where = activated ? { fd: 3 } : { port: Number(process.env.PORT || 3000), host: '127.0.0.1' };
+
+server.listen(where, () => {
+  console.log(`worker ${process.env.CORRAL_WORKER ?? '-'} (pid ${process.pid}) listening`);
+  if (process.env.NOTIFY_SOCKET) {
+    execFile('systemd-notify', ['--ready', `--status=serving as pid ${process.pid}`], (err) => {
+      if (err) console.error(`systemd-notify failed (${err.message}); use [ready] mode = "delay"`);
+    });
+  }
+});
+
+function shutdown() {
+  // Stop accepting (the shared socket stays open for the other workers), finish in-flight
+  // requests, close idle keep-alive connections, then exit.
+  server.close(() => process.exit(0));
+  server.closeIdleConnections?.();
+}
+process.on('SIGTERM', shutdown);
+process.on('SIGINT', shutdown);

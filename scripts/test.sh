@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Run corral's whole test suite: unit tests (pool state machine, config, protocols) and
+# integration tests that start the real binary with real processes, sockets and signals.
+# Installs what the tests need first (Debian packages; needs root or sudo when something is
+# missing).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need=()
+command -v systemd-socket-activate >/dev/null || need+=(systemd)   # acts as systemd in tests
+[ -x /usr/bin/python3 ] || need+=(python3)                           # test worker, run as `nobody` too
+command -v taskset >/dev/null || need+=(util-linux)                  # CPU affinity for instances = "max"
+if [ ${#need[@]} -gt 0 ]; then
+  echo "installing test dependencies: ${need[*]}"
+  sudo=""; [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  $sudo apt-get update -q
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -q --no-install-recommends "${need[@]}"
+fi
+
+cargo test --locked --all-targets "$@"
