@@ -16,6 +16,8 @@ use tokio::io::AsyncReadExt;
 
 /// Longest line forwarded as one record; longer ones are split.
 pub const MAX_LINE: usize = 16 * 1024;
+/// Bytes asked of the pipe per read.
+const READ_CHUNK: usize = 4096;
 
 /// Who wrote a line.
 #[derive(Debug, Clone)]
@@ -119,9 +121,11 @@ pub async fn forward(fd: OwnedFd, stream: Stream, origin: Origin, sink: Arc<Sink
         }
         buf.drain(..start);
         while buf.len() >= MAX_LINE {
-            let rest = buf.split_off(MAX_LINE);
-            emit(&buf, stream, &origin, &sink);
-            buf = rest;
+            emit(&buf[..MAX_LINE], stream, &origin, &sink);
+            buf.drain(..MAX_LINE);
+        }
+        if buf.is_empty() && buf.capacity() > 4 * READ_CHUNK {
+            buf = Vec::with_capacity(READ_CHUNK); // give back what a burst of output took
         }
     }
     if !buf.is_empty() {

@@ -78,11 +78,15 @@ fn check(path: &Path) -> ExitCode {
 }
 
 /// Master logs: to journald when our stderr is connected to it (JOURNAL_STREAM), else text on
-/// stderr. CORRAL_LOG sets the filter (default `info`).
+/// stderr. CORRAL_LOG sets the level: error, warn, info (default), debug, trace. (A plain level
+/// rather than an EnvFilter: the master logs only its own events, and the regex engine an
+/// EnvFilter brings would be most of the master's memory.)
 fn init_logging() {
     use tracing_subscriber::prelude::*;
-    let filter = tracing_subscriber::EnvFilter::try_from_env("CORRAL_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let filter = std::env::var("CORRAL_LOG")
+        .ok()
+        .and_then(|l| l.trim().parse::<tracing_subscriber::filter::LevelFilter>().ok())
+        .unwrap_or(tracing_subscriber::filter::LevelFilter::INFO);
     if stderr_is_journal() {
         if let Ok(layer) = tracing_journald::layer() {
             tracing_subscriber::registry()
