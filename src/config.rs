@@ -32,12 +32,7 @@ pub struct ConfigError {
 impl ConfigError {
     fn at(path: &Path, text: &str, span: Option<Range<usize>>, message: impl Into<String>) -> Self {
         let (line, col) = span.map_or((1, 1), |s| line_col(text, s.start));
-        ConfigError {
-            path: path.to_owned(),
-            line,
-            col,
-            message: message.into(),
-        }
+        ConfigError { path: path.to_owned(), line, col, message: message.into() }
     }
 }
 
@@ -73,9 +68,8 @@ impl Instances {
 impl FromStr for Instances {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        let bad = || {
-            format!("invalid instances {s:?}: expected a number, \"max\", \"max-1\" or a percentage like \"50%\"")
-        };
+        let bad =
+            || format!("invalid instances {s:?}: expected a number, \"max\", \"max-1\" or a percentage like \"50%\"");
         let s = s.trim();
         if s == "max" {
             return Ok(Instances::MaxMinus(0));
@@ -88,9 +82,7 @@ impl FromStr for Instances {
             return if (1..=100).contains(&p) {
                 Ok(Instances::Percent(p))
             } else {
-                Err(format!(
-                    "invalid instances {s:?}: a percentage must be between 1% and 100%"
-                ))
+                Err(format!("invalid instances {s:?}: a percentage must be between 1% and 100%"))
             };
         }
         let n: usize = s.parse().map_err(|_| bad())?;
@@ -116,11 +108,9 @@ impl<'de> Deserialize<'de> for Instances {
             N(i64),
             S(String),
         }
-        match Raw::deserialize(d).map_err(|_| {
-            de::Error::custom(
-                "instances must be a number or a string like \"max\", \"max-1\", \"50%\"",
-            )
-        })? {
+        match Raw::deserialize(d)
+            .map_err(|_| de::Error::custom("instances must be a number or a string like \"max\", \"max-1\", \"50%\""))?
+        {
             Raw::N(n) if n < 1 => Err(de::Error::custom("instances must be at least 1")),
             Raw::N(n) => Instances::fixed(n as usize).map_err(de::Error::custom),
             Raw::S(s) => s.parse().map_err(de::Error::custom),
@@ -153,8 +143,7 @@ impl<'de> Deserialize<'de> for Batch {
             N(i64),
             S(String),
         }
-        let msg =
-            "reload.batch must be a number of workers (at least 1) or a percentage like \"25%\"";
+        let msg = "reload.batch must be a number of workers (at least 1) or a percentage like \"25%\"";
         match Raw::deserialize(d).map_err(|_| de::Error::custom(msg))? {
             Raw::N(n) if n >= 1 => Ok(Batch::Count(n as usize)),
             Raw::S(s) => match s.trim().strip_suffix('%').map(|p| p.trim().parse::<u32>()) {
@@ -172,13 +161,10 @@ pub struct Dur(pub Duration);
 
 impl<'de> Deserialize<'de> for Dur {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(d).map_err(|_| {
-            de::Error::custom("expected a duration as a string, like \"500ms\", \"30s\" or \"1h\"")
-        })?;
+        let s = String::deserialize(d)
+            .map_err(|_| de::Error::custom("expected a duration as a string, like \"500ms\", \"30s\" or \"1h\""))?;
         humantime::parse_duration(s.trim()).map(Dur).map_err(|e| {
-            de::Error::custom(format!(
-                "invalid duration {s:?}: {e} (write it like \"500ms\", \"30s\", \"1h\")"
-            ))
+            de::Error::custom(format!("invalid duration {s:?}: {e} (write it like \"500ms\", \"30s\", \"1h\")"))
         })
     }
 }
@@ -196,17 +182,13 @@ impl<'de> Deserialize<'de> for Size {
             S(String),
         }
         let hint = "write a size like \"300MiB\", \"1G\" or a number of bytes";
-        match Raw::deserialize(d)
-            .map_err(|_| de::Error::custom(format!("expected a size: {hint}")))?
-        {
+        match Raw::deserialize(d).map_err(|_| de::Error::custom(format!("expected a size: {hint}")))? {
             Raw::N(0) => Err(de::Error::custom("a size must be greater than 0")),
             Raw::N(n) => Ok(Size(n)),
             Raw::S(s) => match bytesize::ByteSize::from_str(s.trim()) {
                 Ok(b) if b.as_u64() > 0 => Ok(Size(b.as_u64())),
                 Ok(_) => Err(de::Error::custom("a size must be greater than 0")),
-                Err(e) => Err(de::Error::custom(format!(
-                    "invalid size {s:?}: {e}; {hint}"
-                ))),
+                Err(e) => Err(de::Error::custom(format!("invalid size {s:?}: {e}; {hint}"))),
             },
         }
     }
@@ -218,22 +200,17 @@ pub struct Sig(pub Signal);
 
 impl<'de> Deserialize<'de> for Sig {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(d)
-            .map_err(|_| de::Error::custom("expected a signal name like \"SIGTERM\""))?;
+        let s = String::deserialize(d).map_err(|_| de::Error::custom("expected a signal name like \"SIGTERM\""))?;
         let up = s.trim().to_ascii_uppercase();
-        let full = if up.starts_with("SIG") {
-            up
-        } else {
-            format!("SIG{up}")
-        };
+        let full = if up.starts_with("SIG") { up } else { format!("SIG{up}") };
         match Signal::from_str(&full) {
-            Ok(Signal::SIGKILL | Signal::SIGSTOP) => Err(de::Error::custom(format!(
-                "{full} cannot be used as a stop signal: it cannot be handled"
-            ))),
+            Ok(Signal::SIGKILL | Signal::SIGSTOP) => {
+                Err(de::Error::custom(format!("{full} cannot be used as a stop signal: it cannot be handled")))
+            }
             Ok(sig) => Ok(Sig(sig)),
-            Err(_) => Err(de::Error::custom(format!(
-                "unknown signal {s:?} (expected a name like \"SIGTERM\" or \"SIGINT\")"
-            ))),
+            Err(_) => {
+                Err(de::Error::custom(format!("unknown signal {s:?} (expected a name like \"SIGTERM\" or \"SIGINT\")")))
+            }
         }
     }
 }
@@ -245,15 +222,17 @@ pub struct Command(pub Vec<String>);
 impl<'de> Deserialize<'de> for Command {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let argv = Vec::<String>::deserialize(d).map_err(|_| {
-            de::Error::custom("command must be an array of strings, like [\"node\", \"src/index.js\"] (no shell is involved)")
+            de::Error::custom(
+                "command must be an array of strings, like [\"node\", \"src/index.js\"] (no shell is involved)",
+            )
         })?;
         if argv.is_empty() || argv[0].is_empty() {
-            return Err(de::Error::custom("command must not be empty: give the program and its arguments, like [\"node\", \"src/index.js\"]"));
+            return Err(de::Error::custom(
+                "command must not be empty: give the program and its arguments, like [\"node\", \"src/index.js\"]",
+            ));
         }
         if argv.iter().any(|a| a.contains('\0')) {
-            return Err(de::Error::custom(
-                "command arguments must not contain NUL bytes",
-            ));
+            return Err(de::Error::custom("command arguments must not contain NUL bytes"));
         }
         Ok(Command(argv))
     }
@@ -284,9 +263,7 @@ impl FromStr for ListenAddr {
         if let Some(path) = s.strip_prefix("unix:") {
             let path = PathBuf::from(path);
             if !path.is_absolute() {
-                return Err(format!(
-                    "unix socket path must be absolute, like \"unix:/run/app/http.sock\": {s:?}"
-                ));
+                return Err(format!("unix socket path must be absolute, like \"unix:/run/app/http.sock\": {s:?}"));
             }
             if path.as_os_str().len() > 107 {
                 return Err(format!("unix socket path is longer than 107 bytes: {s:?}"));
@@ -299,10 +276,7 @@ impl FromStr for ListenAddr {
         if let Ok(addr) = s.parse::<SocketAddr>() {
             return Ok(ListenAddr::Tcp(addr));
         }
-        if let Some(port) = s
-            .strip_prefix("localhost:")
-            .and_then(|p| p.parse::<u16>().ok())
-        {
+        if let Some(port) = s.strip_prefix("localhost:").and_then(|p| p.parse::<u16>().ok()) {
             return Ok(ListenAddr::Tcp(SocketAddr::from(([127, 0, 0, 1], port))));
         }
         Err(format!(
@@ -313,9 +287,8 @@ impl FromStr for ListenAddr {
 
 impl<'de> Deserialize<'de> for ListenAddr {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(d).map_err(|_| {
-            de::Error::custom("a listen address must be a string like \"127.0.0.1:3000\"")
-        })?;
+        let s = String::deserialize(d)
+            .map_err(|_| de::Error::custom("a listen address must be a string like \"127.0.0.1:3000\""))?;
         s.trim().parse().map_err(de::Error::custom)
     }
 }
@@ -338,11 +311,7 @@ pub struct Ready {
 
 impl Default for Ready {
     fn default() -> Self {
-        Ready {
-            mode: ReadyMode::Notify,
-            timeout: Dur(Duration::from_secs(30)),
-            delay: Dur(Duration::from_secs(1)),
-        }
+        Ready { mode: ReadyMode::Notify, timeout: Dur(Duration::from_secs(30)), delay: Dur(Duration::from_secs(1)) }
     }
 }
 
@@ -355,10 +324,7 @@ pub struct Stop {
 
 impl Default for Stop {
     fn default() -> Self {
-        Stop {
-            signal: Sig(Signal::SIGTERM),
-            timeout: Dur(Duration::from_secs(30)),
-        }
+        Stop { signal: Sig(Signal::SIGTERM), timeout: Dur(Duration::from_secs(30)) }
     }
 }
 
@@ -392,9 +358,7 @@ pub struct Reload {
 
 impl Default for Reload {
     fn default() -> Self {
-        Reload {
-            batch: Batch::Count(1),
-        }
+        Reload { batch: Batch::Count(1) }
     }
 }
 
@@ -412,10 +376,7 @@ fn default_limit_interval() -> Dur {
 
 impl Default for Limits {
     fn default() -> Self {
-        Limits {
-            memory: None,
-            interval: default_limit_interval(),
-        }
+        Limits { memory: None, interval: default_limit_interval() }
     }
 }
 
@@ -515,14 +476,8 @@ pub struct Config {
 }
 
 /// Variables corral sets itself; a config may not override them.
-const RESERVED_ENV: &[&str] = &[
-    "LISTEN_FDS",
-    "LISTEN_PID",
-    "LISTEN_FDNAMES",
-    "NOTIFY_SOCKET",
-    "WATCHDOG_USEC",
-    "WATCHDOG_PID",
-];
+const RESERVED_ENV: &[&str] =
+    &["LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES", "NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID"];
 
 impl Config {
     /// Read and validate `path`, resolving `instances` against the CPUs this process may use.
@@ -545,43 +500,26 @@ impl Config {
         Config::from_raw(path, text, raw, cpus)
     }
 
-    fn from_raw(
-        path: &Path,
-        text: &str,
-        raw: RawConfig,
-        cpus: usize,
-    ) -> Result<Config, ConfigError> {
+    fn from_raw(path: &Path, text: &str, raw: RawConfig, cpus: usize) -> Result<Config, ConfigError> {
         let err = |span: Range<usize>, msg: String| ConfigError::at(path, text, Some(span), msg);
         let name = match raw.name {
             Some(n) => {
                 let valid = !n.get_ref().is_empty()
                     && n.get_ref().len() <= 64
-                    && n.get_ref()
-                        .chars()
-                        .all(|c| c.is_ascii_alphanumeric() || "-_.@".contains(c));
+                    && n.get_ref().chars().all(|c| c.is_ascii_alphanumeric() || "-_.@".contains(c));
                 if !valid {
                     return Err(err(
                         n.span(),
-                        format!(
-                            "invalid name {:?}: use 1-64 letters, digits, '-', '_', '.' or '@'",
-                            n.get_ref()
-                        ),
+                        format!("invalid name {:?}: use 1-64 letters, digits, '-', '_', '.' or '@'", n.get_ref()),
                     ));
                 }
                 n.into_inner()
             }
-            None => path
-                .file_stem()
-                .and_then(|s| s.to_str())
-                .unwrap_or("corral")
-                .to_string(),
+            None => path.file_stem().and_then(|s| s.to_str()).unwrap_or("corral").to_string(),
         };
         let workdir = match raw.workdir {
             Some(w) if !w.get_ref().is_absolute() => {
-                return Err(err(
-                    w.span(),
-                    format!("workdir must be an absolute path, got {:?}", w.get_ref()),
-                ));
+                return Err(err(w.span(), format!("workdir must be an absolute path, got {:?}", w.get_ref())));
             }
             w => w.map(Spanned::into_inner),
         };
@@ -589,26 +527,16 @@ impl Config {
         for (k, v) in raw.env {
             let key = k.get_ref();
             if key.is_empty() || key.contains('=') || key.contains('\0') || v.contains('\0') {
-                return Err(err(
-                    k.span(),
-                    format!("invalid environment variable name {key:?}"),
-                ));
+                return Err(err(k.span(), format!("invalid environment variable name {key:?}")));
             }
             if RESERVED_ENV.contains(&key.as_str()) || key.starts_with("CORRAL_") {
-                return Err(err(
-                    k.span(),
-                    format!("{key} is set by corral for each worker and cannot be overridden"),
-                ));
+                return Err(err(k.span(), format!("{key} is set by corral for each worker and cannot be overridden")));
             }
             env.insert(k.into_inner(), v);
         }
         if let Some(var) = &raw.instance_var {
             let v = var.get_ref();
-            if v.is_empty()
-                || v.contains('=')
-                || v.contains('\0')
-                || RESERVED_ENV.contains(&v.as_str())
-            {
+            if v.is_empty() || v.contains('=') || v.contains('\0') || RESERVED_ENV.contains(&v.as_str()) {
                 return Err(err(var.span(), format!("invalid instance_var {v:?}")));
             }
         }
@@ -627,20 +555,10 @@ impl Config {
             ));
         }
         if r.window.0.is_zero() {
-            return Err(ConfigError::at(
-                path,
-                text,
-                find_key(text, "window"),
-                "restart.window must be longer than 0",
-            ));
+            return Err(ConfigError::at(path, text, find_key(text, "window"), "restart.window must be longer than 0"));
         }
         if raw.ready.timeout.0.is_zero() {
-            return Err(ConfigError::at(
-                path,
-                text,
-                find_key(text, "timeout"),
-                "ready.timeout must be longer than 0",
-            ));
+            return Err(ConfigError::at(path, text, find_key(text, "timeout"), "ready.timeout must be longer than 0"));
         }
         if raw.limits.interval.0.is_zero() {
             return Err(ConfigError::at(
@@ -661,16 +579,16 @@ impl Config {
             }
         }
         let Some(command) = raw.command else {
-            return Err(ConfigError::at(path, text, None, "missing `command`: add the worker's argv, like command = [\"node\", \"src/index.js\"]"));
+            return Err(ConfigError::at(
+                path,
+                text,
+                None,
+                "missing `command`: add the worker's argv, like command = [\"node\", \"src/index.js\"]",
+            ));
         };
         let mut listen = Vec::new();
         for l in &raw.listen {
-            listen.push(
-                l.get_ref()
-                    .trim()
-                    .parse::<ListenAddr>()
-                    .map_err(|e| err(l.span(), e))?,
-            );
+            listen.push(l.get_ref().trim().parse::<ListenAddr>().map_err(|e| err(l.span(), e))?);
         }
         let instances_spec = raw.instances.unwrap_or(Instances::Fixed(1));
         Ok(Config {
@@ -747,9 +665,7 @@ mod tests {
     }
 
     fn err(text: &str) -> String {
-        parse(text)
-            .expect_err("config should be rejected")
-            .to_string()
+        parse(text).expect_err("config should be rejected").to_string()
     }
 
     #[test]
@@ -813,75 +729,30 @@ listen = "127.0.0.1:9464"
     #[test]
     fn errors_point_at_line_and_column() {
         let cases: &[(&str, &str)] = &[
-            (
-                "command = [\"x\"]\nbogus = 1\n",
-                "api.toml:2:1: unknown field `bogus`",
-            ),
-            (
-                "command = [\"x\"]\ninstances = 0\n",
-                "api.toml:2:13: instances must be at least 1",
-            ),
-            (
-                "command = [\"x\"]\ninstances = \"lots\"\n",
-                "api.toml:2:13: invalid instances \"lots\"",
-            ),
+            ("command = [\"x\"]\nbogus = 1\n", "api.toml:2:1: unknown field `bogus`"),
+            ("command = [\"x\"]\ninstances = 0\n", "api.toml:2:13: instances must be at least 1"),
+            ("command = [\"x\"]\ninstances = \"lots\"\n", "api.toml:2:13: invalid instances \"lots\""),
             ("command = []\n", "api.toml:1:11: command must not be empty"),
-            (
-                "command = \"node x.js\"\n",
-                "api.toml:1:11: command must be an array of strings",
-            ),
-            (
-                "command = [\"x\"]\n[stop]\ntimeout = \"soon\"\n",
-                "api.toml:3:11: invalid duration \"soon\"",
-            ),
-            (
-                "command = [\"x\"]\n[limits]\nmemory = \"lots\"\n",
-                "api.toml:3:10: invalid size \"lots\"",
-            ),
-            (
-                "command = [\"x\"]\n[stop]\nsignal = \"SIGFOO\"\n",
-                "api.toml:3:10: unknown signal \"SIGFOO\"",
-            ),
-            (
-                "command = [\"x\"]\n[ready]\nmode = \"soon\"\n",
-                "api.toml:3:8: unknown variant `soon`",
-            ),
-            (
-                "command = [\"x\"]\nlisten = [\"nowhere\"]\n",
-                "api.toml:2:11: invalid listen address \"nowhere\"",
-            ),
-            (
-                "command = [\"x\"]\nworkdir = \"srv\"\n",
-                "api.toml:2:11: workdir must be an absolute path",
-            ),
-            (
-                "command = [\"x\"]\nenv = { LISTEN_FDS = \"1\" }\n",
-                "api.toml:2:9: LISTEN_FDS is set by corral",
-            ),
+            ("command = \"node x.js\"\n", "api.toml:1:11: command must be an array of strings"),
+            ("command = [\"x\"]\n[stop]\ntimeout = \"soon\"\n", "api.toml:3:11: invalid duration \"soon\""),
+            ("command = [\"x\"]\n[limits]\nmemory = \"lots\"\n", "api.toml:3:10: invalid size \"lots\""),
+            ("command = [\"x\"]\n[stop]\nsignal = \"SIGFOO\"\n", "api.toml:3:10: unknown signal \"SIGFOO\""),
+            ("command = [\"x\"]\n[ready]\nmode = \"soon\"\n", "api.toml:3:8: unknown variant `soon`"),
+            ("command = [\"x\"]\nlisten = [\"nowhere\"]\n", "api.toml:2:11: invalid listen address \"nowhere\""),
+            ("command = [\"x\"]\nworkdir = \"srv\"\n", "api.toml:2:11: workdir must be an absolute path"),
+            ("command = [\"x\"]\nenv = { LISTEN_FDS = \"1\" }\n", "api.toml:2:9: LISTEN_FDS is set by corral"),
             (
                 "command = [\"x\"]\n[restart]\ndelay = \"10s\"\nmax_delay = \"1s\"\n",
                 "api.toml:4:1: restart.max_delay must not be shorter",
             ),
-            (
-                "command = [\"x\"]\n[reload]\nbatch = 0\n",
-                "api.toml:3:9: reload.batch must be",
-            ),
-            (
-                "name = \"a b\"\ncommand = [\"x\"]\n",
-                "api.toml:1:8: invalid name \"a b\"",
-            ),
-            (
-                "[ready]\nmode = \"spawn\"\n",
-                "api.toml:1:1: missing `command`",
-            ),
+            ("command = [\"x\"]\n[reload]\nbatch = 0\n", "api.toml:3:9: reload.batch must be"),
+            ("name = \"a b\"\ncommand = [\"x\"]\n", "api.toml:1:8: invalid name \"a b\""),
+            ("[ready]\nmode = \"spawn\"\n", "api.toml:1:1: missing `command`"),
             ("command = [\"x\"\n", "api.toml:1:"),
         ];
         for (text, want) in cases {
             let got = err(text);
-            assert!(
-                got.contains(want),
-                "for {text:?}\n got: {got}\nwant: {want}"
-            );
+            assert!(got.contains(want), "for {text:?}\n got: {got}\nwant: {want}");
         }
     }
 
@@ -916,18 +787,9 @@ listen = "127.0.0.1:9464"
 
     #[test]
     fn config_lookup_order() {
-        assert_eq!(
-            locate(Some(Path::new("a.toml")), Some("b.toml"), Some("n")),
-            PathBuf::from("a.toml")
-        );
-        assert_eq!(
-            locate(None, Some("b.toml"), Some("n")),
-            PathBuf::from("b.toml")
-        );
-        assert_eq!(
-            locate(None, None, Some("n")),
-            PathBuf::from("/etc/corral/n.toml")
-        );
+        assert_eq!(locate(Some(Path::new("a.toml")), Some("b.toml"), Some("n")), PathBuf::from("a.toml"));
+        assert_eq!(locate(None, Some("b.toml"), Some("n")), PathBuf::from("b.toml"));
+        assert_eq!(locate(None, None, Some("n")), PathBuf::from("/etc/corral/n.toml"));
         assert_eq!(locate(None, Some(""), None), PathBuf::from("corral.toml"));
     }
 }

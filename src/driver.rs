@@ -29,15 +29,8 @@ use crate::sockets::ListenSockets;
 use crate::spawn::{self, Credentials, SpawnRequest};
 
 /// Variables of the master's own environment that belong to the master only.
-const PRIVATE_ENV: &[&str] = &[
-    "LISTEN_FDS",
-    "LISTEN_PID",
-    "LISTEN_FDNAMES",
-    "NOTIFY_SOCKET",
-    "WATCHDOG_USEC",
-    "WATCHDOG_PID",
-    "JOURNAL_STREAM",
-];
+const PRIVATE_ENV: &[&str] =
+    &["LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES", "NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "JOURNAL_STREAM"];
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -68,12 +61,7 @@ impl RuntimeDir {
     /// `$XDG_RUNTIME_DIR/corral/NAME`, else `/tmp/corral-UID/NAME`.
     pub fn locate(name: &str) -> PathBuf {
         if let Some(dir) = std::env::var_os("RUNTIME_DIRECTORY").filter(|d| !d.is_empty()) {
-            let first = dir
-                .to_string_lossy()
-                .split(':')
-                .next()
-                .unwrap_or_default()
-                .to_string();
+            let first = dir.to_string_lossy().split(':').next().unwrap_or_default().to_string();
             return PathBuf::from(first);
         }
         let uid = nix::unistd::geteuid();
@@ -107,13 +95,9 @@ impl RuntimeDir {
             .write(true)
             .open(&lock_path)
             .map_err(|e| format!("cannot open {}: {e}", lock_path.display()))?;
-        let lock = nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock)
-            .map_err(|_| {
-                format!(
-                    "another corral master is already running pool {name:?} (lock {} is held)",
-                    lock_path.display()
-                )
-            })?;
+        let lock = nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock).map_err(|_| {
+            format!("another corral master is already running pool {name:?} (lock {} is held)", lock_path.display())
+        })?;
         Ok(RuntimeDir { path, _lock: lock })
     }
 }
@@ -172,12 +156,8 @@ impl Driver {
         let runtime = RuntimeDir::create(&config.name, worker_gid).map_err(StartError::Other)?;
         let mode = if worker_gid.is_some() { 0o660 } else { 0o600 };
         let notify_path = runtime.path.join("notify.sock");
-        let notify = NotifyServer::bind(&notify_path, mode).map_err(|e| {
-            StartError::Other(format!(
-                "cannot bind the notify socket {}: {e}",
-                notify_path.display()
-            ))
-        })?;
+        let notify = NotifyServer::bind(&notify_path, mode)
+            .map_err(|e| StartError::Other(format!("cannot bind the notify socket {}: {e}", notify_path.display())))?;
         if let Some(gid) = worker_gid {
             let _ = nix::unistd::chown(&notify_path, None, Some(nix::unistd::Gid::from_raw(gid)));
         }
@@ -189,19 +169,10 @@ impl Driver {
             tracing::info!(
                 "listening on {} ({})",
                 s.address,
-                if sockets.activated {
-                    "from systemd"
-                } else {
-                    "bound by corral"
-                }
+                if sockets.activated { "from systemd" } else { "bound by corral" }
             );
         }
-        tracing::info!(
-            "pool {}: {} workers of `{}`",
-            config.name,
-            config.instances,
-            config.command.join(" ")
-        );
+        tracing::info!("pool {}: {} workers of `{}`", config.name, config.instances, config.command.join(" "));
         Ok(Driver {
             name: Arc::from(config.name.as_str()),
             pool: Pool::new(config),
@@ -243,13 +214,10 @@ impl Driver {
 
         self.dispatch(Event::Start);
         while self.exit.is_none() {
-            let deadline = self
-                .pool
-                .next_deadline()
-                .map(tokio::time::Instant::from_std);
-            let sleep = tokio::time::sleep_until(deadline.unwrap_or_else(|| {
-                tokio::time::Instant::now() + std::time::Duration::from_secs(3600)
-            }));
+            let deadline = self.pool.next_deadline().map(tokio::time::Instant::from_std);
+            let sleep = tokio::time::sleep_until(
+                deadline.unwrap_or_else(|| tokio::time::Instant::now() + std::time::Duration::from_secs(3600)),
+            );
             tokio::select! {
                 biased;
                 Some(()) = chld.recv() => self.reap(),
@@ -284,12 +252,7 @@ impl Driver {
 
     fn execute(&mut self, action: Action) {
         match action {
-            Action::Spawn {
-                id,
-                slot,
-                generation,
-                config,
-            } => {
+            Action::Spawn { id, slot, generation, config } => {
                 let event = match self.spawn_worker(slot, generation, &config) {
                     Ok(pid) => Event::Spawned { id, pid },
                     Err(error) => Event::SpawnFailed { id, error },
@@ -327,21 +290,16 @@ impl Driver {
                 }
                 Notify::Stopping => states.push(NotifyState::Stopping),
                 Notify::Status(s) => states.push(NotifyState::Status(s)),
-                Notify::ExtendTimeout(d) => states.push(NotifyState::ExtendTimeoutUsec(
-                    u32::try_from(d.as_micros()).unwrap_or(u32::MAX),
-                )),
+                Notify::ExtendTimeout(d) => {
+                    states.push(NotifyState::ExtendTimeoutUsec(u32::try_from(d.as_micros()).unwrap_or(u32::MAX)))
+                }
             }
         }
         states.extend(monotonic);
         self.systemd.send(&states);
     }
 
-    fn spawn_worker(
-        &mut self,
-        slot: usize,
-        generation: u64,
-        config: &Config,
-    ) -> Result<Pid, String> {
+    fn spawn_worker(&mut self, slot: usize, generation: u64, config: &Config) -> Result<Pid, String> {
         let credentials = match &config.user {
             None => None,
             Some(user) => {
@@ -359,11 +317,7 @@ impl Driver {
             }
         };
         let env = self.worker_env(slot, generation, config, credentials.as_ref());
-        let path = env
-            .iter()
-            .rev()
-            .find(|(k, _)| k == "PATH")
-            .map(|(_, v)| OsString::from(v));
+        let path = env.iter().rev().find(|(k, _)| k == "PATH").map(|(_, v)| OsString::from(v));
         let program = spawn::resolve_program(&config.command[0], path.as_deref())?;
         let fds = self.sockets.fds();
         let req = SpawnRequest {
@@ -376,20 +330,8 @@ impl Driver {
         };
         let child = spawn::spawn(&req)?;
         let pid = child.pid;
-        self.workers.insert(
-            pid,
-            WorkerMeta {
-                slot,
-                generation,
-                status: None,
-            },
-        );
-        let origin = Origin {
-            name: self.name.clone(),
-            slot,
-            pid: pid.as_raw(),
-            generation,
-        };
+        self.workers.insert(pid, WorkerMeta { slot, generation, status: None });
+        let origin = Origin { name: self.name.clone(), slot, pid: pid.as_raw(), generation };
         self.forward_output(child.stdout, Stream::Stdout, origin.clone());
         self.forward_output(child.stderr, Stream::Stderr, origin);
         Ok(pid)
@@ -423,10 +365,7 @@ impl Driver {
             env.push(("LISTEN_FDS".into(), self.sockets.sockets.len().to_string()));
             env.push(("LISTEN_FDNAMES".into(), self.sockets.names()));
         }
-        env.push((
-            "NOTIFY_SOCKET".into(),
-            self.notify.path().to_string_lossy().into_owned(),
-        ));
+        env.push(("NOTIFY_SOCKET".into(), self.notify.path().to_string_lossy().into_owned()));
         env.push(("CORRAL_NAME".into(), self.name.to_string()));
         env.push(("CORRAL_WORKER".into(), slot.to_string()));
         env.push(("CORRAL_GENERATION".into(), generation.to_string()));
@@ -435,11 +374,7 @@ impl Driver {
         }
         // Keep the last value of each name, in first-seen order.
         let mut seen = std::collections::HashSet::new();
-        let mut out: Vec<(String, String)> = env
-            .into_iter()
-            .rev()
-            .filter(|(k, _)| seen.insert(k.clone()))
-            .collect();
+        let mut out: Vec<(String, String)> = env.into_iter().rev().filter(|(k, _)| seen.insert(k.clone())).collect();
         out.reverse();
         out
     }
@@ -472,18 +407,15 @@ impl Driver {
 
     fn reload(&mut self) {
         tracing::info!("reload requested: reading {}", self.config_path.display());
-        let config = Config::load(&self.config_path)
-            .map(Arc::new)
-            .map_err(|e| e.to_string());
+        let config = Config::load(&self.config_path).map(Arc::new).map_err(|e| e.to_string());
         if let Ok(c) = &config {
             if c.listen != self.pool.config().listen && !self.sockets.activated {
-                tracing::warn!("`listen` changed: sockets are kept across reloads; restart the service to listen elsewhere");
+                tracing::warn!(
+                    "`listen` changed: sockets are kept across reloads; restart the service to listen elsewhere"
+                );
             }
         }
-        self.dispatch(Event::Reload {
-            config,
-            reply: None,
-        });
+        self.dispatch(Event::Reload { config, reply: None });
     }
 
     fn on_notify(&mut self, msg: crate::notify::Message) {

@@ -54,15 +54,9 @@ pub struct Record<'a> {
 pub fn record(stream: Stream, line: &str) -> Record<'_> {
     let b = line.as_bytes();
     if b.len() >= 3 && b[0] == b'<' && (b'0'..=b'7').contains(&b[1]) && b[2] == b'>' {
-        return Record {
-            priority: b[1] - b'0',
-            message: &line[3..],
-        };
+        return Record { priority: b[1] - b'0', message: &line[3..] };
     }
-    Record {
-        priority: stream.default_priority(),
-        message: line,
-    }
+    Record { priority: stream.default_priority(), message: line }
 }
 
 /// Where worker records go.
@@ -89,11 +83,7 @@ pub async fn forward(fd: OwnedFd, stream: Stream, origin: Origin, sink: Arc<Sink
     let mut pipe = match tokio::net::unix::pipe::Receiver::from_owned_fd(fd) {
         Ok(p) => p,
         Err(e) => {
-            tracing::error!(
-                slot = origin.slot,
-                pid = origin.pid,
-                "cannot read worker output: {e}"
-            );
+            tracing::error!(slot = origin.slot, pid = origin.pid, "cannot read worker output: {e}");
             return;
         }
     };
@@ -105,11 +95,7 @@ pub async fn forward(fd: OwnedFd, stream: Stream, origin: Origin, sink: Arc<Sink
             Ok(n) => n,
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
             Err(e) => {
-                tracing::warn!(
-                    slot = origin.slot,
-                    pid = origin.pid,
-                    "reading worker output failed: {e}"
-                );
+                tracing::warn!(slot = origin.slot, pid = origin.pid, "reading worker output failed: {e}");
                 break;
             }
         };
@@ -145,40 +131,10 @@ mod tests {
 
     #[test]
     fn priority_prefixes() {
-        assert_eq!(
-            record(Stream::Stdout, "hello"),
-            Record {
-                priority: 6,
-                message: "hello"
-            }
-        );
-        assert_eq!(
-            record(Stream::Stderr, "oops"),
-            Record {
-                priority: 3,
-                message: "oops"
-            }
-        );
-        assert_eq!(
-            record(Stream::Stdout, "<4>careful"),
-            Record {
-                priority: 4,
-                message: "careful"
-            }
-        );
-        assert_eq!(
-            record(Stream::Stdout, "<9>not a prefix"),
-            Record {
-                priority: 6,
-                message: "<9>not a prefix"
-            }
-        );
-        assert_eq!(
-            record(Stream::Stdout, "<4"),
-            Record {
-                priority: 6,
-                message: "<4"
-            }
-        );
+        assert_eq!(record(Stream::Stdout, "hello"), Record { priority: 6, message: "hello" });
+        assert_eq!(record(Stream::Stderr, "oops"), Record { priority: 3, message: "oops" });
+        assert_eq!(record(Stream::Stdout, "<4>careful"), Record { priority: 4, message: "careful" });
+        assert_eq!(record(Stream::Stdout, "<9>not a prefix"), Record { priority: 6, message: "<9>not a prefix" });
+        assert_eq!(record(Stream::Stdout, "<4"), Record { priority: 6, message: "<4" });
     }
 }

@@ -18,11 +18,7 @@ fn main() -> ExitCode {
     init_logging();
     match cli.command {
         Command::Run { config } => {
-            let path = config::locate(
-                config.as_deref(),
-                std::env::var("CORRAL_CONFIG").ok().as_deref(),
-                None,
-            );
+            let path = config::locate(config.as_deref(), std::env::var("CORRAL_CONFIG").ok().as_deref(), None);
             match driver::run(&path) {
                 Ok(code) => ExitCode::from(u8::try_from(code).unwrap_or(1)),
                 Err(StartError::Config(e)) => {
@@ -36,11 +32,8 @@ fn main() -> ExitCode {
             }
         }
         Command::Check { config, name } => {
-            let path = config::locate(
-                config.as_deref(),
-                std::env::var("CORRAL_CONFIG").ok().as_deref(),
-                name.as_deref(),
-            );
+            let path =
+                config::locate(config.as_deref(), std::env::var("CORRAL_CONFIG").ok().as_deref(), name.as_deref());
             check(&path)
         }
         Command::Completions { shell } => {
@@ -89,10 +82,7 @@ fn init_logging() {
         .unwrap_or(tracing_subscriber::filter::LevelFilter::INFO);
     if stderr_is_journal() {
         if let Ok(layer) = tracing_journald::layer() {
-            tracing_subscriber::registry()
-                .with(filter)
-                .with(layer.with_syslog_identifier("corral".into()))
-                .init();
+            tracing_subscriber::registry().with(filter).with(layer.with_syslog_identifier("corral".into())).init();
             return;
         }
     }

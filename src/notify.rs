@@ -33,11 +33,7 @@ pub struct Message {
 
 impl Message {
     pub fn get(&self, key: &str) -> Option<&str> {
-        self.fields
-            .iter()
-            .rev()
-            .find(|(k, _)| k == key)
-            .map(|(_, v)| v.as_str())
+        self.fields.iter().rev().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
     }
 }
 
@@ -46,11 +42,7 @@ pub fn parse(data: &[u8]) -> Vec<(String, String)> {
     data.split(|b| *b == b'\n')
         .filter_map(|line| std::str::from_utf8(line).ok())
         .filter_map(|line| line.split_once('='))
-        .filter(|(k, _)| {
-            !k.is_empty()
-                && k.bytes()
-                    .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_')
-        })
+        .filter(|(k, _)| !k.is_empty() && k.bytes().all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_'))
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect()
 }
@@ -72,10 +64,7 @@ impl NotifyServer {
         sock.set_nonblocking(true)?;
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))?;
         socket::setsockopt(&sock, sockopt::PassCred, &true)?;
-        Ok(NotifyServer {
-            socket: tokio::net::UnixDatagram::from_std(sock)?,
-            path: path.to_owned(),
-        })
+        Ok(NotifyServer { socket: tokio::net::UnixDatagram::from_std(sock)?, path: path.to_owned() })
     }
 
     pub fn path(&self) -> &Path {
@@ -88,10 +77,7 @@ impl NotifyServer {
         let fd = self.socket.as_raw_fd();
         loop {
             self.socket.readable().await?;
-            match self
-                .socket
-                .try_io(tokio::io::Interest::READABLE, || receive(fd))
-            {
+            match self.socket.try_io(tokio::io::Interest::READABLE, || receive(fd)) {
                 Ok(Some(msg)) => return Ok(msg),
                 Ok(None) => continue,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
@@ -113,8 +99,7 @@ fn receive(fd: i32) -> io::Result<Option<Message>> {
     let mut iov = [IoSliceMut::new(&mut buf)];
     let mut cmsg = nix::cmsg_space!(UnixCredentials, [i32; 16]);
     let flags = MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_CMSG_CLOEXEC | MsgFlags::MSG_TRUNC;
-    let msg =
-        socket::recvmsg::<()>(fd, &mut iov, Some(&mut cmsg), flags).map_err(io::Error::from)?;
+    let msg = socket::recvmsg::<()>(fd, &mut iov, Some(&mut cmsg), flags).map_err(io::Error::from)?;
     let mut pid = None;
     if let Ok(cmsgs) = msg.cmsgs() {
         for c in cmsgs {
@@ -131,18 +116,12 @@ fn receive(fd: i32) -> io::Result<Option<Message>> {
         }
     }
     let len = msg.bytes;
-    if len > MAX_MESSAGE
-        || msg.flags.contains(MsgFlags::MSG_TRUNC)
-        || msg.flags.contains(MsgFlags::MSG_CTRUNC)
-    {
+    if len > MAX_MESSAGE || msg.flags.contains(MsgFlags::MSG_TRUNC) || msg.flags.contains(MsgFlags::MSG_CTRUNC) {
         tracing::warn!("dropped an oversized notification ({len} bytes)");
         return Ok(None);
     }
     let Some(pid) = pid else { return Ok(None) };
-    Ok(Some(Message {
-        pid,
-        fields: parse(&buf[..len]),
-    }))
+    Ok(Some(Message { pid, fields: parse(&buf[..len]) }))
 }
 
 /// The master's channel to its own service manager.
@@ -191,8 +170,7 @@ mod tests {
 
     #[test]
     fn parses_like_systemd() {
-        let fields =
-            parse(b"READY=1\nSTATUS=listening on 3000\n\nnot a field\n=x\nlower=1\nWATCHDOG=1");
+        let fields = parse(b"READY=1\nSTATUS=listening on 3000\n\nnot a field\n=x\nlower=1\nWATCHDOG=1");
         assert_eq!(
             fields,
             vec![
@@ -206,18 +184,12 @@ mod tests {
 
     #[test]
     fn server_checks_credentials_and_size() {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
         rt.block_on(async {
-            let path = std::env::temp_dir()
-                .join(format!("corral-notify-test-{}.sock", std::process::id()));
+            let path = std::env::temp_dir().join(format!("corral-notify-test-{}.sock", std::process::id()));
             let server = NotifyServer::bind(&path, 0o600).unwrap();
             let client = UnixDatagram::unbound().unwrap();
-            client
-                .send_to(&vec![b'X'; MAX_MESSAGE + 10], &path)
-                .unwrap();
+            client.send_to(&vec![b'X'; MAX_MESSAGE + 10], &path).unwrap();
             client.send_to(b"READY=1\nSTATUS=hi", &path).unwrap();
             let msg = server.recv().await.unwrap();
             assert_eq!(msg.pid.as_raw() as u32, std::process::id());

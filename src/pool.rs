@@ -90,6 +90,15 @@ pub enum Event {
         pid: Pid,
         status: ExitStatus,
     },
+    /// `WATCHDOG=1` from this pid.
+    WatchdogPing {
+        pid: Pid,
+    },
+    /// Resident memory of this worker's process group, sampled every `limits.interval`.
+    MemorySample {
+        pid: Pid,
+        rss: u64,
+    },
     /// A deadline from [`Pool::next_deadline`] has passed.
     Tick,
     /// Re-read config: the new one, or why it could not be used.
@@ -143,7 +152,46 @@ pub enum StopReason {
     ScaledDown,
     Obsolete,
     ReadyTimeout,
+    Watchdog,
     Shutdown,
+}
+
+/// Why a worker was restarted or replaced; counted for status and metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum RestartReason {
+    /// Exited on its own.
+    Crash,
+    /// Could not be started (exec failed).
+    SpawnFailed,
+    /// Not ready within `ready.timeout`.
+    ReadyTimeout,
+    /// Stopped sending `WATCHDOG=1`.
+    Watchdog,
+    /// Over `limits.memory`.
+    Memory,
+    /// Reached its `recycle.after` age.
+    Recycle,
+}
+
+impl RestartReason {
+    pub const ALL: [RestartReason; 6] = [
+        RestartReason::Crash,
+        RestartReason::SpawnFailed,
+        RestartReason::ReadyTimeout,
+        RestartReason::Watchdog,
+        RestartReason::Memory,
+        RestartReason::Recycle,
+    ];
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RestartReason::Crash => "crash",
+            RestartReason::SpawnFailed => "spawn_failed",
+            RestartReason::ReadyTimeout => "ready_timeout",
+            RestartReason::Watchdog => "watchdog",
+            RestartReason::Memory => "memory",
+            RestartReason::Recycle => "recycle",
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -172,6 +220,12 @@ pub struct Worker {
     pub state: WorkerState,
     pub started: Instant,
     pub ready_since: Option<Instant>,
+    /// Last `WATCHDOG=1` (the watchdog counts from readiness until the first ping).
+    pub last_ping: Option<Instant>,
+    /// Set when this worker is to be replaced without downtime (memory limit, recycle).
+    pub replace: Option<RestartReason>,
+    /// When `[recycle]` replaces it.
+    pub recycle_at: Option<Instant>,
 }
 
 impl Worker {
@@ -182,11 +236,22 @@ impl Worker {
         self.state == WorkerState::Ready
     }
     fn is_starting(&self) -> bool {
-        matches!(
-            self.state,
-            WorkerState::Spawning | WorkerState::Starting { .. }
-        )
+        matches!(self.state, WorkerState::Spawning | WorkerState::Starting { .. })
     }
+    /// Alive, of the target generation, and not marked for replacement.
+    fn is_current(&self, target: Generation) -> bool {
+        self.is_live() && self.generation == target && self.replace.is_none()
+    }
+}
+
+/// A deterministic number in [0, 1) from a worker id (splitmix64), so `recycle.jitter` spreads
+/// workers without the pool needing a random source.
+fn spread(id: WorkerId) -> f64 {
+    let mut z = id.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^= z >> 31;
+    (z >> 11) as f64 / (1u64 << 53) as f64
 }
 
 /// Crash bookkeeping of one slot.
@@ -237,6 +302,8 @@ pub struct Pool {
     announced_ready: bool,
     crashes: VecDeque<Instant>,
     restarts_total: u64,
+    restarts_by_reason: BTreeMap<RestartReason, u64>,
+    reloads: (u64, u64),
     last_reload: Option<ReloadResult>,
     last_status: String,
 }
@@ -260,6 +327,8 @@ impl Pool {
             announced_ready: false,
             crashes: VecDeque::new(),
             restarts_total: 0,
+            restarts_by_reason: BTreeMap::new(),
+            reloads: (0, 0),
             last_reload: None,
             last_status: String::new(),
         }
@@ -276,6 +345,17 @@ impl Pool {
     }
     pub fn restarts_total(&self) -> u64 {
         self.restarts_total
+    }
+    /// Restarts and replacements by reason, every reason present (0 when none).
+    pub fn restarts_by_reason(&self) -> Vec<(RestartReason, u64)> {
+        RestartReason::ALL.iter().map(|r| (*r, self.restarts_by_reason.get(r).copied().unwrap_or(0))).collect()
+    }
+    /// (succeeded, failed) reloads so far.
+    pub fn reload_counts(&self) -> (u64, u64) {
+        self.reloads
+    }
+    fn count(&mut self, reason: RestartReason) {
+        *self.restarts_by_reason.entry(reason).or_default() += 1;
     }
     pub fn slot_info(&self, slot: SlotId) -> Option<&SlotInfo> {
         self.slots.get(slot)
@@ -308,37 +388,23 @@ impl Pool {
             Event::SpawnFailed { id, error } => {
                 if let Some(i) = self.index_of(id) {
                     let w = self.workers.remove(i);
-                    tracing::error!(
-                        slot = w.slot,
-                        generation = w.generation,
-                        "cannot start worker: {error}"
-                    );
-                    self.on_failure(
-                        now,
-                        &w,
-                        format!(
-                            "worker {} of generation {} could not start: {error}",
-                            w.slot, w.generation
-                        ),
-                        &mut out,
-                    );
+                    tracing::error!(slot = w.slot, generation = w.generation, "cannot start worker: {error}");
+                    let reason = format!("worker {} of generation {} could not start: {error}", w.slot, w.generation);
+                    self.on_failure(now, &w, RestartReason::SpawnFailed, reason, &mut out);
                 }
             }
             Event::Ready { pid } => {
-                if let Some(w) = self.workers.iter_mut().find(|w| w.pid == Some(pid)) {
-                    if w.is_starting() {
-                        w.state = WorkerState::Ready;
-                        w.ready_since = Some(now);
-                        tracing::info!(
-                            slot = w.slot,
-                            pid = pid.as_raw(),
-                            generation = w.generation,
-                            "worker ready"
-                        );
-                    }
+                if let Some(i) = self.workers.iter().position(|w| w.pid == Some(pid) && w.is_starting()) {
+                    self.mark_ready(now, i);
                 }
             }
             Event::Exited { pid, status } => self.on_exited(now, pid, status, &mut out),
+            Event::WatchdogPing { pid } => {
+                if let Some(w) = self.workers.iter_mut().find(|w| w.pid == Some(pid)) {
+                    w.last_ping = Some(now);
+                }
+            }
+            Event::MemorySample { pid, rss } => self.on_memory(pid, rss),
             Event::Tick => self.on_tick(now, &mut out),
             Event::Reload { config, reply } => self.on_reload(config, reply, &mut out),
             Event::Scale { request, reply } => self.on_scale(request, reply, &mut out),
@@ -370,12 +436,15 @@ impl Pool {
         let mut times = Vec::new();
         for w in &self.workers {
             match w.state {
-                WorkerState::Starting {
-                    timeout_at,
-                    ready_at,
-                } => times.extend(timeout_at.into_iter().chain(ready_at)),
+                WorkerState::Starting { timeout_at, ready_at } => times.extend(timeout_at.into_iter().chain(ready_at)),
                 WorkerState::Stopping { kill_at, .. } => times.extend(kill_at),
-                _ => {}
+                WorkerState::Ready => {
+                    times.extend(self.watchdog_due(w));
+                    if w.replace.is_none() {
+                        times.extend(w.recycle_at);
+                    }
+                }
+                WorkerState::Spawning => {}
             }
         }
         if self.phase == Phase::Running {
@@ -411,27 +480,46 @@ impl Pool {
             return;
         }
         w.state = match ready.mode {
-            ReadyMode::Spawn => {
-                w.ready_since = Some(now);
-                WorkerState::Ready
-            }
-            ReadyMode::Delay => WorkerState::Starting {
-                timeout_at: None,
-                ready_at: Some(now + ready.delay.0),
-            },
-            ReadyMode::Notify => WorkerState::Starting {
-                timeout_at: Some(now + ready.timeout.0),
-                ready_at: None,
-            },
+            ReadyMode::Spawn => WorkerState::Starting { timeout_at: None, ready_at: None },
+            ReadyMode::Delay => WorkerState::Starting { timeout_at: None, ready_at: Some(now + ready.delay.0) },
+            ReadyMode::Notify => WorkerState::Starting { timeout_at: Some(now + ready.timeout.0), ready_at: None },
         };
-        tracing::info!(
-            slot = w.slot,
-            pid = pid.as_raw(),
-            generation = w.generation,
-            "worker started"
-        );
+        tracing::info!(slot = w.slot, pid = pid.as_raw(), generation = w.generation, "worker started");
+        if ready.mode == ReadyMode::Spawn {
+            self.mark_ready(now, i);
+        }
         if self.phase != Phase::Running {
             self.stop_worker(now, i, StopReason::Shutdown, out);
+        }
+    }
+
+    fn mark_ready(&mut self, now: Instant, i: usize) {
+        let config = self.configs[&self.workers[i].generation].clone();
+        let w = &mut self.workers[i];
+        w.state = WorkerState::Ready;
+        w.ready_since = Some(now);
+        if let Some(r) = &config.recycle {
+            let offset = r.jitter.0.mul_f64(spread(w.id) * 2.0);
+            w.recycle_at = Some((now + r.after.0 + offset).checked_sub(r.jitter.0).unwrap_or(now + r.after.0));
+        }
+        tracing::info!(slot = w.slot, pid = w.pid.map(Pid::as_raw), generation = w.generation, "worker ready");
+    }
+
+    fn on_memory(&mut self, pid: Pid, rss: u64) {
+        let target = self.target;
+        let Some(i) = self.workers.iter().position(|w| w.pid == Some(pid)) else { return };
+        let Some(limit) = self.configs[&self.workers[i].generation].limits.memory else { return };
+        let w = &mut self.workers[i];
+        if rss > limit.0 && w.is_ready() && w.is_current(target) && self.phase == Phase::Running {
+            w.replace = Some(RestartReason::Memory);
+            tracing::warn!(
+                slot = w.slot,
+                pid = pid.as_raw(),
+                "worker uses {} of memory, over the {} limit: replacing it",
+                bytesize::ByteSize(rss).display().iec(),
+                bytesize::ByteSize(limit.0).display().iec()
+            );
+            self.count(RestartReason::Memory);
         }
     }
 
@@ -460,6 +548,7 @@ impl Pool {
                 self.on_failure(
                     now,
                     &w,
+                    RestartReason::Crash,
                     format!("worker {} (pid {pid}) exited with {status}", w.slot),
                     out,
                 );
@@ -475,7 +564,7 @@ impl Pool {
                     "worker {} (pid {pid}) of generation {} exited with {status} before it was ready",
                     w.slot, w.generation
                 );
-                self.on_failure(now, &w, reason, out);
+                self.on_failure(now, &w, RestartReason::Crash, reason, out);
             }
         }
     }
@@ -484,17 +573,8 @@ impl Pool {
         for i in 0..self.workers.len() {
             let w = &self.workers[i];
             match w.state {
-                WorkerState::Starting {
-                    ready_at: Some(t), ..
-                } if t <= now => {
-                    let w = &mut self.workers[i];
-                    w.state = WorkerState::Ready;
-                    w.ready_since = Some(now);
-                }
-                WorkerState::Starting {
-                    timeout_at: Some(t),
-                    ..
-                } if t <= now => {
+                WorkerState::Starting { ready_at: Some(t), .. } if t <= now => self.mark_ready(now, i),
+                WorkerState::Starting { timeout_at: Some(t), .. } if t <= now => {
                     let w = w.clone();
                     let timeout = self.configs[&w.generation].ready.timeout.0;
                     tracing::warn!(
@@ -512,40 +592,66 @@ impl Pool {
                         w.generation,
                         humantime::format_duration(timeout)
                     );
-                    self.on_failure(now, &w, reason, out);
+                    self.on_failure(now, &w, RestartReason::ReadyTimeout, reason, out);
                 }
-                WorkerState::Stopping {
-                    reason,
-                    kill_at: Some(t),
-                } if t <= now => {
+                WorkerState::Ready if self.watchdog_due(w).is_some_and(|t| t <= now) => {
+                    let w = w.clone();
+                    let config = self.configs[&w.generation].clone();
+                    let timeout = config.watchdog.as_ref().map(|wd| wd.timeout.0).unwrap_or_default();
+                    let after = humantime::format_duration(timeout);
+                    tracing::error!(
+                        slot = w.slot,
+                        pid = w.pid.map(Pid::as_raw),
+                        "no WATCHDOG=1 for {after}: killing the worker with SIGABRT"
+                    );
+                    if let Some(pid) = w.pid {
+                        out.push(Action::Signal { pid, signal: Signal::SIGABRT });
+                    }
+                    let kill_at = Some(now + config.stop.timeout.0);
+                    self.workers[i].state = WorkerState::Stopping { reason: StopReason::Watchdog, kill_at };
+                    let pid = w.pid.map_or_else(String::new, |p| format!(" (pid {p})"));
+                    let reason = format!("worker {}{pid} sent no WATCHDOG=1 for {after}", w.slot);
+                    self.on_failure(now, &w, RestartReason::Watchdog, reason, out);
+                }
+                WorkerState::Ready if w.recycle_at.is_some_and(|t| t <= now) && w.is_current(self.target) => {
+                    tracing::info!(
+                        slot = w.slot,
+                        pid = w.pid.map(Pid::as_raw),
+                        "worker reached its recycle age: replacing it"
+                    );
+                    self.workers[i].replace = Some(RestartReason::Recycle);
+                    self.workers[i].recycle_at = None;
+                    self.count(RestartReason::Recycle);
+                }
+                WorkerState::Stopping { reason, kill_at: Some(t) } if t <= now => {
                     if let Some(pid) = w.pid {
                         tracing::warn!(
                             slot = w.slot,
                             pid = pid.as_raw(),
                             "worker did not stop in time, sending SIGKILL"
                         );
-                        out.push(Action::Signal {
-                            pid,
-                            signal: Signal::SIGKILL,
-                        });
+                        out.push(Action::Signal { pid, signal: Signal::SIGKILL });
                     }
-                    self.workers[i].state = WorkerState::Stopping {
-                        reason,
-                        kill_at: None,
-                    };
+                    self.workers[i].state = WorkerState::Stopping { reason, kill_at: None };
                 }
                 _ => {}
             }
         }
     }
 
+    /// When the watchdog of a ready worker expires, if its generation has one.
+    fn watchdog_due(&self, w: &Worker) -> Option<Instant> {
+        let timeout = self.configs[&w.generation].watchdog.as_ref()?.timeout.0;
+        Some(w.last_ping.or(w.ready_since)? + timeout)
+    }
+
     /// A worker died or failed to start when nobody asked it to.
-    fn on_failure(&mut self, now: Instant, w: &Worker, reason: String, out: &mut Vec<Action>) {
+    fn on_failure(&mut self, now: Instant, w: &Worker, kind: RestartReason, reason: String, out: &mut Vec<Action>) {
         if self.phase != Phase::Running {
             return;
         }
-        let aborts_reload =
-            self.reload.as_ref().is_some_and(|r| r.to == w.generation) && w.ready_since.is_none();
+        self.count(kind);
+        let aborts_reload = self.reload.as_ref().is_some_and(|r| r.to == w.generation) && w.ready_since.is_none();
         let restart = self.configs[&w.generation].restart.clone();
         let uptime = now.saturating_duration_since(w.started);
         let slot = self.slot_mut(w.slot);
@@ -555,19 +661,11 @@ impl Pool {
         slot.failures += 1;
         slot.restarts += 1;
         let exp = slot.failures.saturating_sub(1).min(30);
-        let delay = restart
-            .delay
-            .0
-            .saturating_mul(1u32 << exp)
-            .min(restart.max_delay.0);
+        let delay = restart.delay.0.saturating_mul(1u32 << exp).min(restart.max_delay.0);
         slot.not_before = Some(now + delay);
         self.restarts_total += 1;
         self.crashes.push_back(now);
-        while self
-            .crashes
-            .front()
-            .is_some_and(|t| now.saturating_duration_since(*t) > restart.window.0)
-        {
+        while self.crashes.front().is_some_and(|t| now.saturating_duration_since(*t) > restart.window.0) {
             self.crashes.pop_front();
         }
         if aborts_reload {
@@ -580,58 +678,36 @@ impl Pool {
             );
             self.begin_stop(now, 1, out);
         } else {
-            tracing::info!(
-                slot = w.slot,
-                "restarting worker in {}",
-                humantime::format_duration(delay)
-            );
+            tracing::info!(slot = w.slot, "restarting worker in {}", humantime::format_duration(delay));
         }
     }
 
-    fn on_reload(
-        &mut self,
-        config: Result<Arc<Config>, String>,
-        reply: Option<ReplyId>,
-        out: &mut Vec<Action>,
-    ) {
+    fn on_reload(&mut self, config: Result<Arc<Config>, String>, reply: Option<ReplyId>, out: &mut Vec<Action>) {
         if self.phase != Phase::Running {
             if let Some(to) = reply {
-                out.push(Action::Reply {
-                    to,
-                    result: Err("the pool is stopping".into()),
-                });
+                out.push(Action::Reply { to, result: Err("the pool is stopping".into()) });
             }
             return;
         }
         let replies: Vec<ReplyId> = reply.into_iter().collect();
         match config {
             Err(error) => {
-                tracing::error!(
-                    "reload refused, keeping generation {}: {error}",
-                    self.target
-                );
+                tracing::error!("reload refused, keeping generation {}: {error}", self.target);
                 for to in replies {
-                    out.push(Action::Reply {
-                        to,
-                        result: Err(error.clone()),
-                    });
+                    out.push(Action::Reply { to, result: Err(error.clone()) });
                 }
                 if self.reload.is_none() {
                     // Tell systemd the reload happened (and ended): notify-reload waits for it.
                     out.push(Action::Notify(vec![Notify::Reloading]));
                     out.push(Action::Notify(vec![Notify::Ready]));
+                    self.reloads.1 += 1;
                     self.last_reload = Some(ReloadResult::Failed(error));
                 }
             }
             Ok(config) => {
                 if self.reload.is_some() {
-                    tracing::info!(
-                        "reload requested during a reload: it will follow the current one"
-                    );
-                    let queued = self.queued.get_or_insert(QueuedReload {
-                        config: config.clone(),
-                        replies: vec![],
-                    });
+                    tracing::info!("reload requested during a reload: it will follow the current one");
+                    let queued = self.queued.get_or_insert(QueuedReload { config: config.clone(), replies: vec![] });
                     queued.config = config;
                     queued.replies.extend(replies);
                 } else {
@@ -648,10 +724,7 @@ impl Pool {
         if config.instances_spec != self.configs[&from].instances_spec {
             self.desired = config.instances;
         }
-        tracing::info!(
-            "reloading: generation {from} → {to}, {} workers",
-            self.desired
-        );
+        tracing::info!("reloading: generation {from} → {to}, {} workers", self.desired);
         self.configs.insert(to, config);
         self.target = to;
         self.reload = Some(ReloadRun { from, to, replies });
@@ -662,14 +735,17 @@ impl Pool {
             return;
         };
         for to in run.replies {
-            out.push(Action::Reply {
-                to,
-                result: result.clone(),
-            });
+            out.push(Action::Reply { to, result: result.clone() });
         }
         self.last_reload = Some(match result {
-            Ok(_) => ReloadResult::Succeeded(run.to),
-            Err(e) => ReloadResult::Failed(e),
+            Ok(_) => {
+                self.reloads.0 += 1;
+                ReloadResult::Succeeded(run.to)
+            }
+            Err(e) => {
+                self.reloads.1 += 1;
+                ReloadResult::Failed(e)
+            }
         });
         if let Some(q) = self.queued.take() {
             self.start_reload(q.config, q.replies);
@@ -682,19 +758,9 @@ impl Pool {
         let Some(run) = self.reload.as_ref() else {
             return;
         };
-        tracing::error!(
-            "reload to generation {} failed, generation {} keeps serving: {reason}",
-            run.to,
-            run.from
-        );
+        tracing::error!("reload to generation {} failed, generation {} keeps serving: {reason}", run.to, run.from);
         self.target = run.from;
-        self.finish_reload(
-            Err(format!(
-                "reload failed, generation {} keeps serving: {reason}",
-                run.from
-            )),
-            out,
-        );
+        self.finish_reload(Err(format!("reload failed, generation {} keeps serving: {reason}", run.from)), out);
     }
 
     fn on_scale(&mut self, request: ScaleRequest, reply: Option<ReplyId>, out: &mut Vec<Action>) {
@@ -721,22 +787,11 @@ impl Pool {
         self.queued = None;
         if let Some(run) = self.reload.take() {
             for to in run.replies {
-                out.push(Action::Reply {
-                    to,
-                    result: Err("the pool is stopping".into()),
-                });
+                out.push(Action::Reply { to, result: Err("the pool is stopping".into()) });
             }
         }
-        let longest = self
-            .workers
-            .iter()
-            .map(|w| self.configs[&w.generation].stop.timeout.0)
-            .max()
-            .unwrap_or_default();
-        out.push(Action::Notify(vec![
-            Notify::Stopping,
-            Notify::ExtendTimeout(longest + EXTEND_MARGIN),
-        ]));
+        let longest = self.workers.iter().map(|w| self.configs[&w.generation].stop.timeout.0).max().unwrap_or_default();
+        out.push(Action::Notify(vec![Notify::Stopping, Notify::ExtendTimeout(longest + EXTEND_MARGIN)]));
         for i in 0..self.workers.len() {
             if self.workers[i].is_live() {
                 self.stop_worker(now, i, StopReason::Shutdown, out);
@@ -748,19 +803,13 @@ impl Pool {
         tracing::warn!("stopping now: killing every worker");
         for w in &mut self.workers {
             if let Some(pid) = w.pid {
-                out.push(Action::Signal {
-                    pid,
-                    signal: Signal::SIGKILL,
-                });
+                out.push(Action::Signal { pid, signal: Signal::SIGKILL });
             }
             let reason = match w.state {
                 WorkerState::Stopping { reason, .. } => reason,
                 _ => StopReason::Shutdown,
             };
-            w.state = WorkerState::Stopping {
-                reason,
-                kill_at: None,
-            };
+            w.state = WorkerState::Stopping { reason, kill_at: None };
         }
     }
 
@@ -770,22 +819,11 @@ impl Pool {
         let w = &mut self.workers[i];
         match w.pid {
             Some(pid) => {
-                out.push(Action::Signal {
-                    pid,
-                    signal: stop.signal.0,
-                });
-                w.state = WorkerState::Stopping {
-                    reason,
-                    kill_at: Some(now + stop.timeout.0),
-                };
+                out.push(Action::Signal { pid, signal: stop.signal.0 });
+                w.state = WorkerState::Stopping { reason, kill_at: Some(now + stop.timeout.0) };
             }
             // Not forked yet: it will be stopped the moment it is (see `on_spawned`).
-            None => {
-                w.state = WorkerState::Stopping {
-                    reason,
-                    kill_at: Some(now),
-                }
-            }
+            None => w.state = WorkerState::Stopping { reason, kill_at: Some(now) },
         }
     }
 
@@ -800,13 +838,11 @@ impl Pool {
             state: WorkerState::Spawning,
             started: now,
             ready_since: None,
+            last_ping: None,
+            replace: None,
+            recycle_at: None,
         });
-        out.push(Action::Spawn {
-            id,
-            slot,
-            generation: self.target,
-            config: self.configs[&self.target].clone(),
-        });
+        out.push(Action::Spawn { id, slot, generation: self.target, config: self.configs[&self.target].clone() });
     }
 
     /// Converge the workers onto `desired` ready workers of the target generation.
@@ -833,25 +869,13 @@ impl Pool {
         let mut empty = Vec::new();
         for slot in 0..self.desired {
             let live = |w: &&Worker| w.slot == slot && w.is_live();
-            let has_target = self
-                .workers
-                .iter()
-                .filter(live)
-                .any(|w| w.generation == target);
-            let target_ready = self
-                .workers
-                .iter()
-                .filter(live)
-                .any(|w| w.generation == target && w.is_ready());
-            let old_ready = self
-                .workers
-                .iter()
-                .filter(live)
-                .any(|w| w.generation != target && w.is_ready());
+            let has_target = self.workers.iter().filter(live).any(|w| w.is_current(target));
+            let target_ready = self.workers.iter().filter(live).any(|w| w.is_current(target) && w.is_ready());
+            let old_ready = self.workers.iter().filter(live).any(|w| !w.is_current(target) && w.is_ready());
             if target_ready && old_ready {
                 for i in 0..self.workers.len() {
                     let w = &self.workers[i];
-                    if w.slot == slot && w.is_live() && w.generation != target {
+                    if w.slot == slot && w.is_live() && !w.is_current(target) {
                         self.stop_worker(now, i, StopReason::Replaced, out);
                     }
                 }
@@ -864,11 +888,7 @@ impl Pool {
             }
         }
         for slot in empty {
-            let due = self
-                .slots
-                .get(slot)
-                .and_then(|s| s.not_before)
-                .is_none_or(|t| t <= now);
+            let due = self.slots.get(slot).and_then(|s| s.not_before).is_none_or(|t| t <= now);
             if due {
                 self.spawn(now, slot, out);
             }
@@ -883,16 +903,12 @@ impl Pool {
         // Generations nobody runs any more are forgotten.
         let in_use: Vec<Generation> = self.workers.iter().map(|w| w.generation).collect();
         let keep_from = self.reload.as_ref().map(|r| r.from);
-        self.configs
-            .retain(|g, _| *g == target || Some(*g) == keep_from || in_use.contains(g));
+        self.configs.retain(|g, _| *g == target || Some(*g) == keep_from || in_use.contains(g));
     }
 
     fn all_slots_ready_on_target(&self) -> bool {
-        (0..self.desired).all(|slot| {
-            self.workers
-                .iter()
-                .any(|w| w.slot == slot && w.generation == self.target && w.is_ready())
-        })
+        (0..self.desired)
+            .all(|slot| self.workers.iter().any(|w| w.slot == slot && w.generation == self.target && w.is_ready()))
     }
 
     /// After every event: finish reloads, tell systemd what changed, exit when all is done.
@@ -900,23 +916,13 @@ impl Pool {
         if self.phase == Phase::Running && self.all_slots_ready_on_target() {
             if !self.announced_ready {
                 self.announced_ready = true;
-                tracing::info!(
-                    "generation {}: all {} workers ready",
-                    self.target,
-                    self.desired
-                );
+                tracing::info!("generation {}: all {} workers ready", self.target, self.desired);
                 out.push(Action::Notify(vec![Notify::Ready]));
             }
             if let Some(run) = &self.reload {
-                let no_old = !self
-                    .workers
-                    .iter()
-                    .any(|w| w.is_live() && w.generation != self.target);
+                let no_old = !self.workers.iter().any(|w| w.is_live() && w.generation != self.target);
                 if no_old {
-                    let msg = format!(
-                        "generation {} serving with {} workers",
-                        run.to, self.desired
-                    );
+                    let msg = format!("generation {} serving with {} workers", run.to, self.desired);
                     tracing::info!("reload done: {msg}");
                     self.finish_reload(Ok(msg), out);
                 }
@@ -940,17 +946,13 @@ impl Pool {
         if let Phase::Stopping { .. } | Phase::Exited = self.phase {
             return format!("Stopping: {} workers left", self.workers.len());
         }
-        let ready = (0..self.desired)
-            .filter(|slot| self.workers.iter().any(|w| w.slot == *slot && w.is_ready()))
-            .count();
+        let ready =
+            (0..self.desired).filter(|slot| self.workers.iter().any(|w| w.slot == *slot && w.is_ready())).count();
         let restarts = match self.restarts_total {
             1 => "1 restart".to_string(),
             n => format!("{n} restarts"),
         };
-        let mut s = format!(
-            "{ready}/{} workers ready · generation {} · {restarts}",
-            self.desired, self.target
-        );
+        let mut s = format!("{ready}/{} workers ready · generation {} · {restarts}", self.desired, self.target);
         if let Some(run) = &self.reload {
             s.push_str(&format!(" · reloading to generation {}", run.to));
         } else if let Some(ReloadResult::Failed(e)) = &self.last_reload {

@@ -45,13 +45,7 @@ struct Sim {
 
 impl Sim {
     fn new(config: Arc<Config>) -> Sim {
-        Sim {
-            pool: Pool::new(config),
-            t0: Instant::now(),
-            next_pid: 100,
-            alive: BTreeSet::new(),
-            fail_spawns: false,
-        }
+        Sim { pool: Pool::new(config), t0: Instant::now(), next_pid: 100, alive: BTreeSet::new(), fail_spawns: false }
     }
 
     fn at(&self, ms: u64) -> Instant {
@@ -61,44 +55,27 @@ impl Sim {
     fn step(&mut self, ms: u64, event: Event) -> Vec<String> {
         let now = self.at(ms);
         if let Event::Exited { pid, .. } = &event {
-            assert!(
-                self.alive.remove(&pid.as_raw()),
-                "test bug: pid {pid} is not alive"
-            );
+            assert!(self.alive.remove(&pid.as_raw()), "test bug: pid {pid} is not alive");
         }
         let mut queue = VecDeque::from([event]);
         let mut log = Vec::new();
         while let Some(event) = queue.pop_front() {
             for action in self.pool.handle(now, event) {
                 match action {
-                    Action::Spawn {
-                        id,
-                        slot,
-                        generation,
-                        ..
-                    } => {
+                    Action::Spawn { id, slot, generation, .. } => {
                         if self.fail_spawns {
                             log.push(format!("spawn {slot} g{generation} failed"));
-                            queue.push_back(Event::SpawnFailed {
-                                id,
-                                error: "No such file or directory".into(),
-                            });
+                            queue.push_back(Event::SpawnFailed { id, error: "No such file or directory".into() });
                         } else {
                             let pid = self.next_pid;
                             self.next_pid += 1;
                             self.alive.insert(pid);
                             log.push(format!("spawn {slot} g{generation} = {pid}"));
-                            queue.push_back(Event::Spawned {
-                                id,
-                                pid: Pid::from_raw(pid),
-                            });
+                            queue.push_back(Event::Spawned { id, pid: Pid::from_raw(pid) });
                         }
                     }
                     Action::Signal { pid, signal } => {
-                        assert!(
-                            self.alive.contains(&pid.as_raw()),
-                            "signalled pid {pid} is not alive"
-                        );
+                        assert!(self.alive.contains(&pid.as_raw()), "signalled pid {pid} is not alive");
                         log.push(format!("kill {pid} {}", signal.as_str()));
                     }
                     Action::Notify(fields) => {
@@ -108,9 +85,7 @@ impl Sim {
                                 Notify::Ready => log.push("READY".into()),
                                 Notify::Reloading => log.push("RELOADING".into()),
                                 Notify::Stopping => log.push("STOPPING".into()),
-                                Notify::ExtendTimeout(d) => {
-                                    log.push(format!("EXTEND {}s", d.as_secs()))
-                                }
+                                Notify::ExtendTimeout(d) => log.push(format!("EXTEND {}s", d.as_secs())),
                             }
                         }
                     }
@@ -134,21 +109,13 @@ impl Sim {
 }
 
 fn ready(pid: i32) -> Event {
-    Event::Ready {
-        pid: Pid::from_raw(pid),
-    }
+    Event::Ready { pid: Pid::from_raw(pid) }
 }
 fn exited(pid: i32, code: i32) -> Event {
-    Event::Exited {
-        pid: Pid::from_raw(pid),
-        status: ExitStatus::Code(code),
-    }
+    Event::Exited { pid: Pid::from_raw(pid), status: ExitStatus::Code(code) }
 }
 fn reload(config: Arc<Config>, reply: ReplyId) -> Event {
-    Event::Reload {
-        config: Ok(config),
-        reply: Some(reply),
-    }
+    Event::Reload { config: Ok(config), reply: Some(reply) }
 }
 
 /// Start the base pool and make both workers (pids 100, 101) ready.
@@ -203,11 +170,7 @@ fn crash_restarts_with_exponential_backoff_and_resets_after_min_uptime() {
         (8_700, Event::Tick, &["spawn 0 g1 = 107"]),
     ]);
     assert_eq!(sim.pool.restarts_total(), 6);
-    assert_eq!(
-        sim.pool.next_deadline(),
-        Some(sim.at(8_700 + 10_000)),
-        "ready timeout of 107"
-    );
+    assert_eq!(sim.pool.next_deadline(), Some(sim.at(8_700 + 10_000)), "ready timeout of 107");
 }
 
 #[test]
@@ -258,9 +221,7 @@ fn failures_outside_the_window_are_forgotten() {
     for i in 0..20u64 {
         // One failure every 20s: never more than 3 in a 60s window.
         let t = i * 20_000;
-        assert!(!sim
-            .step(t + 10, exited(pid, 1))
-            .contains(&"exit 1".to_string()));
+        assert!(!sim.step(t + 10, exited(pid, 1)).contains(&"exit 1".to_string()));
         sim.step(t + 5_000, Event::Tick);
         pid = sim.next_pid - 1;
     }
@@ -300,11 +261,7 @@ fn reload_replaces_one_worker_at_a_time() {
         (1_000, reload(next, 7), &["RELOADING", "spawn 0 g2 = 102"]),
         (1_100, ready(102), &["kill 100 SIGTERM", "spawn 1 g2 = 103"]),
         (1_150, exited(100, 0), &[]),
-        (
-            1_200,
-            ready(103),
-            &["kill 101 SIGTERM", "reply 7 ok", "READY"],
-        ),
+        (1_200, ready(103), &["kill 101 SIGTERM", "reply 7 ok", "READY"]),
         (1_250, exited(101, 0), &[]),
     ]);
     assert_eq!(sim.pool.generation(), 2);
@@ -321,19 +278,11 @@ fn reload_batch_replaces_several_at_once() {
     }
     let next = config(&format!("{base}\n[reload]\nbatch = \"50%\"\n"));
     sim.run(&[
-        (
-            1_000,
-            reload(next, 1),
-            &["RELOADING", "spawn 0 g2 = 104", "spawn 1 g2 = 105"],
-        ),
+        (1_000, reload(next, 1), &["RELOADING", "spawn 0 g2 = 104", "spawn 1 g2 = 105"]),
         (1_100, ready(105), &["kill 101 SIGTERM", "spawn 2 g2 = 106"]),
         (1_100, ready(104), &["kill 100 SIGTERM", "spawn 3 g2 = 107"]),
         (1_200, ready(106), &["kill 102 SIGTERM"]),
-        (
-            1_200,
-            ready(107),
-            &["kill 103 SIGTERM", "reply 1 ok", "READY"],
-        ),
+        (1_200, ready(107), &["kill 103 SIGTERM", "reply 1 ok", "READY"]),
     ]);
 }
 
@@ -351,10 +300,7 @@ fn reload_aborts_when_a_new_worker_exits_and_the_old_generation_keeps_serving() 
     ]);
     assert_eq!(sim.pool.generation(), 1);
     assert_eq!(sim.pool.ready_count(), 2);
-    assert!(matches!(
-        sim.pool.last_reload(),
-        Some(ReloadResult::Failed(_))
-    ));
+    assert!(matches!(sim.pool.last_reload(), Some(ReloadResult::Failed(_))));
     assert!(sim.pool.status_line().contains("last reload failed"));
 }
 
@@ -391,53 +337,28 @@ fn invalid_config_on_reload_keeps_everything() {
     let mut sim = started();
     sim.run(&[(
         1_000,
-        Event::Reload {
-            config: Err("t.toml:3:1: unknown field `bogus`".into()),
-            reply: Some(9),
-        },
-        &[
-            "reply 9 err: t.toml:3:1: unknown field `bogus`",
-            "RELOADING",
-            "READY",
-        ],
+        Event::Reload { config: Err("t.toml:3:1: unknown field `bogus`".into()), reply: Some(9) },
+        &["reply 9 err: t.toml:3:1: unknown field `bogus`", "RELOADING", "READY"],
     )]);
     assert_eq!(sim.pool.generation(), 1);
-    assert!(sim
-        .pool
-        .status_line()
-        .ends_with("last reload failed: t.toml:3:1: unknown field `bogus`"));
+    assert!(sim.pool.status_line().ends_with("last reload failed: t.toml:3:1: unknown field `bogus`"));
 }
 
 #[test]
 fn reloads_requested_mid_reload_coalesce_into_one_more() {
     let mut sim = started();
     sim.run(&[
-        (
-            1_000,
-            reload(with("env = { R = \"2\" }"), 1),
-            &["RELOADING", "spawn 0 g2 = 102"],
-        ),
+        (1_000, reload(with("env = { R = \"2\" }"), 1), &["RELOADING", "spawn 0 g2 = 102"]),
         (1_010, reload(with("env = { R = \"3\" }"), 2), &[]),
         (1_020, reload(with("env = { R = \"4\" }"), 3), &[]),
         (1_100, ready(102), &["kill 100 SIGTERM", "spawn 1 g2 = 103"]),
         // Generation 2 done; the two queued requests become one reload to generation 3.
-        (
-            1_200,
-            ready(103),
-            &["kill 101 SIGTERM", "reply 1 ok", "spawn 0 g3 = 104"],
-        ),
+        (1_200, ready(103), &["kill 101 SIGTERM", "reply 1 ok", "spawn 0 g3 = 104"]),
         (1_300, ready(104), &["kill 102 SIGTERM", "spawn 1 g3 = 105"]),
-        (
-            1_400,
-            ready(105),
-            &["kill 103 SIGTERM", "reply 2 ok", "reply 3 ok", "READY"],
-        ),
+        (1_400, ready(105), &["kill 103 SIGTERM", "reply 2 ok", "reply 3 ok", "READY"]),
     ]);
     assert_eq!(sim.pool.generation(), 3);
-    assert_eq!(
-        sim.pool.config().env.get("R").map(String::as_str),
-        Some("4")
-    );
+    assert_eq!(sim.pool.config().env.get("R").map(String::as_str), Some("4"));
 }
 
 #[test]
@@ -445,18 +366,10 @@ fn reload_applies_a_changed_instance_count() {
     let mut sim = started();
     let next = config(&BASE.replace("instances = 2", "instances = 3"));
     sim.run(&[
-        (
-            1_000,
-            reload(next, 1),
-            &["RELOADING", "spawn 2 g2 = 102", "spawn 0 g2 = 103"],
-        ),
+        (1_000, reload(next, 1), &["RELOADING", "spawn 2 g2 = 102", "spawn 0 g2 = 103"]),
         (1_100, ready(102), &[]),
         (1_100, ready(103), &["kill 100 SIGTERM", "spawn 1 g2 = 104"]),
-        (
-            1_200,
-            ready(104),
-            &["kill 101 SIGTERM", "reply 1 ok", "READY"],
-        ),
+        (1_200, ready(104), &["kill 101 SIGTERM", "reply 1 ok", "READY"]),
     ]);
     assert_eq!(sim.pool.desired(), 3);
 }
@@ -465,33 +378,12 @@ fn reload_applies_a_changed_instance_count() {
 fn scale_up_and_down_gracefully_never_below_one() {
     let mut sim = started();
     sim.run(&[
-        (
-            1_000,
-            Event::Scale {
-                request: ScaleRequest::Add(1),
-                reply: Some(1),
-            },
-            &["reply 1 ok", "spawn 2 g1 = 102"],
-        ),
+        (1_000, Event::Scale { request: ScaleRequest::Add(1), reply: Some(1) }, &["reply 1 ok", "spawn 2 g1 = 102"]),
         (1_100, ready(102), &[]),
-        (
-            2_000,
-            Event::Scale {
-                request: ScaleRequest::Set(1),
-                reply: None,
-            },
-            &["kill 101 SIGTERM", "kill 102 SIGTERM"],
-        ),
+        (2_000, Event::Scale { request: ScaleRequest::Set(1), reply: None }, &["kill 101 SIGTERM", "kill 102 SIGTERM"]),
         (2_100, exited(101, 0), &[]),
         (2_100, exited(102, 0), &[]),
-        (
-            3_000,
-            Event::Scale {
-                request: ScaleRequest::Add(-5),
-                reply: Some(2),
-            },
-            &["reply 2 ok"],
-        ),
+        (3_000, Event::Scale { request: ScaleRequest::Add(-5), reply: Some(2) }, &["reply 2 ok"]),
     ]);
     assert_eq!(sim.pool.desired(), 1);
     assert_eq!(sim.pool.workers().len(), 1);
@@ -501,16 +393,7 @@ fn scale_up_and_down_gracefully_never_below_one() {
 fn stop_escalates_to_sigkill_after_the_timeout_then_exits() {
     let mut sim = started();
     sim.run(&[
-        (
-            1_000,
-            Event::Stop,
-            &[
-                "STOPPING",
-                "EXTEND 10s",
-                "kill 100 SIGTERM",
-                "kill 101 SIGTERM",
-            ],
-        ),
+        (1_000, Event::Stop, &["STOPPING", "EXTEND 10s", "kill 100 SIGTERM", "kill 101 SIGTERM"]),
         (1_100, exited(100, 0), &[]),
         (5_999, Event::Tick, &[]),
         (6_000, Event::Tick, &["kill 101 SIGKILL"]),
@@ -523,21 +406,8 @@ fn stop_escalates_to_sigkill_after_the_timeout_then_exits() {
 fn a_second_stop_signal_kills_at_once() {
     let mut sim = started();
     sim.run(&[
-        (
-            1_000,
-            Event::Stop,
-            &[
-                "STOPPING",
-                "EXTEND 10s",
-                "kill 100 SIGTERM",
-                "kill 101 SIGTERM",
-            ],
-        ),
-        (
-            1_001,
-            Event::Stop,
-            &["kill 100 SIGKILL", "kill 101 SIGKILL"],
-        ),
+        (1_000, Event::Stop, &["STOPPING", "EXTEND 10s", "kill 100 SIGTERM", "kill 101 SIGTERM"]),
+        (1_001, Event::Stop, &["kill 100 SIGKILL", "kill 101 SIGKILL"]),
         (1_002, exited(100, 137), &[]),
         (1_003, exited(101, 137), &["exit 0"]),
     ]);
@@ -547,11 +417,7 @@ fn a_second_stop_signal_kills_at_once() {
 fn stop_during_a_reload_answers_the_waiting_client() {
     let mut sim = started();
     sim.run(&[
-        (
-            1_000,
-            reload(with("env = { R = \"2\" }"), 5),
-            &["RELOADING", "spawn 0 g2 = 102"],
-        ),
+        (1_000, reload(with("env = { R = \"2\" }"), 5), &["RELOADING", "spawn 0 g2 = 102"]),
         (
             1_001,
             Event::Stop,
@@ -564,11 +430,7 @@ fn stop_during_a_reload_answers_the_waiting_client() {
                 "kill 102 SIGTERM",
             ],
         ),
-        (
-            1_002,
-            reload(with("env = { R = \"3\" }"), 6),
-            &["reply 6 err: the pool is stopping"],
-        ),
+        (1_002, reload(with("env = { R = \"3\" }"), 6), &["reply 6 err: the pool is stopping"]),
     ]);
 }
 
@@ -576,11 +438,7 @@ fn stop_during_a_reload_answers_the_waiting_client() {
 fn crashes_while_stopping_are_not_restarted() {
     let mut sim = started();
     sim.step(1_000, Event::Stop);
-    sim.run(&[
-        (1_100, exited(100, 1), &[]),
-        (2_000, Event::Tick, &[]),
-        (2_100, exited(101, 1), &["exit 0"]),
-    ]);
+    sim.run(&[(1_100, exited(100, 1), &[]), (2_000, Event::Tick, &[]), (2_100, exited(101, 1), &["exit 0"])]);
 }
 
 #[test]
@@ -594,31 +452,18 @@ fn delay_and_spawn_ready_modes() {
     ]);
     let text = BASE.replace("timeout = \"10s\"", "mode = \"spawn\"");
     let mut sim = Sim::new(config(&text));
-    sim.run(&[(
-        0,
-        Event::Start,
-        &["spawn 0 g1 = 100", "spawn 1 g1 = 101", "READY"],
-    )]);
+    sim.run(&[(0, Event::Start, &["spawn 0 g1 = 100", "spawn 1 g1 = 101", "READY"])]);
 }
 
 #[test]
 fn status_line_says_what_systemd_shows() {
     let mut sim = started();
-    assert_eq!(
-        sim.pool.status_line(),
-        "2/2 workers ready · generation 1 · 0 restarts"
-    );
+    assert_eq!(sim.pool.status_line(), "2/2 workers ready · generation 1 · 0 restarts");
     sim.step(1_000, exited(100, 1));
-    assert_eq!(
-        sim.pool.status_line(),
-        "1/2 workers ready · generation 1 · 1 restart"
-    );
+    assert_eq!(sim.pool.status_line(), "1/2 workers ready · generation 1 · 1 restart");
     sim.step(1_100, Event::Tick);
     sim.step(1_200, reload(with("env = { R = \"2\" }"), 1));
-    assert_eq!(
-        sim.pool.status_line(),
-        "1/2 workers ready · generation 2 · 1 restart · reloading to generation 2"
-    );
+    assert_eq!(sim.pool.status_line(), "1/2 workers ready · generation 2 · 1 restart · reloading to generation 2");
 }
 
 #[test]
@@ -626,9 +471,9 @@ fn status_is_sent_when_it_changes() {
     let mut pool = Pool::new(config(BASE));
     let now = Instant::now();
     let actions = pool.handle(now, Event::Start);
-    assert!(actions.contains(&Action::Notify(vec![Notify::Status(
-        "0/2 workers ready · generation 1 · 0 restarts".into()
-    )])));
+    assert!(
+        actions.contains(&Action::Notify(vec![Notify::Status("0/2 workers ready · generation 1 · 0 restarts".into())]))
+    );
     let actions = pool.handle(now, Event::Tick);
     assert!(actions.is_empty(), "no change, no status: {actions:?}");
 }
@@ -700,4 +545,86 @@ proptest! {
         }
         prop_assert!(exited_cleanly || sim.pool.workers().is_empty());
     }
+}
+
+fn ping(pid: i32) -> Event {
+    Event::WatchdogPing { pid: Pid::from_raw(pid) }
+}
+fn memory(pid: i32, mib: u64) -> Event {
+    Event::MemorySample { pid: Pid::from_raw(pid), rss: mib * 1024 * 1024 }
+}
+fn count(sim: &Sim, reason: RestartReason) -> u64 {
+    sim.pool.restarts_by_reason().into_iter().find(|(r, _)| *r == reason).map_or(0, |(_, n)| n)
+}
+
+#[test]
+fn a_worker_that_stops_pinging_the_watchdog_is_aborted_and_replaced() {
+    let mut sim = Sim::new(config(&format!("{BASE}\n[watchdog]\ntimeout = \"1s\"\n")));
+    sim.run(&[
+        (0, Event::Start, &["spawn 0 g1 = 100", "spawn 1 g1 = 101"]),
+        (10, ready(100), &[]),
+        (10, ready(101), &["READY"]),
+        (800, ping(100), &[]),
+        (1_009, Event::Tick, &[]),
+        // 101 never pinged: 1s after it became ready it is aborted, like systemd does.
+        (1_010, Event::Tick, &["kill 101 SIGABRT"]),
+        (1_110, Event::Tick, &["spawn 1 g1 = 102"]),
+        (1_799, ping(100), &[]),
+        (1_800, Event::Tick, &[]),
+        (6_010, Event::Tick, &["kill 100 SIGABRT", "kill 101 SIGKILL"]),
+    ]);
+    assert_eq!(count(&sim, RestartReason::Watchdog), 2);
+}
+
+#[test]
+fn over_the_memory_limit_a_worker_is_replaced_without_downtime() {
+    let mut sim = Sim::new(config(&format!("{BASE}\n[limits]\nmemory = \"100MiB\"\n")));
+    sim.run(&[
+        (0, Event::Start, &["spawn 0 g1 = 100", "spawn 1 g1 = 101"]),
+        (10, ready(100), &[]),
+        (10, ready(101), &["READY"]),
+        (1_000, memory(100, 99), &[]),
+        // Over the limit: a replacement starts first; the old worker serves until it is ready.
+        (2_000, memory(101, 150), &["spawn 1 g1 = 102"]),
+        (2_001, memory(101, 160), &[]),
+        (2_100, ready(102), &["kill 101 SIGTERM"]),
+        (2_200, exited(101, 0), &[]),
+    ]);
+    assert_eq!(count(&sim, RestartReason::Memory), 1);
+    assert_eq!(sim.pool.restarts_total(), 0, "a replacement is not a crash");
+}
+
+#[test]
+fn recycle_replaces_workers_one_batch_at_a_time_within_the_jitter() {
+    let text = format!("{BASE}\n[recycle]\nafter = \"1h\"\njitter = \"10m\"\n");
+    let mut sim = Sim::new(config(&text));
+    sim.step(0, Event::Start);
+    sim.step(0, ready(100));
+    sim.step(0, ready(101));
+    let due: Vec<Instant> = sim.pool.workers().iter().filter_map(|w| w.recycle_at).collect();
+    assert_eq!(due.len(), 2);
+    for d in &due {
+        let age = d.duration_since(sim.t0);
+        assert!(age >= Duration::from_secs(50 * 60) && age <= Duration::from_secs(70 * 60), "{age:?}");
+    }
+    assert_ne!(due[0], due[1], "jitter spreads the workers");
+    // Both become due at once: still only `batch` (1) replacement at a time.
+    let both = (*due.iter().max().unwrap()).duration_since(sim.t0).as_millis() as u64 + 1;
+    let got = sim.step(both, Event::Tick);
+    assert_eq!(got.len(), 1, "one replacement at a time: {got:?}");
+    assert_eq!(count(&sim, RestartReason::Recycle), 2);
+    sim.step(both + 100, ready(102));
+    let got = sim.step(both + 100, Event::Tick);
+    assert!(got.is_empty(), "{got:?}");
+    assert_eq!(sim.pool.workers().iter().filter(|w| w.replace.is_some() && w.is_live()).count(), 1);
+}
+
+#[test]
+fn reload_counts_are_kept() {
+    let mut sim = started();
+    sim.step(1_000, reload(with("env = { R = \"2\" }"), 1));
+    sim.step(1_100, ready(102));
+    sim.step(1_200, ready(103));
+    sim.step(2_000, Event::Reload { config: Err("bad".into()), reply: None });
+    assert_eq!(sim.pool.reload_counts(), (1, 1));
 }

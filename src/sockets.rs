@@ -42,11 +42,7 @@ pub enum SocketError {
     )]
     NotListening { fd: i32, name: String },
     #[error("cannot bind {address}: {source}{hint}")]
-    Bind {
-        address: String,
-        source: io::Error,
-        hint: &'static str,
-    },
+    Bind { address: String, source: io::Error, hint: &'static str },
     #[error("no sockets to listen on: add `listen = [\"127.0.0.1:3000\"]` to the config, or start corral from a .socket unit")]
     Nothing,
 }
@@ -58,17 +54,12 @@ impl ListenSockets {
 
     /// `LISTEN_FDNAMES` for workers, in fd order.
     pub fn names(&self) -> String {
-        self.sockets
-            .iter()
-            .map(|s| s.name.as_str())
-            .collect::<Vec<_>>()
-            .join(":")
+        self.sockets.iter().map(|s| s.name.as_str()).collect::<Vec<_>>().join(":")
     }
 
     /// Sockets systemd passed to this process, if any (`LISTEN_PID` must be ours).
     pub fn from_systemd() -> Result<Option<ListenSockets>, SocketError> {
-        let fds = crate::spawn::take_inherited_fds()
-            .map_err(|e| SocketError::BadEnvironment(e.to_string()))?;
+        let fds = crate::spawn::take_inherited_fds().map_err(|e| SocketError::BadEnvironment(e.to_string()))?;
         if fds.is_empty() {
             return Ok(None);
         }
@@ -76,18 +67,12 @@ impl ListenSockets {
         for (fd, name) in fds {
             let listening = getsockopt(&fd, sockopt::AcceptConn).unwrap_or(false);
             if !listening {
-                return Err(SocketError::NotListening {
-                    fd: fd.as_raw_fd(),
-                    name,
-                });
+                return Err(SocketError::NotListening { fd: fd.as_raw_fd(), name });
             }
             let address = describe(&fd);
             sockets.push(ListenSocket { fd, name, address });
         }
-        Ok(Some(ListenSockets {
-            sockets,
-            activated: true,
-        }))
+        Ok(Some(ListenSockets { sockets, activated: true }))
     }
 
     /// Bind every `listen` entry.
@@ -99,30 +84,17 @@ impl ListenSockets {
         for addr in addrs {
             let fd = bind_one(addr).map_err(|source| {
                 let hint = match source.kind() {
-                    io::ErrorKind::AddrInUse => {
-                        " (is another pool or service already listening there?)"
-                    }
+                    io::ErrorKind::AddrInUse => " (is another pool or service already listening there?)",
                     io::ErrorKind::PermissionDenied => {
                         " (ports below 1024 need root or CAP_NET_BIND_SERVICE; use a .socket unit)"
                     }
                     _ => "",
                 };
-                SocketError::Bind {
-                    address: addr.to_string(),
-                    source,
-                    hint,
-                }
+                SocketError::Bind { address: addr.to_string(), source, hint }
             })?;
-            sockets.push(ListenSocket {
-                fd,
-                name: fd_name(addr),
-                address: addr.to_string(),
-            });
+            sockets.push(ListenSocket { fd, name: fd_name(addr), address: addr.to_string() });
         }
-        Ok(ListenSockets {
-            sockets,
-            activated: false,
-        })
+        Ok(ListenSockets { sockets, activated: false })
     }
 }
 
@@ -133,16 +105,7 @@ pub fn fd_name(addr: &ListenAddr) -> String {
         ListenAddr::Unix(p) => p.display().to_string(),
         other => other.to_string(),
     };
-    s.chars()
-        .map(|c| {
-            if c == ':' || c.is_control() || !c.is_ascii() {
-                '_'
-            } else {
-                c
-            }
-        })
-        .take(255)
-        .collect()
+    s.chars().map(|c| if c == ':' || c.is_control() || !c.is_ascii() { '_' } else { c }).take(255).collect()
 }
 
 fn bind_one(addr: &ListenAddr) -> io::Result<OwnedFd> {
@@ -209,10 +172,7 @@ fn remove_stale_unix_socket(path: &Path) -> io::Result<()> {
         ));
     }
     match std::os::unix::net::UnixStream::connect(path) {
-        Ok(_) => Err(io::Error::new(
-            io::ErrorKind::AddrInUse,
-            "another process is listening on this socket",
-        )),
+        Ok(_) => Err(io::Error::new(io::ErrorKind::AddrInUse, "another process is listening on this socket")),
         Err(_) => std::fs::remove_file(path),
     }
 }
@@ -238,11 +198,7 @@ impl ListenSocket {
     /// For tests: a listening socket from a std listener.
     pub fn from_std(l: std::net::TcpListener, name: &str) -> ListenSocket {
         let address = l.local_addr().map(|a| a.to_string()).unwrap_or_default();
-        ListenSocket {
-            fd: OwnedFd::from(l),
-            name: name.into(),
-            address,
-        }
+        ListenSocket { fd: OwnedFd::from(l), name: name.into(), address }
     }
 }
 
@@ -255,10 +211,7 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("corral-sock-test-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         let path = dir.join("sub/http.sock");
-        let addrs = vec![
-            ListenAddr::Tcp("127.0.0.1:0".parse().unwrap()),
-            ListenAddr::Unix(path.clone()),
-        ];
+        let addrs = vec![ListenAddr::Tcp("127.0.0.1:0".parse().unwrap()), ListenAddr::Unix(path.clone())];
         let s = ListenSockets::bind(&addrs).unwrap();
         assert_eq!(s.sockets.len(), 2);
         assert!(getsockopt(&s.sockets[1].fd, sockopt::AcceptConn).unwrap());
@@ -281,24 +234,16 @@ mod tests {
 
     #[test]
     fn fd_names_never_contain_colons() {
-        assert_eq!(
-            fd_name(&"127.0.0.1:3000".parse().unwrap()),
-            "127.0.0.1_3000"
-        );
+        assert_eq!(fd_name(&"127.0.0.1:3000".parse().unwrap()), "127.0.0.1_3000");
         assert_eq!(fd_name(&"[::1]:80".parse().unwrap()), "[__1]_80");
-        assert_eq!(
-            fd_name(&"unix:/run/a/http.sock".parse().unwrap()),
-            "/run/a/http.sock"
-        );
+        assert_eq!(fd_name(&"unix:/run/a/http.sock".parse().unwrap()), "/run/a/http.sock");
     }
 
     #[test]
     fn address_in_use_says_what_to_do() {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = l.local_addr().unwrap();
-        let err = ListenSockets::bind(&[ListenAddr::Tcp(addr)])
-            .unwrap_err()
-            .to_string();
+        let err = ListenSockets::bind(&[ListenAddr::Tcp(addr)]).unwrap_err().to_string();
         assert!(err.starts_with(&format!("cannot bind {addr}: ")), "{err}");
         assert!(err.contains("already listening"), "{err}");
     }

@@ -35,21 +35,15 @@ impl Credentials {
             Err(_) => nix::unistd::User::from_name(user),
         }
         .map_err(|e| format!("cannot look up user {user:?}: {e}"))?;
-        let u = found.ok_or_else(|| {
-            format!("user {user:?} does not exist (create it, or change `user` in the config)")
-        })?;
-        let cname =
-            CString::new(u.name.as_bytes()).map_err(|_| format!("invalid user name {user:?}"))?;
+        let u =
+            found.ok_or_else(|| format!("user {user:?} does not exist (create it, or change `user` in the config)"))?;
+        let cname = CString::new(u.name.as_bytes()).map_err(|_| format!("invalid user name {user:?}"))?;
         let groups = nix::unistd::getgrouplist(&cname, u.gid)
             .map_err(|e| format!("cannot list the groups of {user:?}: {e}"))?
             .into_iter()
             .map(|g| g.as_raw())
             .collect();
-        Ok(Credentials {
-            uid: u.uid.as_raw(),
-            gid: u.gid.as_raw(),
-            groups,
-        })
+        Ok(Credentials { uid: u.uid.as_raw(), gid: u.gid.as_raw(), groups })
     }
 }
 
@@ -149,11 +143,8 @@ fn cstring(s: &[u8], what: &str) -> Result<CString, String> {
 impl Prepared {
     fn new(req: &SpawnRequest<'_>) -> Result<Prepared, String> {
         let program = cstring(req.program.as_os_str().as_bytes(), "program path")?;
-        let argv: Vec<CString> = req
-            .argv
-            .iter()
-            .map(|a| cstring(a.as_bytes(), "an argument"))
-            .collect::<Result<_, _>>()?;
+        let argv: Vec<CString> =
+            req.argv.iter().map(|a| cstring(a.as_bytes(), "an argument")).collect::<Result<_, _>>()?;
         let mut argv_ptrs: Vec<*const libc::c_char> = argv.iter().map(|a| a.as_ptr()).collect();
         argv_ptrs.push(std::ptr::null());
         let mut env: Vec<Vec<u8>> = Vec::with_capacity(req.env.len() + 1);
@@ -181,10 +172,7 @@ impl Prepared {
         let last = env.len() - 1;
         // The buffer lives as long as `env` (never resized again), so the pointer stays valid.
         let listen_pid_digits = env[last][LISTEN_PID_PREFIX.len()..].as_mut_ptr();
-        let workdir = req
-            .workdir
-            .map(|w| cstring(w.as_os_str().as_bytes(), "workdir"))
-            .transpose()?;
+        let workdir = req.workdir.map(|w| cstring(w.as_os_str().as_bytes(), "workdir")).transpose()?;
         Ok(Prepared {
             program,
             _argv: argv,
@@ -202,8 +190,7 @@ impl Prepared {
 }
 
 fn pipe() -> Result<(OwnedFd, OwnedFd), String> {
-    nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
-        .map_err(|e| format!("cannot create a pipe: {e}"))
+    nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| format!("cannot create a pipe: {e}"))
 }
 
 /// Start one worker. On success the child has exec'd `program`.
@@ -212,8 +199,7 @@ pub fn spawn(req: &SpawnRequest<'_>) -> Result<Child, String> {
     let (out_r, out_w) = pipe()?;
     let (err_r, err_w) = pipe()?;
     let (status_r, status_w) = pipe()?;
-    let devnull =
-        std::fs::File::open("/dev/null").map_err(|e| format!("cannot open /dev/null: {e}"))?;
+    let devnull = std::fs::File::open("/dev/null").map_err(|e| format!("cannot open /dev/null: {e}"))?;
 
     // SAFETY: corral's master is single-threaded (tokio current_thread runtime, no blocking pool),
     // so no other thread can hold a lock the child would need; and the child branch below only
@@ -247,44 +233,25 @@ pub fn spawn(req: &SpawnRequest<'_>) -> Result<Child, String> {
     }
     drop(prep);
     if got == 0 {
-        return Ok(Child {
-            pid: Pid::from_raw(pid),
-            stdout: out_r,
-            stderr: err_r,
-        });
+        return Ok(Child { pid: Pid::from_raw(pid), stdout: out_r, stderr: err_r });
     }
     // The child failed before exec and is exiting: reap it now so it never lingers.
     let _ = nix::sys::wait::waitpid(Pid::from_raw(pid), None);
     let errno = Errno::from_raw(i32::from_ne_bytes([buf[1], buf[2], buf[3], buf[4]]));
     let program = req.argv.first().map(String::as_str).unwrap_or("");
-    let as_user = req
-        .credentials
-        .map(|c| format!(" as uid {}", c.uid))
-        .unwrap_or_default();
-    let resolved = if req.program.as_os_str() == program {
-        String::new()
-    } else {
-        format!(" ({})", req.program.display())
-    };
+    let as_user = req.credentials.map(|c| format!(" as uid {}", c.uid)).unwrap_or_default();
+    let resolved =
+        if req.program.as_os_str() == program { String::new() } else { format!(" ({})", req.program.display()) };
     Err(match buf[0] {
-        s if s == Step::Exec as u8 => format!(
-            "cannot execute {program}{resolved}{as_user}: {}",
-            errno.desc()
-        ),
+        s if s == Step::Exec as u8 => format!("cannot execute {program}{resolved}{as_user}: {}", errno.desc()),
         s if s == Step::Chdir as u8 => {
             format!(
                 "cannot chdir to {}: {}",
-                req.workdir
-                    .map(|w| w.display().to_string())
-                    .unwrap_or_default(),
+                req.workdir.map(|w| w.display().to_string()).unwrap_or_default(),
                 errno.desc()
             )
         }
-        s => format!(
-            "cannot {} for {program}: {}",
-            Step::describe(s),
-            errno.desc()
-        ),
+        s => format!("cannot {} for {program}: {}", Step::describe(s), errno.desc()),
     })
 }
 
@@ -318,14 +285,7 @@ unsafe fn child_main(p: &mut Prepared, fds: ChildFds) -> ! {
             fail(fds.status, Step::Setpgid);
         }
         // Die with the master. It may already have died before prctl: then our parent changed.
-        if libc::prctl(
-            libc::PR_SET_PDEATHSIG,
-            libc::SIGKILL as libc::c_ulong,
-            0,
-            0,
-            0,
-        ) != 0
-        {
+        if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0) != 0 {
             fail(fds.status, Step::Pdeathsig);
         }
         if libc::getppid() != p.master {
@@ -342,13 +302,7 @@ unsafe fn child_main(p: &mut Prepared, fds: ChildFds) -> ! {
         let dfl = [0u64; 4];
         for sig in 1..65 {
             if sig != libc::SIGKILL && sig != libc::SIGSTOP {
-                libc::syscall(
-                    libc::SYS_rt_sigaction,
-                    sig,
-                    dfl.as_ptr(),
-                    std::ptr::null_mut::<u64>(),
-                    8usize,
-                );
+                libc::syscall(libc::SYS_rt_sigaction, sig, dfl.as_ptr(), std::ptr::null_mut::<u64>(), 8usize);
             }
         }
         // File descriptors: first copy every source above the highest target (so placing one
@@ -360,11 +314,7 @@ unsafe fn child_main(p: &mut Prepared, fds: ChildFds) -> ! {
         if status < 0 {
             fail(fds.status, Step::Fds);
         }
-        let (stdin, stdout, stderr) = (
-            dup_high(fds.stdin),
-            dup_high(fds.stdout),
-            dup_high(fds.stderr),
-        );
+        let (stdin, stdout, stderr) = (dup_high(fds.stdin), dup_high(fds.stdout), dup_high(fds.stderr));
         if stdin < 0 || stdout < 0 || stderr < 0 {
             fail(status, Step::Fds);
         }
@@ -387,12 +337,7 @@ unsafe fn child_main(p: &mut Prepared, fds: ChildFds) -> ! {
             }
         }
         // Everything from `base` up closes at exec (the status pipe must stay open until then).
-        if libc::syscall(
-            libc::SYS_close_range,
-            base as libc::c_uint,
-            libc::c_uint::MAX,
-            libc::CLOSE_RANGE_CLOEXEC,
-        ) != 0
+        if libc::syscall(libc::SYS_close_range, base as libc::c_uint, libc::c_uint::MAX, libc::CLOSE_RANGE_CLOEXEC) != 0
         {
             // Kernels before 5.11: mark them one by one.
             let mut limit: libc::rlimit = std::mem::zeroed();
@@ -422,11 +367,7 @@ unsafe fn child_main(p: &mut Prepared, fds: ChildFds) -> ! {
             }
         }
         write_decimal(p.listen_pid_digits, libc::getpid() as u64);
-        libc::execve(
-            p.program.as_ptr(),
-            p.argv_ptrs.as_ptr(),
-            p.envp_ptrs.as_ptr(),
-        );
+        libc::execve(p.program.as_ptr(), p.argv_ptrs.as_ptr(), p.envp_ptrs.as_ptr());
         fail(status, Step::Exec)
     }
 }
@@ -463,9 +404,7 @@ pub fn take_inherited_fds() -> std::io::Result<Vec<(OwnedFd, String)>> {
     let mut out = Vec::new();
     for (raw, name) in sd_notify::listen_fds_with_names()? {
         if nix::fcntl::fcntl(unsafe_free_borrow(raw), nix::fcntl::FcntlArg::F_GETFD).is_err() {
-            return Err(std::io::Error::other(format!(
-                "LISTEN_FDS names fd {raw}, which is not open"
-            )));
+            return Err(std::io::Error::other(format!("LISTEN_FDS names fd {raw}, which is not open")));
         }
         // SAFETY: `listen_fds_with_names` verified LISTEN_PID is this process, so fds 3.. were
         // handed to us by the service manager; the fd is open (checked above), and the swap of
@@ -488,9 +427,7 @@ fn decimal(n: u64) -> String {
     let mut buf = [0xffu8; PID_DIGITS + 1];
     // SAFETY: `buf` has PID_DIGITS + 1 bytes.
     unsafe { write_decimal(buf.as_mut_ptr(), n) };
-    std::ffi::CStr::from_bytes_until_nul(&buf)
-        .map(|c| c.to_string_lossy().into_owned())
-        .unwrap_or_default()
+    std::ffi::CStr::from_bytes_until_nul(&buf).map(|c| c.to_string_lossy().into_owned()).unwrap_or_default()
 }
 
 #[cfg(test)]
@@ -506,19 +443,10 @@ mod tests {
 
     #[test]
     fn program_resolution() {
-        assert_eq!(
-            resolve_program("./server", None).unwrap(),
-            PathBuf::from("./server")
-        );
-        assert_eq!(
-            resolve_program("sh", Some(OsStr::new("/nonexistent:/bin"))).unwrap(),
-            PathBuf::from("/bin/sh")
-        );
+        assert_eq!(resolve_program("./server", None).unwrap(), PathBuf::from("./server"));
+        assert_eq!(resolve_program("sh", Some(OsStr::new("/nonexistent:/bin"))).unwrap(), PathBuf::from("/bin/sh"));
         let err = resolve_program("no-such-program-x", Some(OsStr::new("/bin"))).unwrap_err();
-        assert!(
-            err.contains("cannot find `no-such-program-x` in PATH (/bin)"),
-            "{err}"
-        );
+        assert!(err.contains("cannot find `no-such-program-x` in PATH (/bin)"), "{err}");
     }
 
     #[test]
@@ -532,20 +460,10 @@ mod tests {
             credentials: None,
         };
         let err = spawn(&req).unwrap_err();
-        assert_eq!(
-            err,
-            "cannot execute program (/nonexistent/program): No such file or directory"
-        );
-        let req = SpawnRequest {
-            program: Path::new("/bin/true"),
-            workdir: Some(Path::new("/nonexistent")),
-            ..req
-        };
+        assert_eq!(err, "cannot execute program (/nonexistent/program): No such file or directory");
+        let req = SpawnRequest { program: Path::new("/bin/true"), workdir: Some(Path::new("/nonexistent")), ..req };
         let err = spawn(&req).unwrap_err();
-        assert_eq!(
-            err,
-            "cannot chdir to /nonexistent: No such file or directory"
-        );
+        assert_eq!(err, "cannot chdir to /nonexistent: No such file or directory");
     }
 
     #[test]
@@ -553,11 +471,7 @@ mod tests {
         let env = [("PATH".to_string(), "/bin:/usr/bin".to_string())];
         let req = SpawnRequest {
             program: Path::new("/bin/sh"),
-            argv: &[
-                "sh".into(),
-                "-c".into(),
-                "echo \"$LISTEN_PID $$\"; echo err >&2".into(),
-            ],
+            argv: &["sh".into(), "-c".into(), "echo \"$LISTEN_PID $$\"; echo err >&2".into()],
             env: &env,
             listen_fds: &[],
             workdir: Some(Path::new("/")),
@@ -566,13 +480,9 @@ mod tests {
         let child = spawn(&req).unwrap();
         let mut out = String::new();
         use std::io::Read;
-        std::fs::File::from(child.stdout)
-            .read_to_string(&mut out)
-            .unwrap();
+        std::fs::File::from(child.stdout).read_to_string(&mut out).unwrap();
         let mut err = String::new();
-        std::fs::File::from(child.stderr)
-            .read_to_string(&mut err)
-            .unwrap();
+        std::fs::File::from(child.stderr).read_to_string(&mut err).unwrap();
         nix::sys::wait::waitpid(child.pid, None).unwrap();
         let pid = child.pid.to_string();
         assert_eq!(out.trim(), format!("{pid} {pid}"));

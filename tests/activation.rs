@@ -16,55 +16,29 @@ fn env<'a>(report: &'a Value, key: &str) -> Option<&'a str> {
 
 fn check_worker(report: &Value, slot: usize, fds: usize, names: &str, fake_notify: &str) {
     let pid = report["pid"].as_i64().unwrap();
-    assert_eq!(
-        env(report, "LISTEN_PID"),
-        Some(pid.to_string().as_str()),
-        "LISTEN_PID is the worker's own pid"
-    );
+    assert_eq!(env(report, "LISTEN_PID"), Some(pid.to_string().as_str()), "LISTEN_PID is the worker's own pid");
     assert_eq!(env(report, "LISTEN_FDS"), Some(fds.to_string().as_str()));
     assert_eq!(env(report, "LISTEN_FDNAMES"), Some(names));
     let want_fds: Vec<i64> = (0..3 + fds as i64).collect();
-    let got_fds: Vec<i64> = report["fds"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|v| v.as_i64().unwrap())
-        .collect();
-    assert_eq!(
-        got_fds, want_fds,
-        "exactly stdin/out/err and the sockets: {}",
-        report["fd_targets"]
-    );
+    let got_fds: Vec<i64> = report["fds"].as_array().unwrap().iter().map(|v| v.as_i64().unwrap()).collect();
+    assert_eq!(got_fds, want_fds, "exactly stdin/out/err and the sockets: {}", report["fd_targets"]);
     for fd in 3..3 + fds {
         let target = report["fd_targets"][fd.to_string()].as_str().unwrap();
         assert!(target.starts_with("socket:"), "fd {fd} is {target}");
     }
     assert_eq!(report["fd_targets"]["0"].as_str(), Some("/dev/null"));
     let notify = env(report, "NOTIFY_SOCKET").expect("NOTIFY_SOCKET set");
-    assert_ne!(
-        notify, fake_notify,
-        "the master's own NOTIFY_SOCKET must not leak"
-    );
+    assert_ne!(notify, fake_notify, "the master's own NOTIFY_SOCKET must not leak");
     assert!(notify.ends_with("/run/notify.sock"), "{notify}");
-    assert_eq!(
-        env(report, "CORRAL_WORKER"),
-        Some(slot.to_string().as_str())
-    );
+    assert_eq!(env(report, "CORRAL_WORKER"), Some(slot.to_string().as_str()));
     assert_eq!(env(report, "CORRAL_GENERATION"), Some("1"));
     assert_eq!(env(report, "CORRAL_NAME"), Some("pool"));
-    assert_eq!(
-        env(report, "NODE_APP_INSTANCE"),
-        Some(slot.to_string().as_str())
-    );
+    assert_eq!(env(report, "NODE_APP_INSTANCE"), Some(slot.to_string().as_str()));
     assert_eq!(env(report, "APP_MODE"), Some("test"));
     assert_eq!(env(report, "JOURNAL_STREAM"), None);
     assert_eq!(env(report, "WATCHDOG_USEC"), None);
     assert_eq!(report["pgid"], report["pid"], "own process group");
-    assert_eq!(
-        report["blocked"],
-        serde_json::json!([]),
-        "no blocked signals"
-    );
+    assert_eq!(report["blocked"], serde_json::json!([]), "no blocked signals");
 }
 
 const CONFIG: &str = r#"
@@ -90,15 +64,10 @@ fn socket_activation_hands_workers_the_sockets_exactly_like_systemd() {
     // Like systemd, socket-activate starts the service on the first connection: this request
     // waits in the accept queue until a worker takes it.
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    let body = wait_for("the first connection to be answered", TIMEOUT, || {
-        get(addr).ok()
-    });
+    let body = wait_for("the first connection to be answered", TIMEOUT, || get(addr).ok());
     assert!(body.starts_with("worker "), "{body}");
     m.systemd().wait("READY=1");
-    assert_eq!(
-        m.systemd().wait_status("2/2"),
-        "2/2 workers ready · generation 1 · 0 restarts"
-    );
+    assert_eq!(m.systemd().wait_status("2/2"), "2/2 workers ready · generation 1 · 0 restarts");
     for slot in 0..2 {
         let report = read_report(&m.dir.join(&format!("report-{slot}.json")));
         check_worker(&report, slot, 2, "http:admin", &fake);
@@ -115,8 +84,7 @@ fn socket_activation_hands_workers_the_sockets_exactly_like_systemd() {
 #[test]
 fn without_activation_the_master_binds_listen_itself() {
     let port = free_port();
-    let config =
-        format!("{CONFIG}listen = [\"127.0.0.1:{port}\", \"unix:{{dir}}/sub/http.sock\"]\n");
+    let config = format!("{CONFIG}listen = [\"127.0.0.1:{port}\", \"unix:{{dir}}/sub/http.sock\"]\n");
     let mut m = Master::start("bind", &config, Options::default());
     let fake = m.systemd().path.display().to_string();
     m.systemd().wait("READY=1");
@@ -136,11 +104,7 @@ fn without_activation_the_master_binds_listen_itself() {
 fn an_fd_that_is_not_a_listening_socket_is_a_clear_error() {
     let dir = TempDir::new("notsock");
     let cfg = dir.join("pool.toml");
-    std::fs::write(
-        &cfg,
-        format!("command = [\"python3\", \"{}\"]\n", worker_py()),
-    )
-    .unwrap();
+    std::fs::write(&cfg, format!("command = [\"python3\", \"{}\"]\n", worker_py())).unwrap();
     let script = format!(
         "exec 3</dev/null; LISTEN_PID=$$ LISTEN_FDS=1 LISTEN_FDNAMES=web exec {CORRAL} run -c {}",
         cfg.display()
@@ -163,9 +127,5 @@ fn an_fd_that_is_not_a_listening_socket_is_a_clear_error() {
 fn no_sockets_at_all_is_explained() {
     let mut m = Master::start("nosock", "command = [\"true\"]\n", Options::default());
     assert_eq!(m.wait_exit(), Some(1));
-    assert!(
-        m.log_text().contains("no sockets to listen on"),
-        "{}",
-        m.log_text()
-    );
+    assert!(m.log_text().contains("no sockets to listen on"), "{}", m.log_text());
 }

@@ -9,65 +9,33 @@ fn check(text: &str) -> (Option<i32>, String, String) {
     let path = dir.join("api.toml");
     std::fs::write(&path, text).unwrap();
     let out = corral(&["check", "-c", path.to_str().unwrap()]);
-    let stderr =
-        String::from_utf8_lossy(&out.stderr).replace(&dir.0.to_string_lossy().into_owned(), "DIR");
-    (
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr,
-    )
+    let stderr = String::from_utf8_lossy(&out.stderr).replace(&dir.0.to_string_lossy().into_owned(), "DIR");
+    (out.status.code(), String::from_utf8_lossy(&out.stdout).into_owned(), stderr)
 }
 
 #[test]
 fn valid_config_exits_0() {
     let (code, stdout, _) = check("command = [\"node\", \"index.js\"]\ninstances = 3\n");
     assert_eq!(code, Some(0));
-    assert!(
-        stdout.contains("ok — pool \"api\", 3 workers of `node index.js`"),
-        "{stdout}"
-    );
+    assert!(stdout.contains("ok — pool \"api\", 3 workers of `node index.js`"), "{stdout}");
 }
 
 #[test]
 fn every_kind_of_error_exits_78_with_its_location() {
     let cases = [
-        (
-            "command = [\"x\"]\nunknown_key = 1\n",
-            "DIR/api.toml:2:1: unknown field `unknown_key`",
-        ),
-        (
-            "command = [\"x\"]\ninstances = \"three\"\n",
-            "DIR/api.toml:2:13: invalid instances \"three\"",
-        ),
-        (
-            "command = [\"x\"]\ninstances = 0\n",
-            "DIR/api.toml:2:13: instances must be at least 1",
-        ),
-        (
-            "command = []\n",
-            "DIR/api.toml:1:11: command must not be empty",
-        ),
-        (
-            "command = [\"x\"]\n[stop]\ntimeout = 30\n",
-            "DIR/api.toml:3:11: expected a duration as a string",
-        ),
-        (
-            "command = [\"x\"]\n[limits]\nmemory = \"300 parsecs\"\n",
-            "DIR/api.toml:3:10: invalid size \"300 parsecs\"",
-        ),
-        (
-            "command = [\"x\"]\n[restart]\nmax_restarts = \"many\"\n",
-            "DIR/api.toml:3:16: invalid type",
-        ),
+        ("command = [\"x\"]\nunknown_key = 1\n", "DIR/api.toml:2:1: unknown field `unknown_key`"),
+        ("command = [\"x\"]\ninstances = \"three\"\n", "DIR/api.toml:2:13: invalid instances \"three\""),
+        ("command = [\"x\"]\ninstances = 0\n", "DIR/api.toml:2:13: instances must be at least 1"),
+        ("command = []\n", "DIR/api.toml:1:11: command must not be empty"),
+        ("command = [\"x\"]\n[stop]\ntimeout = 30\n", "DIR/api.toml:3:11: expected a duration as a string"),
+        ("command = [\"x\"]\n[limits]\nmemory = \"300 parsecs\"\n", "DIR/api.toml:3:10: invalid size \"300 parsecs\""),
+        ("command = [\"x\"]\n[restart]\nmax_restarts = \"many\"\n", "DIR/api.toml:3:16: invalid type"),
         ("command = [\"x\"\n", "DIR/api.toml:1:"),
     ];
     for (text, want) in cases {
         let (code, _, stderr) = check(text);
         assert_eq!(code, Some(78), "{text:?}: {stderr}");
-        assert!(
-            stderr.starts_with(want),
-            "{text:?}\n got: {stderr}\nwant: {want}"
-        );
+        assert!(stderr.starts_with(want), "{text:?}\n got: {stderr}\nwant: {want}");
     }
 }
 
@@ -76,26 +44,14 @@ fn missing_file_is_a_config_error() {
     let out = corral(&["check", "-c", "/nonexistent/corral.toml"]);
     assert_eq!(out.status.code(), Some(78));
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        stderr.contains("/nonexistent/corral.toml:1:1: cannot read config: No such file"),
-        "{stderr}"
-    );
+    assert!(stderr.contains("/nonexistent/corral.toml:1:1: cannot read config: No such file"), "{stderr}");
 }
 
 #[test]
 fn run_refuses_a_bad_config_the_same_way() {
-    let mut m = Master::start(
-        "badrun",
-        "command = [\"x\"]\ninstances = -2\n",
-        Options::default(),
-    );
+    let mut m = Master::start("badrun", "command = [\"x\"]\ninstances = -2\n", Options::default());
     assert_eq!(m.wait_exit(), Some(78));
-    assert!(
-        m.log_text()
-            .contains("pool.toml:2:13: instances must be at least 1"),
-        "{}",
-        m.log_text()
-    );
+    assert!(m.log_text().contains("pool.toml:2:13: instances must be at least 1"), "{}", m.log_text());
 }
 
 #[test]
@@ -103,15 +59,6 @@ fn config_from_corral_config_variable() {
     let dir = TempDir::new("envcfg");
     let path = dir.join("x.toml");
     std::fs::write(&path, "command = [\"x\"]\n").unwrap();
-    let out = std::process::Command::new(CORRAL)
-        .arg("check")
-        .env("CORRAL_CONFIG", &path)
-        .output()
-        .unwrap();
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = std::process::Command::new(CORRAL).arg("check").env("CORRAL_CONFIG", &path).output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
 }

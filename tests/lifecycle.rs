@@ -33,21 +33,11 @@ fn a_crashed_worker_is_restarted_with_growing_backoff() {
     assert!(m.running());
     assert!(!alive(first));
     let log = m.log_text();
-    assert!(
-        log.contains("worker exited unexpectedly (exit code 3)"),
-        "{log}"
-    );
-    for d in [
-        "restarting worker in 50ms",
-        "restarting worker in 100ms",
-        "restarting worker in 200ms",
-    ] {
+    assert!(log.contains("worker exited unexpectedly (exit code 3)"), "{log}");
+    for d in ["restarting worker in 50ms", "restarting worker in 100ms", "restarting worker in 200ms"] {
         assert!(log.contains(d), "missing {d:?}:\n{log}");
     }
-    assert!(
-        log.contains("pool[0]: crashing on purpose"),
-        "worker stderr is forwarded"
-    );
+    assert!(log.contains("pool[0]: crashing on purpose"), "worker stderr is forwarded");
     wait_until("no zombie children", TIMEOUT, || no_zombies(m.pid()));
 }
 
@@ -58,16 +48,8 @@ fn gives_up_after_too_many_restarts_without_a_ready_worker() {
         "instances = 2\n[restart]\ndelay = \"10ms\"\nmax_delay = \"20ms\"\nmax_restarts = 3\n",
     );
     let mut m = Master::start("giveup", &cfg, Options::default());
-    assert_eq!(
-        m.wait_exit(),
-        Some(1),
-        "exits non-zero so systemd's Restart= takes over"
-    );
-    assert!(
-        m.log_text().contains("giving up: 4 restarts within 1m"),
-        "{}",
-        m.log_text()
-    );
+    assert_eq!(m.wait_exit(), Some(1), "exits non-zero so systemd's Restart= takes over");
+    assert!(m.log_text().contains("giving up: 4 restarts within 1m"), "{}", m.log_text());
     assert_eq!(m.systemd().count("STOPPING=1"), 1);
     assert!(descendants(m.pid()).is_empty());
 }
@@ -81,48 +63,31 @@ fn sigterm_stops_workers_gracefully_and_exits_0() {
     assert_eq!(m.wait_exit(), Some(0));
     assert_eq!(m.systemd().count("STOPPING=1"), 1);
     let log = m.log_text();
-    assert!(
-        log.contains("pool[0]: stopped gracefully") && log.contains("pool[1]: stopped gracefully"),
-        "{log}"
-    );
+    assert!(log.contains("pool[0]: stopped gracefully") && log.contains("pool[1]: stopped gracefully"), "{log}");
     assert!(workers.iter().all(|w| !alive(*w)));
 }
 
 #[test]
 fn a_worker_that_ignores_the_stop_signal_is_killed_after_the_timeout() {
-    let cfg = pool(
-        ", \"--ignore-term\"",
-        "instances = 1\n[stop]\ntimeout = \"300ms\"\n",
-    );
+    let cfg = pool(", \"--ignore-term\"", "instances = 1\n[stop]\ntimeout = \"300ms\"\n");
     let mut m = Master::start("escalate", &cfg, Options::default());
     m.systemd().wait("READY=1");
     let w = m.wait_workers(1)[0];
     m.signal(Signal::SIGTERM);
     assert_eq!(m.wait_exit(), Some(0));
-    assert!(
-        m.log_text()
-            .contains("did not stop in time, sending SIGKILL"),
-        "{}",
-        m.log_text()
-    );
+    assert!(m.log_text().contains("did not stop in time, sending SIGKILL"), "{}", m.log_text());
     assert!(!alive(w));
 }
 
 #[test]
 fn a_second_stop_signal_stops_at_once() {
     // stop.timeout is far longer than the test's patience: only the second signal can end it.
-    let cfg = pool(
-        ", \"--ignore-term\"",
-        "instances = 2\n[stop]\ntimeout = \"1h\"\n",
-    );
+    let cfg = pool(", \"--ignore-term\"", "instances = 2\n[stop]\ntimeout = \"1h\"\n");
     let mut m = Master::start("twice", &cfg, Options::default());
     m.systemd().wait("READY=1");
     m.signal(Signal::SIGTERM);
     m.systemd().wait("STOPPING=1");
-    assert!(
-        m.systemd().count("EXTEND_TIMEOUT_USEC=3605000000") == 1,
-        "asks systemd to wait for the drain"
-    );
+    assert!(m.systemd().count("EXTEND_TIMEOUT_USEC=3605000000") == 1, "asks systemd to wait for the drain");
     m.signal(Signal::SIGINT);
     assert_eq!(m.wait_exit(), Some(0));
     assert!(m.log_text().contains("stopping now"), "{}", m.log_text());
@@ -130,50 +95,28 @@ fn a_second_stop_signal_stops_at_once() {
 
 #[test]
 fn workers_die_with_a_killed_master() {
-    let mut m = Master::start(
-        "orphan",
-        &pool(", \"--spawn-child\"", "instances = 3\n"),
-        Options::default(),
-    );
+    let mut m = Master::start("orphan", &pool(", \"--spawn-child\"", "instances = 3\n"), Options::default());
     m.systemd().wait("READY=1");
     let workers = m.wait_workers(3);
     m.signal(Signal::SIGKILL);
     m.wait_exit();
-    wait_until(
-        "every worker gone after kill -9 of the master",
-        TIMEOUT,
-        || workers.iter().all(|w| !alive(*w)),
-    );
+    wait_until("every worker gone after kill -9 of the master", TIMEOUT, || workers.iter().all(|w| !alive(*w)));
 }
 
 #[test]
 fn a_worker_not_ready_in_time_is_replaced_and_foreign_ready_is_ignored() {
-    let cfg = pool(
-        ", \"--never-ready\"",
-        "instances = 1\n[ready]\ntimeout = \"700ms\"\n[restart]\ndelay = \"10ms\"\n",
-    );
+    let cfg = pool(", \"--never-ready\"", "instances = 1\n[ready]\ntimeout = \"700ms\"\n[restart]\ndelay = \"10ms\"\n");
     let mut m = Master::start("notready", &cfg, Options::default());
     let first = m.wait_workers(1)[0];
     // Someone who is not a worker claims readiness on the workers' notify socket.
     let notify = m.dir.join("run/notify.sock");
     wait_until("notify socket", TIMEOUT, || notify.exists());
-    UnixDatagram::unbound()
-        .unwrap()
-        .send_to(b"READY=1\n", &notify)
-        .unwrap();
+    UnixDatagram::unbound().unwrap().send_to(b"READY=1\n", &notify).unwrap();
     m.systemd().wait_status("1 restart");
     m.wait_log("not ready after 700ms");
     wait_until("the first worker is gone", TIMEOUT, || !alive(first));
-    assert_eq!(
-        m.systemd().count("READY=1"),
-        0,
-        "no worker ever said READY=1"
-    );
-    assert!(m
-        .systemd()
-        .last_status()
-        .unwrap()
-        .starts_with("0/1 workers ready"));
+    assert_eq!(m.systemd().count("READY=1"), 0, "no worker ever said READY=1");
+    assert!(m.systemd().last_status().unwrap().starts_with("0/1 workers ready"));
 }
 
 #[test]
@@ -192,50 +135,29 @@ fn sigttin_and_sigttou_scale_the_pool() {
     m.signal(Signal::SIGTTOU);
     m.wait_log("scaling from 1 to 1 workers");
     m.wait_workers(1);
-    assert!(
-        m.log_text().contains("pool[2]: stopped gracefully"),
-        "scale-down is graceful"
-    );
+    assert!(m.log_text().contains("pool[2]: stopped gracefully"), "scale-down is graceful");
 }
 
 #[test]
 fn a_dead_workers_leftover_children_are_killed_and_reaped() {
-    let mut m = Master::start(
-        "grandchild",
-        &pool(", \"--spawn-child\"", "instances = 1\n"),
-        Options::default(),
-    );
+    let mut m = Master::start("grandchild", &pool(", \"--spawn-child\"", "instances = 1\n"), Options::default());
     m.systemd().wait("READY=1");
     let w = m.wait_workers(1)[0];
-    let grandchild = wait_for("the worker's child", TIMEOUT, || {
-        children(w).first().copied()
-    });
+    let grandchild = wait_for("the worker's child", TIMEOUT, || children(w).first().copied());
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(w), Signal::SIGKILL).unwrap();
-    wait_until(
-        "the leftover child is gone (not even a zombie)",
-        TIMEOUT,
-        || proc_state(grandchild).is_none(),
-    );
+    wait_until("the leftover child is gone (not even a zombie)", TIMEOUT, || proc_state(grandchild).is_none());
     m.systemd().wait_status("1 restart");
     wait_until("no zombies", TIMEOUT, || no_zombies(m.pid()));
 }
 
 #[test]
 fn instances_max_follows_the_cpu_affinity() {
-    let opts = Options {
-        wrapper: vec!["taskset".into(), "-c".into(), "0".into()],
-        ..Options::default()
-    };
+    let opts = Options { wrapper: vec!["taskset".into(), "-c".into(), "0".into()], ..Options::default() };
     let mut m = Master::start("max", &pool("", "instances = \"max\"\n"), opts);
     m.systemd().wait_status("1/1 workers ready");
     let cpus = std::thread::available_parallelism().unwrap().get();
-    let mut m2 = Master::start(
-        "max2",
-        &pool("", "instances = \"max\"\n"),
-        Options::default(),
-    );
-    m2.systemd()
-        .wait_status(&format!("{cpus}/{cpus} workers ready"));
+    let mut m2 = Master::start("max2", &pool("", "instances = \"max\"\n"), Options::default());
+    m2.systemd().wait_status(&format!("{cpus}/{cpus} workers ready"));
     drop(m);
 }
 
@@ -250,10 +172,7 @@ listen = ["127.0.0.1:{}"]
     let mut m = Master::start("signals", &cfg, Options::default());
     m.systemd().wait("READY=1");
     let text = std::fs::read_to_string(m.dir.join("sig.txt")).unwrap();
-    assert_eq!(
-        text,
-        "SigBlk:\t0000000000000000\nSigIgn:\t0000000000000000\n"
-    );
+    assert_eq!(text, "SigBlk:\t0000000000000000\nSigIgn:\t0000000000000000\n");
 }
 
 #[test]
@@ -267,9 +186,7 @@ fn the_master_leaks_no_fds_over_many_restarts() {
     let before = fd_count(m.pid());
     m.systemd().wait_status("12 restarts");
     // Output pipes close at EOF; allow the loop to catch up, then the count must be back.
-    wait_until("master fd count back to its start value", TIMEOUT, || {
-        fd_count(m.pid()) <= before
-    });
+    wait_until("master fd count back to its start value", TIMEOUT, || fd_count(m.pid()) <= before);
     wait_until("no zombies", TIMEOUT, || no_zombies(m.pid()));
     assert_eq!(threads(m.pid()), 1);
 }
@@ -282,31 +199,17 @@ fn workers_drop_to_the_configured_user() {
     }
     // /tmp is writable for nobody; the test's own temp dir is not.
     let out = TempDir::new("user-report");
-    std::fs::set_permissions(
-        out.path(),
-        std::os::unix::fs::PermissionsExt::from_mode(0o777),
-    )
-    .unwrap();
+    std::fs::set_permissions(out.path(), std::os::unix::fs::PermissionsExt::from_mode(0o777)).unwrap();
     let report_path = out.join("report.json");
     // Debian's python3: the one rustup's image puts under /root is not reachable for nobody.
-    let cfg = pool(
-        &format!(", \"--report\", \"{}\"", report_path.display()),
-        "instances = 1\nuser = \"nobody\"\n",
-    )
-    .replace("\"python3\"", "\"/usr/bin/python3\"");
+    let cfg = pool(&format!(", \"--report\", \"{}\"", report_path.display()), "instances = 1\nuser = \"nobody\"\n")
+        .replace("\"python3\"", "\"/usr/bin/python3\"");
     let mut m = Master::start("user", &cfg, Options::default());
     m.systemd().wait("READY=1");
     let report = read_report(&report_path);
     let nobody = nix::unistd::User::from_name("nobody").unwrap().unwrap();
     assert_eq!(report["uid"].as_u64(), Some(nobody.uid.as_raw() as u64));
     assert_eq!(report["gid"].as_u64(), Some(nobody.gid.as_raw() as u64));
-    assert!(
-        !report["groups"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|g| g.as_u64() == Some(0)),
-        "root group dropped"
-    );
+    assert!(!report["groups"].as_array().unwrap().iter().any(|g| g.as_u64() == Some(0)), "root group dropped");
     assert_eq!(report["env"]["USER"].as_str(), Some("nobody"));
 }

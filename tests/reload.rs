@@ -22,10 +22,7 @@ fn start(tag: &str, args: &str, extra: &str) -> Pool {
     );
     let mut m = Master::start(tag, &cfg, Options::default());
     m.systemd().wait("READY=1");
-    Pool {
-        m,
-        addr: format!("127.0.0.1:{port}").parse().unwrap(),
-    }
+    Pool { m, addr: format!("127.0.0.1:{port}").parse().unwrap() }
 }
 
 impl Pool {
@@ -48,38 +45,22 @@ impl Pool {
 }
 
 fn reload_under_load(keep_alive: bool) {
-    let mut p = start(
-        if keep_alive { "loadka" } else { "loadnew" },
-        "",
-        "[reload]\nbatch = 1\n",
-    );
+    let mut p = start(if keep_alive { "loadka" } else { "loadnew" }, "", "[reload]\nbatch = 1\n");
     let stop = Arc::new(AtomicBool::new(false));
     let load = load(p.addr, 4, keep_alive, stop.clone());
     wait_until("load running", TIMEOUT, || true);
     for release in 2..=4 {
-        p.rewrite(
-            "instances = 2\n",
-            &format!("instances = 2\nenv = {{ RELEASE = \"{release}\" }}\n"),
-        );
+        p.rewrite("instances = 2\n", &format!("instances = 2\nenv = {{ RELEASE = \"{release}\" }}\n"));
         p.reload();
-        p.m.systemd()
-            .wait_status(&format!("2/2 workers ready · generation {release}"));
+        p.m.systemd().wait_status(&format!("2/2 workers ready · generation {release}"));
         p.rewrite(&format!("env = {{ RELEASE = \"{release}\" }}\n"), "");
     }
     stop.store(true, Ordering::SeqCst);
     let r = load.join().unwrap();
     eprintln!("keep_alive={keep_alive}: {r:?}");
-    assert_eq!(
-        r.failed, 0,
-        "failed requests during 3 rolling reloads: {:?}",
-        r.errors
-    );
+    assert_eq!(r.failed, 0, "failed requests during 3 rolling reloads: {:?}", r.errors);
     assert!(r.ok > 100, "the load loop ran ({} requests)", r.ok);
-    assert!(
-        r.pids.len() >= 4,
-        "requests were served by several generations of workers: {:?}",
-        r.pids
-    );
+    assert!(r.pids.len() >= 4, "requests were served by several generations of workers: {:?}", r.pids);
     assert!(get(p.addr).unwrap().contains("generation 4 release 4"));
 }
 
@@ -96,47 +77,25 @@ fn reload_under_load_fails_no_request_with_keep_alive_clients() {
 #[test]
 fn reload_tells_systemd_reloading_then_ready() {
     let mut p = start("notify", "", "");
-    p.rewrite(
-        "instances = 2\n",
-        "instances = 2\nenv = { RELEASE = \"2\" }\n",
-    );
+    p.rewrite("instances = 2\n", "instances = 2\nenv = { RELEASE = \"2\" }\n");
     p.reload();
     let msg = p.m.systemd().wait("RELOADING=1");
-    assert!(
-        msg.lines()
-            .any(|l| l.starts_with("MONOTONIC_USEC=") && l[15..].parse::<u64>().is_ok()),
-        "{msg}"
-    );
-    assert!(p
-        .answers()
-        .iter()
-        .all(|a| a.contains("generation 2 release 2")));
+    assert!(msg.lines().any(|l| l.starts_with("MONOTONIC_USEC=") && l[15..].parse::<u64>().is_ok()), "{msg}");
+    assert!(p.answers().iter().all(|a| a.contains("generation 2 release 2")));
 }
 
 #[test]
 fn a_broken_release_is_rolled_back_and_the_old_generation_keeps_serving() {
     let mut p = start("broken", ", \"--fail-if-env\", \"BROKEN\"", "");
     let old = p.m.wait_workers(2);
-    p.rewrite(
-        "instances = 2\n",
-        "instances = 2\nenv = { BROKEN = \"yes\" }\n",
-    );
+    p.rewrite("instances = 2\n", "instances = 2\nenv = { BROKEN = \"yes\" }\n");
     p.reload();
     let status = p.m.systemd().wait_status("last reload failed");
-    assert!(
-        status.starts_with("2/2 workers ready · generation 1 · "),
-        "{status}"
-    );
-    assert!(
-        status.contains("of generation 2 exited with exit code 4 before it was ready"),
-        "{status}"
-    );
+    assert!(status.starts_with("2/2 workers ready · generation 1 · "), "{status}");
+    assert!(status.contains("of generation 2 exited with exit code 4 before it was ready"), "{status}");
     assert_eq!(p.m.wait_workers(2), old, "the same workers keep serving");
     assert!(p.answers().iter().all(|a| a.contains("generation 1")));
-    assert!(p
-        .m
-        .log_text()
-        .contains("pool[0]: broken release: BROKEN is set"));
+    assert!(p.m.log_text().contains("pool[0]: broken release: BROKEN is set"));
 }
 
 #[test]
@@ -146,14 +105,8 @@ fn an_invalid_config_on_reload_changes_nothing() {
     p.rewrite("instances = 2\n", "instances = 0\n");
     p.reload();
     let status = p.m.systemd().wait_status("last reload failed");
-    assert!(
-        status.contains("pool.toml:3:13: instances must be at least 1"),
-        "{status}"
-    );
-    assert!(
-        status.starts_with("2/2 workers ready · generation 1"),
-        "{status}"
-    );
+    assert!(status.contains("pool.toml:3:13: instances must be at least 1"), "{status}");
+    assert!(status.starts_with("2/2 workers ready · generation 1"), "{status}");
     assert_eq!(p.m.wait_workers(2), old);
     assert!(p.m.running());
     p.answers();
@@ -184,13 +137,7 @@ fn a_reload_follows_a_current_symlink_to_the_new_release() {
     let p = Pool { m, addr };
     let mut p = p;
     p.reload();
-    assert!(
-        p.answers()
-            .iter()
-            .all(|a| a.contains("generation 2 release r2")),
-        "{:?}",
-        p.answers()
-    );
+    assert!(p.answers().iter().all(|a| a.contains("generation 2 release r2")), "{:?}", p.answers());
 }
 
 #[test]
@@ -200,39 +147,25 @@ fn reloads_requested_during_a_reload_coalesce_into_one_more() {
     p.m.wait_log("reloading: generation 1 → 2");
     p.m.signal(Signal::SIGHUP);
     wait_until("first queued request", TIMEOUT, || {
-        p.m.log_text()
-            .matches("it will follow the current one")
-            .count()
-            == 1
+        p.m.log_text().matches("it will follow the current one").count() == 1
     });
     p.m.signal(Signal::SIGHUP);
     wait_until("second queued request", TIMEOUT, || {
-        p.m.log_text()
-            .matches("it will follow the current one")
-            .count()
-            == 2
+        p.m.log_text().matches("it will follow the current one").count() == 2
     });
-    p.m.systemd()
-        .wait_status_eq("2/2 workers ready · generation 3 · 0 restarts");
+    p.m.systemd().wait_status_eq("2/2 workers ready · generation 3 · 0 restarts");
     let log = p.m.log_text();
     assert!(log.contains("reloading: generation 2 → 3"), "{log}");
-    assert!(
-        !log.contains("generation 3 → 4"),
-        "two queued requests make one reload: {log}"
-    );
+    assert!(!log.contains("generation 3 → 4"), "two queued requests make one reload: {log}");
     assert!(p.answers().iter().all(|a| a.contains("generation 3")));
 }
 
 #[test]
 fn a_reload_applies_a_changed_instance_count_and_command() {
     let mut p = start("resize", "", "");
-    p.rewrite(
-        "instances = 2\n",
-        "instances = 3\nenv = { RELEASE = \"big\" }\n",
-    );
+    p.rewrite("instances = 2\n", "instances = 3\nenv = { RELEASE = \"big\" }\n");
     p.reload();
-    p.m.systemd()
-        .wait_status("3/3 workers ready · generation 2");
+    p.m.systemd().wait_status("3/3 workers ready · generation 2");
     p.m.wait_workers(3);
     assert!(p.answers().iter().all(|a| a.contains("release big")));
 }

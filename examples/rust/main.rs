@@ -13,9 +13,9 @@ use std::time::Duration;
 
 fn main() -> std::io::Result<()> {
     let mut fds = listenfd::ListenFd::from_env();
-    let listener: TcpListener = fds.take_tcp_listener(0)?.ok_or_else(|| {
-        std::io::Error::other("no listening socket: run me under corral or a systemd .socket unit")
-    })?;
+    let listener: TcpListener = fds
+        .take_tcp_listener(0)?
+        .ok_or_else(|| std::io::Error::other("no listening socket: run me under corral or a systemd .socket unit"))?;
     // Shared with the other workers: poll instead of blocking in accept().
     listener.set_nonblocking(true)?;
     let stop = Arc::new(AtomicBool::new(false));
@@ -34,15 +34,9 @@ fn main() -> std::io::Result<()> {
                     _ => format!("Hello from worker {pid}\n"),
                 };
                 let mut s = stream;
-                write!(
-                    s,
-                    "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                    body.len()
-                )?;
+                write!(s, "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len())?;
             }
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                std::thread::sleep(Duration::from_millis(5))
-            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => std::thread::sleep(Duration::from_millis(5)),
             Err(e) => return Err(e),
         }
     }

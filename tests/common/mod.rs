@@ -79,10 +79,7 @@ impl Drop for TempDir {
 
 /// A free TCP port on loopback (bound and released; tests use it right away).
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
+    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("free port")
 }
 
 /// The datagram socket systemd would read: the master's NOTIFY_SOCKET.
@@ -97,29 +94,20 @@ impl FakeSystemd {
         let path = dir.join("systemd-notify.sock");
         let sock = UnixDatagram::bind(&path).expect("bind fake notify socket");
         sock.set_nonblocking(true).expect("nonblocking");
-        FakeSystemd {
-            path,
-            sock,
-            messages: Vec::new(),
-        }
+        FakeSystemd { path, sock, messages: Vec::new() }
     }
     fn drain(&mut self) {
         let mut buf = vec![0u8; 8192];
         while let Ok(n) = self.sock.recv(&mut buf) {
-            self.messages
-                .push(String::from_utf8_lossy(&buf[..n]).into_owned());
+            self.messages.push(String::from_utf8_lossy(&buf[..n]).into_owned());
         }
     }
     /// Wait for a datagram that contains `needle`; returns it.
     pub fn wait(&mut self, needle: &str) -> String {
-        wait_for(
-            &format!("notification containing {needle:?}"),
-            TIMEOUT,
-            || {
-                self.drain();
-                self.messages.iter().find(|m| m.contains(needle)).cloned()
-            },
-        )
+        wait_for(&format!("notification containing {needle:?}"), TIMEOUT, || {
+            self.drain();
+            self.messages.iter().find(|m| m.contains(needle)).cloned()
+        })
     }
     /// Wait for the latest STATUS= to contain `needle`.
     pub fn wait_status(&mut self, needle: &str) -> String {
@@ -137,18 +125,11 @@ impl FakeSystemd {
     }
     pub fn last_status(&mut self) -> Option<String> {
         self.drain();
-        self.messages.iter().rev().find_map(|m| {
-            m.lines()
-                .find_map(|l| l.strip_prefix("STATUS="))
-                .map(str::to_string)
-        })
+        self.messages.iter().rev().find_map(|m| m.lines().find_map(|l| l.strip_prefix("STATUS=")).map(str::to_string))
     }
     pub fn count(&mut self, line: &str) -> usize {
         self.drain();
-        self.messages
-            .iter()
-            .filter(|m| m.lines().any(|l| l == line))
-            .count()
+        self.messages.iter().filter(|m| m.lines().any(|l| l == line)).count()
     }
     pub fn clear(&mut self) {
         self.drain();
@@ -168,13 +149,7 @@ pub struct Options {
 
 impl Default for Options {
     fn default() -> Self {
-        Options {
-            activate: vec![],
-            fdnames: vec![],
-            notify: true,
-            env: vec![],
-            wrapper: vec![],
-        }
+        Options { activate: vec![], fdnames: vec![], notify: true, env: vec![], wrapper: vec![] }
     }
 }
 
@@ -193,9 +168,7 @@ impl Master {
     /// Write `config` (with `{worker}` and `{dir}` replaced) and start `corral run` on it.
     pub fn start(tag: &str, config: &str, opts: Options) -> Master {
         let dir = TempDir::new(tag);
-        let text = config
-            .replace("{worker}", &worker_py())
-            .replace("{dir}", &dir.0.to_string_lossy());
+        let text = config.replace("{worker}", &worker_py()).replace("{dir}", &dir.0.to_string_lossy());
         let config = dir.join("pool.toml");
         std::fs::write(&config, text).expect("write config");
         let log = dir.join("master.log");
@@ -220,11 +193,7 @@ impl Master {
             }
         }
         argv.push(CORRAL.into());
-        argv.extend([
-            "run".into(),
-            "-c".into(),
-            config.to_string_lossy().into_owned(),
-        ]);
+        argv.extend(["run".into(), "-c".into(), config.to_string_lossy().into_owned()]);
         let mut cmd = Command::new(&argv[0]);
         cmd.args(&argv[1..])
             .current_dir(dir.path())
@@ -244,15 +213,7 @@ impl Master {
             cmd.env(k, v);
         }
         let child = cmd.spawn().expect("start corral");
-        Master {
-            child,
-            dir,
-            config,
-            log,
-            systemd,
-            exit: None,
-            known: Arc::new(Mutex::new(Vec::new())),
-        }
+        Master { child, dir, config, log, systemd, exit: None, known: Arc::new(Mutex::new(Vec::new())) }
     }
 
     pub fn pid(&self) -> i32 {
@@ -268,28 +229,18 @@ impl Master {
     }
 
     pub fn wait_log(&self, needle: &str) {
-        wait_until(
-            &format!("master log containing {needle:?}"),
-            TIMEOUT,
-            || self.log_text().contains(needle),
-        );
+        wait_until(&format!("master log containing {needle:?}"), TIMEOUT, || self.log_text().contains(needle));
     }
 
     pub fn signal(&self, sig: nix::sys::signal::Signal) {
-        nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pid()), sig)
-            .expect("signal the master");
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pid()), sig).expect("signal the master");
     }
 
     /// Live (non-zombie) child processes of the master.
     pub fn workers(&self) -> Vec<i32> {
-        let w = children(self.pid())
-            .into_iter()
-            .filter(|p| proc_state(*p).is_some_and(|s| s != 'Z'))
-            .collect::<Vec<_>>();
-        self.known
-            .lock()
-            .map(|mut k| k.extend(w.iter().copied()))
-            .ok();
+        let w =
+            children(self.pid()).into_iter().filter(|p| proc_state(*p).is_some_and(|s| s != 'Z')).collect::<Vec<_>>();
+        self.known.lock().map(|mut k| k.extend(w.iter().copied())).ok();
         w
     }
 
@@ -302,9 +253,7 @@ impl Master {
 
     /// Wait for the master to exit; returns its exit code.
     pub fn wait_exit(&mut self) -> Option<i32> {
-        let status = wait_for("the master to exit", TIMEOUT, || {
-            self.child.try_wait().ok().flatten()
-        });
+        let status = wait_for("the master to exit", TIMEOUT, || self.child.try_wait().ok().flatten());
         self.exit = Some(status);
         status.code()
     }
@@ -322,18 +271,11 @@ impl Drop for Master {
             let _ = self.child.kill();
             let _ = self.child.wait();
             for p in pids {
-                let _ = nix::sys::signal::kill(
-                    nix::unistd::Pid::from_raw(p),
-                    nix::sys::signal::Signal::SIGKILL,
-                );
+                let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(p), nix::sys::signal::Signal::SIGKILL);
             }
         }
         if std::thread::panicking() {
-            eprintln!(
-                "---- master log ({}) ----\n{}",
-                self.log.display(),
-                self.log_text()
-            );
+            eprintln!("---- master log ({}) ----\n{}", self.log.display(), self.log_text());
         }
     }
 }
@@ -371,12 +313,7 @@ pub fn descendants(pid: i32) -> Vec<i32> {
 fn stat_fields(pid: i32) -> Option<Vec<String>> {
     let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     let close = s.rfind(')')?;
-    Some(
-        s[close + 2..]
-            .split_whitespace()
-            .map(str::to_string)
-            .collect(),
-    )
+    Some(s[close + 2..].split_whitespace().map(str::to_string).collect())
 }
 
 pub fn proc_state(pid: i32) -> Option<char> {
@@ -392,30 +329,19 @@ pub fn alive(pid: i32) -> bool {
 }
 
 pub fn fd_count(pid: i32) -> usize {
-    std::fs::read_dir(format!("/proc/{pid}/fd"))
-        .map(|d| d.count())
-        .unwrap_or(0)
+    std::fs::read_dir(format!("/proc/{pid}/fd")).map(|d| d.count()).unwrap_or(0)
 }
 
 pub fn threads(pid: i32) -> usize {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
-        .and_then(|s| {
-            s.lines().find_map(|l| {
-                l.strip_prefix("Threads:")
-                    .map(|v| v.trim().parse().unwrap_or(0))
-            })
-        })
+        .and_then(|s| s.lines().find_map(|l| l.strip_prefix("Threads:").map(|v| v.trim().parse().unwrap_or(0))))
         .unwrap_or(0)
 }
 
 /// What the test worker reported with `--report`.
 pub fn read_report(path: &Path) -> serde_json::Value {
-    let text = wait_for(
-        &format!("worker report {}", path.display()),
-        TIMEOUT,
-        || std::fs::read_to_string(path).ok(),
-    );
+    let text = wait_for(&format!("worker report {}", path.display()), TIMEOUT, || std::fs::read_to_string(path).ok());
     serde_json::from_str(&text).expect("report is JSON")
 }
 
@@ -429,11 +355,7 @@ pub fn get(addr: SocketAddr) -> std::io::Result<String> {
     if !resp.starts_with("HTTP/1.1 200") && !resp.starts_with("HTTP/1.0 200") {
         return Err(std::io::Error::other(format!("bad response: {resp:?}")));
     }
-    Ok(resp
-        .split("\r\n\r\n")
-        .nth(1)
-        .unwrap_or_default()
-        .to_string())
+    Ok(resp.split("\r\n\r\n").nth(1).unwrap_or_default().to_string())
 }
 
 /// The pid in a test worker's answer ("worker <pid> slot ...").
@@ -456,9 +378,7 @@ fn read_response(s: &mut TcpStream) -> std::io::Result<(usize, String)> {
     }
     let head_text = String::from_utf8_lossy(&head).into_owned();
     if !head_text.starts_with("HTTP/1.1 200") {
-        return Err(std::io::Error::other(format!(
-            "bad response: {head_text:?}"
-        )));
+        return Err(std::io::Error::other(format!("bad response: {head_text:?}")));
     }
     let len: usize = head_text
         .lines()
@@ -468,10 +388,7 @@ fn read_response(s: &mut TcpStream) -> std::io::Result<(usize, String)> {
     let mut body = vec![0u8; len];
     s.read_exact(&mut body)?;
     let close = head_text.to_ascii_lowercase().contains("connection: close");
-    Ok((
-        if close { 1 } else { 0 },
-        String::from_utf8_lossy(&body).into_owned(),
-    ))
+    Ok((if close { 1 } else { 0 }, String::from_utf8_lossy(&body).into_owned()))
 }
 
 #[derive(Debug, Default, Clone)]
@@ -497,9 +414,7 @@ pub fn load(
         let handles: Vec<_> = (0..clients)
             .map(|_| {
                 let stop = stop.clone();
-                std::thread::spawn(move || {
-                    client_loop(addr, keep_alive, &stop, 200_000, Duration::from_secs(120))
-                })
+                std::thread::spawn(move || client_loop(addr, keep_alive, &stop, 200_000, Duration::from_secs(120)))
             })
             .collect();
         let mut total = LoadResult::default();
@@ -558,9 +473,7 @@ fn client_loop(
             }
         }
         let Some(s) = conn.as_mut() else { continue };
-        let result = s
-            .write_all(b"GET / HTTP/1.1\r\nHost: test\r\n\r\n")
-            .and_then(|_| read_response(s));
+        let result = s.write_all(b"GET / HTTP/1.1\r\nHost: test\r\n\r\n").and_then(|_| read_response(s));
         match result {
             Ok((close, body)) => {
                 r.ok += 1;
@@ -572,8 +485,7 @@ fn client_loop(
             Err(e) => {
                 conn = None;
                 let idle_close = reused
-                    && (e.kind() == std::io::ErrorKind::UnexpectedEof
-                        && e.to_string() == "closed after 0 bytes"
+                    && (e.kind() == std::io::ErrorKind::UnexpectedEof && e.to_string() == "closed after 0 bytes"
                         || e.kind() == std::io::ErrorKind::ConnectionReset
                         || e.kind() == std::io::ErrorKind::BrokenPipe);
                 if idle_close {
@@ -589,9 +501,5 @@ fn client_loop(
 
 /// `corral` with arguments, collecting output.
 pub fn corral(args: &[&str]) -> std::process::Output {
-    Command::new(CORRAL)
-        .args(args)
-        .env_remove("NOTIFY_SOCKET")
-        .output()
-        .expect("run corral")
+    Command::new(CORRAL).args(args).env_remove("NOTIFY_SOCKET").output().expect("run corral")
 }
