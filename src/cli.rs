@@ -34,6 +34,38 @@ pub enum Command {
         /// Pool name, to check /etc/corral/NAME.toml
         name: Option<String>,
     },
+    /// Show each worker: slot, pid, generation, state, uptime, restarts, RSS, CPU.
+    ///
+    /// Without NAME, every pool running on this machine (that you may see) is listed.
+    Status {
+        /// Pool name (the config's `name`)
+        name: Option<String>,
+        /// Machine-readable output (one object for a NAME, else an array)
+        #[arg(long)]
+        json: bool,
+    },
+    /// Rolling reload: re-read the config and replace workers batch by batch.
+    ///
+    /// Waits for the result and exits non-zero with the reason when the config is invalid or the
+    /// new release failed (the old generation keeps serving). This is what ExecReload= calls.
+    Reload {
+        /// Pool name [default: the `name` of the config found by -c, $CORRAL_CONFIG or ./corral.toml]
+        name: Option<String>,
+        /// Return once the reload has started
+        #[arg(long)]
+        no_wait: bool,
+        #[arg(short, long, value_name = "FILE", hide = true)]
+        config: Option<PathBuf>,
+        /// Give up waiting after this long
+        #[arg(long, default_value = "30m", value_parser = humantime::parse_duration)]
+        timeout: std::time::Duration,
+    },
+    /// Change the number of workers at runtime: N, +N or -N (graceful when shrinking).
+    Scale {
+        name: String,
+        #[arg(allow_hyphen_values = true, value_name = "N|+N|-N")]
+        count: String,
+    },
     /// Print shell completions (bash, zsh, fish, elvish, powershell) to stdout.
     Completions {
         #[arg(value_enum)]

@@ -1,8 +1,8 @@
 //! The event loop: turns IO into [`Event`]s for the [`Pool`] and executes its [`Action`]s.
 //!
 //! One thread, one `select!` over signals (SIGCHLD reap, SIGHUP reload, SIGTERM/SIGINT stop,
-//! SIGTTIN/SIGTTOU scale), the workers' notify socket, the pool's next deadline and the systemd
-//! watchdog. Like nginx's master, the handlers only record; the loop acts. The driver makes no
+//! SIGTTIN/SIGTTOU scale), the workers' notify socket, the control socket, the metrics listener,
+//! the pool's next deadline, the /proc sampler and the systemd watchdog. Like nginx's master, the handlers only record; the loop acts. The driver makes no
 //! decisions of its own: who to start, stop or restart, and when a reload has failed, is the
 //! pool's business. It must never keep running with a worker it does not know, and never exit
 //! while a worker it started is alive.
@@ -21,12 +21,17 @@ use nix::unistd::Pid;
 use sd_notify::NotifyState;
 use tokio::signal::unix::{signal, SignalKind};
 
-use crate::config::Config;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::config::{Config, LogTarget};
+use crate::control::{self, ControlServer, Incoming, Reply, Request};
 use crate::journal::{self, Origin, Sink, Stream};
+use crate::metrics::SnapshotRequest;
 use crate::notify::{NotifyServer, SystemdNotifier};
-use crate::pool::{Action, Event, ExitStatus, Notify, Pool, ScaleRequest};
+use crate::pool::{Action, Event, ExitStatus, Notify, Pool, ReloadResult, ReplyId, ScaleRequest, WorkerState};
 use crate::sockets::ListenSockets;
 use crate::spawn::{self, Credentials, SpawnRequest};
+use crate::status::{self, LastReload, PoolStatus, WorkerStatus};
 
 /// Variables of the master's own environment that belong to the master only.
 const PRIVATE_ENV: &[&str] =
@@ -47,7 +52,11 @@ pub enum StartError {
 struct WorkerMeta {
     slot: usize,
     generation: u64,
+    /// The worker's own `STATUS=`.
     status: Option<String>,
+    /// Last /proc sample: (when, RSS bytes, CPU ticks) and the CPU % between the last two.
+    sample: Option<(Instant, u64, u64)>,
+    cpu_percent: Option<f64>,
 }
 
 /// The pool's private directory: the workers' notify socket and a lock against a second master.
@@ -57,21 +66,13 @@ pub struct RuntimeDir {
 }
 
 impl RuntimeDir {
-    /// `$RUNTIME_DIRECTORY` under systemd, else `/run/corral/NAME` as root, else
-    /// `$XDG_RUNTIME_DIR/corral/NAME`, else `/tmp/corral-UID/NAME`.
+    /// `$RUNTIME_DIRECTORY` under systemd, else `ROOT/NAME` (see [`runtime_root`]).
     pub fn locate(name: &str) -> PathBuf {
         if let Some(dir) = std::env::var_os("RUNTIME_DIRECTORY").filter(|d| !d.is_empty()) {
             let first = dir.to_string_lossy().split(':').next().unwrap_or_default().to_string();
             return PathBuf::from(first);
         }
-        let uid = nix::unistd::geteuid();
-        if uid.is_root() {
-            return PathBuf::from("/run/corral").join(name);
-        }
-        match std::env::var_os("XDG_RUNTIME_DIR").filter(|d| !d.is_empty()) {
-            Some(xdg) => PathBuf::from(xdg).join("corral").join(name),
-            None => PathBuf::from(format!("/tmp/corral-{uid}")).join(name),
-        }
+        runtime_root().join(name)
     }
 
     /// Create the directory (0700, or 0710 with the workers' group so they can reach the notify
@@ -102,6 +103,28 @@ impl RuntimeDir {
     }
 }
 
+/// Where pools keep their runtime directories (and where `corral status` looks for them):
+/// `$CORRAL_RUNTIME_ROOT`, else `/run/corral` as root, else `$XDG_RUNTIME_DIR/corral`, else
+/// `/tmp/corral-UID`. The units set `RuntimeDirectory=corral/%i`, which is `/run/corral/NAME`.
+pub fn runtime_root() -> PathBuf {
+    if let Some(root) = std::env::var_os("CORRAL_RUNTIME_ROOT").filter(|d| !d.is_empty()) {
+        return PathBuf::from(root);
+    }
+    let uid = nix::unistd::geteuid();
+    if uid.is_root() {
+        return PathBuf::from("/run/corral");
+    }
+    match std::env::var_os("XDG_RUNTIME_DIR").filter(|d| !d.is_empty()) {
+        Some(xdg) => PathBuf::from(xdg).join("corral"),
+        None => PathBuf::from(format!("/tmp/corral-{uid}")),
+    }
+}
+
+/// The control socket of pool `name`, as the CLI finds it.
+pub fn control_socket(name: &str) -> PathBuf {
+    runtime_root().join(name).join("control.sock")
+}
+
 pub struct Driver {
     pool: Pool,
     config_path: PathBuf,
@@ -115,18 +138,24 @@ pub struct Driver {
     sink: Arc<Sink>,
     exit: Option<i32>,
     events: VecDeque<Event>,
+    control: ControlServer,
+    metrics: Option<tokio::net::TcpListener>,
+    replies: HashMap<ReplyId, oneshot::Sender<Reply>>,
+    next_reply: ReplyId,
+    started: Instant,
 }
 
 /// Run a pool in the foreground until it stops; returns the process exit code.
-pub fn run(config_path: &Path) -> Result<i32, StartError> {
-    let config = Arc::new(Config::load(config_path)?);
+pub fn run(config: Config) -> Result<i32, StartError> {
+    let config_path = config.path.clone();
+    let config = Arc::new(config);
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_io()
         .enable_time()
         .build()
         .map_err(|e| StartError::Other(format!("cannot start the event loop: {e}")))?;
     rt.block_on(async move {
-        let mut driver = Driver::start(config_path, config)?;
+        let mut driver = Driver::start(&config_path, config)?;
         Ok(driver.run().await)
     })
 }
@@ -161,6 +190,22 @@ impl Driver {
         if let Some(gid) = worker_gid {
             let _ = nix::unistd::chown(&notify_path, None, Some(nix::unistd::Gid::from_raw(gid)));
         }
+        let control_path = runtime.path.join("control.sock");
+        let control = ControlServer::bind(&control_path).map_err(|e| {
+            StartError::Other(format!("cannot bind the control socket {}: {e}", control_path.display()))
+        })?;
+        let metrics = match &config.metrics {
+            None => None,
+            Some(m) => {
+                let l = std::net::TcpListener::bind(m.listen)
+                    .and_then(|l| l.set_nonblocking(true).map(|_| l))
+                    .and_then(tokio::net::TcpListener::from_std)
+                    .map_err(|e| StartError::Other(format!("cannot listen for metrics on {}: {e}", m.listen)))?;
+                tracing::info!("metrics on http://{}/metrics and /health", m.listen);
+                Some(l)
+            }
+        };
+        let sink = Arc::new(log_sink(config.logs.target));
         let base_env = std::env::vars_os()
             .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
             .filter(|(k, _)| !PRIVATE_ENV.contains(&k.as_str()))
@@ -183,9 +228,14 @@ impl Driver {
             _runtime: runtime,
             workers: HashMap::new(),
             base_env,
-            sink: Arc::new(Sink::Stderr),
+            sink,
             exit: None,
             events: VecDeque::new(),
+            control,
+            metrics,
+            replies: HashMap::new(),
+            next_reply: 0,
+            started: Instant::now(),
         })
     }
 
@@ -207,36 +257,180 @@ impl Driver {
                 return 1;
             }
         };
+        let hour = std::time::Duration::from_secs(3600);
         let watchdog = sd_notify::watchdog_enabled().filter(|_| self.systemd.enabled());
-        let mut watchdog_timer =
-            tokio::time::interval(watchdog.map_or(std::time::Duration::from_secs(3600), |d| d / 2));
+        let mut watchdog_timer = tokio::time::interval(watchdog.map_or(hour, |d| d / 2));
         watchdog_timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let (control_tx, mut control_rx) = mpsc::unbounded_channel::<Incoming>();
+        let (metrics_tx, mut metrics_rx) = mpsc::unbounded_channel::<SnapshotRequest>();
+        let mut sample_every = self.pool.config().limits.interval.0;
+        let mut sampler = tokio::time::interval(sample_every);
+        sampler.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
 
         self.dispatch(Event::Start);
         while self.exit.is_none() {
             let deadline = self.pool.next_deadline().map(tokio::time::Instant::from_std);
-            let sleep = tokio::time::sleep_until(
-                deadline.unwrap_or_else(|| tokio::time::Instant::now() + std::time::Duration::from_secs(3600)),
-            );
+            let sleep = tokio::time::sleep_until(deadline.unwrap_or_else(|| tokio::time::Instant::now() + hour));
             tokio::select! {
                 biased;
                 Some(()) = chld.recv() => self.reap(),
                 Some(()) = term.recv() => self.dispatch(Event::Stop),
                 Some(()) = int.recv() => self.dispatch(Event::Stop),
-                Some(()) = hup.recv() => self.reload(),
+                Some(()) = hup.recv() => self.reload(None),
                 Some(()) = ttin.recv() => self.dispatch(Event::Scale { request: ScaleRequest::Add(1), reply: None }),
                 Some(()) = ttou.recv() => self.dispatch(Event::Scale { request: ScaleRequest::Add(-1), reply: None }),
                 msg = self.notify.recv() => match msg {
                     Ok(msg) => self.on_notify(msg),
                     Err(e) => tracing::warn!("notify socket: {e}"),
                 },
+                () = self.control.accept(control_tx.clone()) => {}
+                Some(incoming) = control_rx.recv() => self.on_control(incoming),
+                accepted = accept_metrics(self.metrics.as_ref()) => match accepted {
+                    Ok(stream) => {
+                        tokio::spawn(crate::metrics::serve(stream, metrics_tx.clone()));
+                    }
+                    Err(e) => tracing::warn!("metrics listener: {e}"),
+                },
+                Some(SnapshotRequest(reply)) = metrics_rx.recv() => {
+                    let _ = reply.send(self.snapshot());
+                }
                 _ = sleep, if deadline.is_some() => self.dispatch(Event::Tick),
+                _ = sampler.tick() => {
+                    self.sample();
+                    // A reload may have changed the interval.
+                    let every = self.pool.config().limits.interval.0;
+                    if every != sample_every {
+                        sample_every = every;
+                        sampler = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+                    }
+                }
                 _ = watchdog_timer.tick(), if watchdog.is_some() => self.systemd.send(&[NotifyState::Watchdog]),
             }
         }
         // Workers' output tasks finish on their own at EOF; give them the chance to flush.
         tokio::task::yield_now().await;
         self.exit.unwrap_or(1)
+    }
+
+    fn on_control(&mut self, incoming: Incoming) {
+        let Incoming { request, reply } = incoming;
+        match request {
+            Request::Status => {
+                self.sample();
+                let _ = reply.send(Reply::status(self.snapshot()));
+            }
+            Request::Reload { wait } => {
+                if wait {
+                    let id = self.remember(reply);
+                    self.reload(Some(id));
+                } else {
+                    let _ = reply.send(Reply::ok("reload requested"));
+                    self.reload(None);
+                }
+            }
+            Request::Scale { to } => match control::parse_scale(&to) {
+                Ok(request) => {
+                    let id = self.remember(reply);
+                    self.dispatch(Event::Scale { request, reply: Some(id) });
+                }
+                Err(e) => {
+                    let _ = reply.send(Reply::err(e));
+                }
+            },
+        }
+    }
+
+    fn remember(&mut self, reply: oneshot::Sender<Reply>) -> ReplyId {
+        self.next_reply += 1;
+        self.replies.insert(self.next_reply, reply);
+        self.next_reply
+    }
+
+    /// Read RSS and CPU of every worker's process group; feed memory figures to the pool.
+    fn sample(&mut self) {
+        if self.workers.is_empty() {
+            return;
+        }
+        let groups = status::sample_groups();
+        let now = Instant::now();
+        let tck = status::clock_ticks();
+        let mut samples = Vec::new();
+        for (pid, meta) in self.workers.iter_mut() {
+            let Some(usage) = groups.get(&pid.as_raw()) else { continue };
+            if let Some((then, _, ticks)) = meta.sample {
+                let dt = now.duration_since(then).as_secs_f64();
+                if dt >= 0.5 {
+                    meta.cpu_percent = Some(100.0 * usage.cpu_ticks.saturating_sub(ticks) as f64 / tck / dt);
+                } else {
+                    continue; // too close to the last sample to say anything about CPU
+                }
+            }
+            meta.sample = Some((now, usage.rss_bytes, usage.cpu_ticks));
+            samples.push((*pid, usage.rss_bytes));
+        }
+        for (pid, rss) in samples {
+            self.dispatch(Event::MemorySample { pid, rss });
+        }
+    }
+
+    /// The pool as `corral status`, /metrics and /health report it.
+    fn snapshot(&self) -> PoolStatus {
+        let now = Instant::now();
+        let tck = status::clock_ticks();
+        let mut workers: Vec<WorkerStatus> = self
+            .pool
+            .workers()
+            .iter()
+            .map(|w| {
+                let meta = w.pid.and_then(|p| self.workers.get(&p));
+                WorkerStatus {
+                    slot: w.slot,
+                    pid: w.pid.map(Pid::as_raw),
+                    generation: w.generation,
+                    state: match w.state {
+                        WorkerState::Spawning | WorkerState::Starting { .. } => "starting",
+                        WorkerState::Ready => "ready",
+                        WorkerState::Stopping { .. } => "stopping",
+                    }
+                    .to_string(),
+                    uptime_seconds: now.saturating_duration_since(w.started).as_secs_f64(),
+                    restarts: self.pool.slot_info(w.slot).map_or(0, |s| s.restarts),
+                    rss_bytes: meta.and_then(|m| m.sample.map(|s| s.1)),
+                    cpu_percent: meta.and_then(|m| m.cpu_percent),
+                    cpu_seconds: meta.and_then(|m| m.sample.map(|s| s.2 as f64 / tck)),
+                    status: meta.and_then(|m| m.status.clone()),
+                    replacing: w.replace.map(|r| r.as_str().to_string()),
+                }
+            })
+            .collect();
+        workers.sort_by_key(|w| (w.slot, w.generation));
+        let ready = (0..self.pool.desired())
+            .filter(|slot| self.pool.workers().iter().any(|w| w.slot == *slot && w.state == WorkerState::Ready))
+            .count();
+        let (reloads_succeeded, reloads_failed) = self.pool.reload_counts();
+        PoolStatus {
+            name: self.name.to_string(),
+            pid: std::process::id(),
+            uptime_seconds: now.duration_since(self.started).as_secs_f64(),
+            generation: self.pool.generation(),
+            desired: self.pool.desired(),
+            ready,
+            reloading: self.pool.reloading(),
+            last_reload: self.pool.last_reload().map(|r| match r {
+                ReloadResult::Succeeded(g) => LastReload { ok: true, generation: Some(*g), error: None },
+                ReloadResult::Failed(e) => LastReload { ok: false, generation: None, error: Some(e.clone()) },
+            }),
+            restarts: self.pool.restarts_total(),
+            restarts_by_reason: self
+                .pool
+                .restarts_by_reason()
+                .into_iter()
+                .map(|(r, n)| (r.as_str().to_string(), n))
+                .collect(),
+            reloads_succeeded,
+            reloads_failed,
+            workers,
+        }
     }
 
     /// Feed an event (and every event its actions cause) through the pool.
@@ -267,10 +461,14 @@ impl Driver {
                 }
             }
             Action::Notify(fields) => self.notify_systemd(&fields),
-            Action::Reply { to, result } => match result {
-                Ok(msg) => tracing::debug!(reply = to, "{msg}"),
-                Err(msg) => tracing::debug!(reply = to, "{msg}"),
-            },
+            Action::Reply { to, result } => {
+                if let Some(tx) = self.replies.remove(&to) {
+                    let _ = tx.send(match result {
+                        Ok(msg) => Reply::ok(msg),
+                        Err(msg) => Reply::err(msg),
+                    });
+                }
+            }
             Action::Exit(code) => {
                 tracing::info!("all workers stopped, exiting with {code}");
                 self.exit = Some(code);
@@ -320,20 +518,33 @@ impl Driver {
         let path = env.iter().rev().find(|(k, _)| k == "PATH").map(|(_, v)| OsString::from(v));
         let program = spawn::resolve_program(&config.command[0], path.as_deref())?;
         let fds = self.sockets.fds();
+        let mut pid_vars = Vec::new();
+        if !fds.is_empty() {
+            pid_vars.push("LISTEN_PID");
+        }
+        if config.watchdog.is_some() {
+            pid_vars.push("WATCHDOG_PID");
+        }
         let req = SpawnRequest {
             program: &program,
             argv: &config.command,
             env: &env,
+            pid_vars: &pid_vars,
             listen_fds: &fds,
             workdir: config.workdir.as_deref(),
             credentials: credentials.as_ref(),
+            inherit_output: config.logs.target == LogTarget::Inherit,
         };
         let child = spawn::spawn(&req)?;
         let pid = child.pid;
-        self.workers.insert(pid, WorkerMeta { slot, generation, status: None });
+        self.workers.insert(pid, WorkerMeta { slot, generation, status: None, sample: None, cpu_percent: None });
         let origin = Origin { name: self.name.clone(), slot, pid: pid.as_raw(), generation };
-        self.forward_output(child.stdout, Stream::Stdout, origin.clone());
-        self.forward_output(child.stderr, Stream::Stderr, origin);
+        if let Some(out) = child.stdout {
+            self.forward_output(out, Stream::Stdout, origin.clone());
+        }
+        if let Some(err) = child.stderr {
+            self.forward_output(err, Stream::Stderr, origin);
+        }
         Ok(pid)
     }
 
@@ -369,6 +580,9 @@ impl Driver {
         env.push(("CORRAL_NAME".into(), self.name.to_string()));
         env.push(("CORRAL_WORKER".into(), slot.to_string()));
         env.push(("CORRAL_GENERATION".into(), generation.to_string()));
+        if let Some(w) = &config.watchdog {
+            env.push(("WATCHDOG_USEC".into(), w.timeout.0.as_micros().to_string()));
+        }
         if let Some(var) = &config.instance_var {
             env.push((var.clone(), slot.to_string()));
         }
@@ -405,7 +619,7 @@ impl Driver {
         }
     }
 
-    fn reload(&mut self) {
+    fn reload(&mut self, reply: Option<ReplyId>) {
         tracing::info!("reload requested: reading {}", self.config_path.display());
         let config = Config::load(&self.config_path).map(Arc::new).map_err(|e| e.to_string());
         if let Ok(c) = &config {
@@ -415,7 +629,7 @@ impl Driver {
                 );
             }
         }
-        self.dispatch(Event::Reload { config, reply: None });
+        self.dispatch(Event::Reload { config, reply });
     }
 
     fn on_notify(&mut self, msg: crate::notify::Message) {
@@ -443,5 +657,30 @@ impl Driver {
         if msg.get("READY") == Some("1") {
             self.dispatch(Event::Ready { pid });
         }
+        if msg.get("WATCHDOG") == Some("1") {
+            self.dispatch(Event::WatchdogPing { pid });
+        }
+    }
+}
+
+/// Accept on the metrics listener, or never when there is none.
+async fn accept_metrics(listener: Option<&tokio::net::TcpListener>) -> std::io::Result<tokio::net::TcpStream> {
+    match listener {
+        Some(l) => l.accept().await.map(|(s, _)| s),
+        None => std::future::pending().await,
+    }
+}
+
+/// Where worker output goes for a `[logs] target`.
+fn log_sink(target: LogTarget) -> Sink {
+    let journal = Path::new(journal::JOURNAL_SOCKET);
+    match target {
+        LogTarget::Stderr | LogTarget::Inherit => Sink::Stderr,
+        LogTarget::Journal => Sink::journal(journal).unwrap_or_else(|e| {
+            tracing::warn!("cannot reach journald at {} ({e}): worker output goes to stderr", journal.display());
+            Sink::Stderr
+        }),
+        LogTarget::Auto if crate::journal::stderr_is_journal() => Sink::journal(journal).unwrap_or(Sink::Stderr),
+        LogTarget::Auto => Sink::Stderr,
     }
 }

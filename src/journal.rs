@@ -2,7 +2,11 @@
 //!
 //! Every line becomes a [`Record`] that knows which worker wrote it (slot, pid, generation) and
 //! its priority (stdout 6, stderr 3, or a leading sd-daemon `<N>` prefix, which is stripped).
-//! Records are written as `name[slot]: line` on the master's stderr. Lines longer than
+//! With journald, records go over its native protocol with `SYSLOG_IDENTIFIER`, `PRIORITY`,
+//! `CORRAL_WORKER`, `CORRAL_WORKER_PID`, `CORRAL_GENERATION` and `OBJECT_PID`; sends are async,
+//! so a journald that cannot keep up slows down only the worker whose pipe we stop reading, never
+//! the master's loop. A record too large for a datagram goes as a sealed memfd, as journald
+//! expects. Without journald, records are written as `name[slot]: line` on stderr. Lines longer than
 //! [`MAX_LINE`] are split, not dropped; invalid UTF-8 is replaced, never fatal; a worker's last
 //! lines are read until EOF, so nothing it wrote before exiting is lost. Each pipe is read by its
 //! own task on the master's single thread, and tokio's cooperative budget keeps a flooding worker
@@ -59,22 +63,107 @@ pub fn record(stream: Stream, line: &str) -> Record<'_> {
     Record { priority: stream.default_priority(), message: line }
 }
 
+/// True when stderr is the stream systemd connected to journald (`JOURNAL_STREAM=dev:ino`).
+pub fn stderr_is_journal() -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let Some(stream) = std::env::var_os("JOURNAL_STREAM") else { return false };
+    let stream = stream.to_string_lossy().into_owned();
+    let Some((dev, ino)) = stream.split_once(':') else { return false };
+    let Ok(meta) = std::fs::metadata("/proc/self/fd/2") else { return false };
+    dev.parse() == Ok(meta.dev()) && ino.parse() == Ok(meta.ino())
+}
+
+/// journald's native protocol socket.
+pub const JOURNAL_SOCKET: &str = "/run/systemd/journal/socket";
+
 /// Where worker records go.
 #[derive(Debug)]
 pub enum Sink {
     /// `name[slot]: line` on the master's stderr.
     Stderr,
+    /// journald's native protocol, on a datagram socket connected to [`JOURNAL_SOCKET`].
+    Journal(tokio::net::UnixDatagram),
 }
 
 impl Sink {
-    pub fn write(&self, origin: &Origin, rec: &Record<'_>) {
+    /// A sink connected to journald at `path`.
+    pub fn journal(path: &std::path::Path) -> std::io::Result<Sink> {
+        let sock = std::os::unix::net::UnixDatagram::unbound()?;
+        sock.connect(path)?;
+        sock.set_nonblocking(true)?;
+        Ok(Sink::Journal(tokio::net::UnixDatagram::from_std(sock)?))
+    }
+
+    pub async fn write(&self, origin: &Origin, rec: &Record<'_>) {
         match self {
-            Sink::Stderr => {
-                let line = format!("{}[{}]: {}\n", origin.name, origin.slot, rec.message);
-                let _ = std::io::stderr().lock().write_all(line.as_bytes());
+            Sink::Stderr => write_stderr(origin, rec),
+            Sink::Journal(sock) => {
+                let msg = journal_message(origin, rec);
+                match sock.send(&msg).await {
+                    Ok(_) => {}
+                    Err(e) if e.raw_os_error() == Some(libc::EMSGSIZE) => {
+                        if let Err(e) = send_memfd(sock, &msg) {
+                            tracing::warn!(slot = origin.slot, "cannot send a large record to journald: {e}");
+                            write_stderr(origin, rec);
+                        }
+                    }
+                    Err(e) => {
+                        tracing::debug!("journald send failed ({e}); writing to stderr");
+                        write_stderr(origin, rec);
+                    }
+                }
             }
         }
     }
+}
+
+fn write_stderr(origin: &Origin, rec: &Record<'_>) {
+    let line = format!("{}[{}]: {}\n", origin.name, origin.slot, rec.message);
+    let _ = std::io::stderr().lock().write_all(line.as_bytes());
+}
+
+/// One journal entry in the native protocol: `KEY=value` lines, or for values containing a
+/// newline `KEY`, newline, 64-bit little-endian length, the bytes, newline.
+pub fn journal_message(origin: &Origin, rec: &Record<'_>) -> Vec<u8> {
+    let mut v = Vec::with_capacity(rec.message.len() + 160);
+    let mut field = |key: &str, value: &[u8]| {
+        if value.contains(&b'\n') {
+            v.extend_from_slice(key.as_bytes());
+            v.push(b'\n');
+            v.extend_from_slice(&(value.len() as u64).to_le_bytes());
+            v.extend_from_slice(value);
+            v.push(b'\n');
+        } else {
+            v.extend_from_slice(key.as_bytes());
+            v.push(b'=');
+            v.extend_from_slice(value);
+            v.push(b'\n');
+        }
+    };
+    field("MESSAGE", rec.message.as_bytes());
+    field("PRIORITY", rec.priority.to_string().as_bytes());
+    field("SYSLOG_IDENTIFIER", origin.name.as_bytes());
+    field("CORRAL_WORKER", origin.slot.to_string().as_bytes());
+    field("CORRAL_WORKER_PID", origin.pid.to_string().as_bytes());
+    field("CORRAL_GENERATION", origin.generation.to_string().as_bytes());
+    field("OBJECT_PID", origin.pid.to_string().as_bytes());
+    v
+}
+
+/// Send a record that does not fit in a datagram: write it to a memfd, seal it, pass the fd.
+fn send_memfd(sock: &tokio::net::UnixDatagram, msg: &[u8]) -> std::io::Result<()> {
+    use nix::fcntl::{fcntl, FcntlArg, SealFlag};
+    use nix::sys::memfd::{memfd_create, MFdFlags};
+    use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags};
+    use std::os::fd::AsRawFd;
+    let fd = memfd_create("corral-journal", MFdFlags::MFD_CLOEXEC | MFdFlags::MFD_ALLOW_SEALING)?;
+    let mut file = std::fs::File::from(fd);
+    file.write_all(msg)?;
+    let seals = SealFlag::F_SEAL_SHRINK | SealFlag::F_SEAL_GROW | SealFlag::F_SEAL_WRITE | SealFlag::F_SEAL_SEAL;
+    fcntl(&file, FcntlArg::F_ADD_SEALS(seals))?;
+    let fds = [file.as_raw_fd()];
+    sendmsg::<()>(sock.as_raw_fd(), &[], &[ControlMessage::ScmRights(&fds)], MsgFlags::empty(), None)?;
+    Ok(())
 }
 
 /// Forward one pipe until EOF. Runs as a task; ends by itself when the worker (and any child
@@ -102,12 +191,12 @@ pub async fn forward(fd: OwnedFd, stream: Stream, origin: Origin, sink: Arc<Sink
         buf.extend_from_slice(&chunk[..n]);
         let mut start = 0;
         while let Some(pos) = buf[start..].iter().position(|b| *b == b'\n') {
-            emit(&buf[start..start + pos], stream, &origin, &sink);
+            emit(&buf[start..start + pos], stream, &origin, &sink).await;
             start += pos + 1;
         }
         buf.drain(..start);
         while buf.len() >= MAX_LINE {
-            emit(&buf[..MAX_LINE], stream, &origin, &sink);
+            emit(&buf[..MAX_LINE], stream, &origin, &sink).await;
             buf.drain(..MAX_LINE);
         }
         if buf.is_empty() && buf.capacity() > 4 * READ_CHUNK {
@@ -115,19 +204,31 @@ pub async fn forward(fd: OwnedFd, stream: Stream, origin: Origin, sink: Arc<Sink
         }
     }
     if !buf.is_empty() {
-        emit(&buf, stream, &origin, &sink);
+        emit(&buf, stream, &origin, &sink).await;
     }
 }
 
-fn emit(line: &[u8], stream: Stream, origin: &Origin, sink: &Sink) {
+async fn emit(line: &[u8], stream: Stream, origin: &Origin, sink: &Sink) {
     let line = line.strip_suffix(b"\r").unwrap_or(line);
     let text = String::from_utf8_lossy(line);
-    sink.write(origin, &record(stream, &text));
+    sink.write(origin, &record(stream, &text)).await;
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn native_protocol_fields() {
+        let origin = Origin { name: "api".into(), slot: 2, pid: 4242, generation: 3 };
+        let msg = journal_message(&origin, &Record { priority: 3, message: "boom" });
+        assert_eq!(
+            String::from_utf8(msg).unwrap(),
+            "MESSAGE=boom\nPRIORITY=3\nSYSLOG_IDENTIFIER=api\nCORRAL_WORKER=2\nCORRAL_WORKER_PID=4242\nCORRAL_GENERATION=3\nOBJECT_PID=4242\n"
+        );
+        let msg = journal_message(&origin, &Record { priority: 6, message: "a\nb" });
+        assert!(msg.starts_with(b"MESSAGE\n\x03\0\0\0\0\0\0\0a\nb\n"));
+    }
 
     #[test]
     fn priority_prefixes() {

@@ -15,14 +15,19 @@
 //! - [`spawn`]: fork/exec of one worker, the only `unsafe` code (`LISTEN_PID` is written into a
 //!   reserved envp buffer between fork and exec).
 //! - [`sockets`], [`notify`], [`journal`]: listening sockets, sd_notify in both directions, and
-//!   worker output.
+//!   worker output (journald's native protocol with per-worker fields, or stderr).
+//! - [`control`], [`status`], [`metrics`]: the control socket behind `corral status`, `reload` and
+//!   `scale`; status snapshots and /proc sampling; Prometheus `/metrics` and `/health`.
 
 pub mod cli;
 pub mod config;
+pub mod control;
 pub mod driver;
 pub mod journal;
 pub mod manpages;
+pub mod metrics;
 pub mod notify;
 pub mod pool;
 pub mod sockets;
 pub mod spawn;
+pub mod status;

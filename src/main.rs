@@ -4,10 +4,12 @@
 use std::io::IsTerminal;
 use std::path::Path;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::{CommandFactory, Parser};
 use corral::cli::{Cli, Command};
-use corral::config::{self, Config};
+use corral::config::{self, Config, LogTarget};
+use corral::control::{self, Reply, Request};
 use corral::driver::{self, StartError};
 
 /// EX_CONFIG from sysexits.h: units say `RestartPreventExitStatus=78`.
@@ -15,11 +17,20 @@ const EX_CONFIG: u8 = 78;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging();
+    let env_config = std::env::var("CORRAL_CONFIG").ok();
     match cli.command {
         Command::Run { config } => {
-            let path = config::locate(config.as_deref(), std::env::var("CORRAL_CONFIG").ok().as_deref(), None);
-            match driver::run(&path) {
+            let path = config::locate(config.as_deref(), env_config.as_deref(), None);
+            let config = match Config::load(&path) {
+                Ok(c) => c,
+                Err(e) => {
+                    init_logging(LogTarget::Auto);
+                    tracing::error!("{e}");
+                    return ExitCode::from(EX_CONFIG);
+                }
+            };
+            init_logging(config.logs.target);
+            match driver::run(config) {
                 Ok(code) => ExitCode::from(u8::try_from(code).unwrap_or(1)),
                 Err(StartError::Config(e)) => {
                     tracing::error!("{e}");
@@ -32,9 +43,35 @@ fn main() -> ExitCode {
             }
         }
         Command::Check { config, name } => {
-            let path =
-                config::locate(config.as_deref(), std::env::var("CORRAL_CONFIG").ok().as_deref(), name.as_deref());
+            let path = config::locate(config.as_deref(), env_config.as_deref(), name.as_deref());
             check(&path)
+        }
+        Command::Status { name, json } => status(name.as_deref(), json),
+        Command::Reload { name, no_wait, config, timeout } => {
+            let name = match name {
+                Some(n) => n,
+                None => {
+                    let path = config::locate(config.as_deref(), env_config.as_deref(), None);
+                    match Config::load(&path) {
+                        Ok(c) => c.name,
+                        Err(e) => {
+                            eprintln!("corral reload: give a pool NAME, or a config to take it from: {e}");
+                            return ExitCode::from(EX_CONFIG);
+                        }
+                    }
+                }
+            };
+            let wait = !no_wait;
+            let reply = ask(&name, &Request::Reload { wait }, if wait { timeout } else { Duration::from_secs(10) });
+            finish(&name, reply)
+        }
+        Command::Scale { name, count } => {
+            if let Err(e) = control::parse_scale(&count) {
+                eprintln!("corral scale: {e}");
+                return ExitCode::from(2);
+            }
+            let reply = ask(&name, &Request::Scale { to: count }, Duration::from_secs(10));
+            finish(&name, reply)
         }
         Command::Completions { shell } => {
             clap_complete::generate(shell, &mut Cli::command(), "corral", &mut std::io::stdout());
@@ -47,6 +84,82 @@ fn main() -> ExitCode {
                 ExitCode::from(1)
             }
         },
+    }
+}
+
+fn ask(name: &str, request: &Request, timeout: Duration) -> Result<Reply, control::ClientError> {
+    control::call(name, &driver::control_socket(name), request, timeout)
+}
+
+/// Print a reply's message (stdout) or error (stderr); exit 0 or 1 accordingly.
+fn finish(name: &str, reply: Result<Reply, control::ClientError>) -> ExitCode {
+    match reply {
+        Ok(Reply { ok: true, message, .. }) => {
+            println!("{name}: {}", message.unwrap_or_else(|| "ok".into()));
+            ExitCode::SUCCESS
+        }
+        Ok(Reply { error, .. }) => {
+            eprintln!("{name}: {}", error.unwrap_or_else(|| "failed".into()));
+            ExitCode::from(1)
+        }
+        Err(e) => {
+            eprintln!("corral: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn status(name: Option<&str>, json: bool) -> ExitCode {
+    let names: Vec<String> = match name {
+        Some(n) => vec![n.to_string()],
+        None => {
+            let root = driver::runtime_root();
+            let mut found: Vec<String> = std::fs::read_dir(&root)
+                .map(|d| {
+                    d.flatten()
+                        .filter(|e| e.path().join("control.sock").exists())
+                        .filter_map(|e| e.file_name().into_string().ok())
+                        .collect()
+                })
+                .unwrap_or_default();
+            found.sort();
+            if found.is_empty() && !json {
+                println!("no pools running (looked in {})", root.display());
+                return ExitCode::SUCCESS;
+            }
+            found
+        }
+    };
+    let mut pools = Vec::new();
+    let mut failed = false;
+    for n in &names {
+        match ask(n, &Request::Status, Duration::from_secs(10)) {
+            Ok(Reply { status: Some(s), .. }) => pools.push(s),
+            Ok(Reply { error, .. }) => {
+                eprintln!("{n}: {}", error.unwrap_or_else(|| "no status".into()));
+                failed = true;
+            }
+            Err(e) => {
+                eprintln!("corral: {e}");
+                failed = true;
+            }
+        }
+    }
+    if json {
+        let text = match (name, pools.first()) {
+            (Some(_), Some(p)) => serde_json::to_string_pretty(p),
+            (Some(_), None) => return ExitCode::from(1),
+            (None, _) => serde_json::to_string_pretty(&pools),
+        };
+        println!("{}", text.unwrap_or_default());
+    } else {
+        let color = std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none();
+        print!("{}", corral::status::render(&pools, color));
+    }
+    if failed {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
     }
 }
 
@@ -70,17 +183,22 @@ fn check(path: &Path) -> ExitCode {
     }
 }
 
-/// Master logs: to journald when our stderr is connected to it (JOURNAL_STREAM), else text on
-/// stderr. CORRAL_LOG sets the level: error, warn, info (default), debug, trace. (A plain level
+/// Master logs: to journald when our stderr is connected to it (JOURNAL_STREAM) or `[logs]
+/// target = "journal"`, else text on stderr. CORRAL_LOG sets the level: error, warn, info (default), debug, trace. (A plain level
 /// rather than an EnvFilter: the master logs only its own events, and the regex engine an
 /// EnvFilter brings would be most of the master's memory.)
-fn init_logging() {
+fn init_logging(target: LogTarget) {
     use tracing_subscriber::prelude::*;
     let filter = std::env::var("CORRAL_LOG")
         .ok()
         .and_then(|l| l.trim().parse::<tracing_subscriber::filter::LevelFilter>().ok())
         .unwrap_or(tracing_subscriber::filter::LevelFilter::INFO);
-    if stderr_is_journal() {
+    let journal = match target {
+        LogTarget::Journal => true,
+        LogTarget::Auto => corral::journal::stderr_is_journal(),
+        LogTarget::Stderr | LogTarget::Inherit => false,
+    };
+    if journal {
         if let Ok(layer) = tracing_journald::layer() {
             tracing_subscriber::registry().with(filter).with(layer.with_syslog_identifier("corral".into())).init();
             return;
@@ -92,20 +210,4 @@ fn init_logging() {
         .with_target(false)
         .with_ansi(tty && std::env::var_os("NO_COLOR").is_none());
     tracing_subscriber::registry().with(filter).with(fmt).init();
-}
-
-/// True when stderr is the stream systemd connected to journald (`JOURNAL_STREAM=dev:ino`).
-fn stderr_is_journal() -> bool {
-    use std::os::unix::fs::MetadataExt;
-    let Some(stream) = std::env::var_os("JOURNAL_STREAM") else {
-        return false;
-    };
-    let stream = stream.to_string_lossy().into_owned();
-    let Some((dev, ino)) = stream.split_once(':') else {
-        return false;
-    };
-    let Ok(meta) = std::fs::metadata("/proc/self/fd/2") else {
-        return false;
-    };
-    dev.parse() == Ok(meta.dev()) && ino.parse() == Ok(meta.ino())
 }

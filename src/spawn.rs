@@ -47,22 +47,26 @@ impl Credentials {
     }
 }
 
-/// What to run. `env` is the complete environment except `LISTEN_PID`, which is added here.
+/// What to run. `env` is the complete environment except the variables named in `pid_vars`
+/// (`LISTEN_PID`, `WATCHDOG_PID`), which are added here with the child's own pid.
 pub struct SpawnRequest<'a> {
     pub program: &'a Path,
     pub argv: &'a [String],
     pub env: &'a [(String, String)],
+    pub pid_vars: &'a [&'a str],
     pub listen_fds: &'a [BorrowedFd<'a>],
     pub workdir: Option<&'a Path>,
     pub credentials: Option<&'a Credentials>,
+    /// Give the worker the master's own stdout and stderr instead of pipes.
+    pub inherit_output: bool,
 }
 
-/// A started worker: its pid and the read ends of its stdout and stderr.
+/// A started worker: its pid and the read ends of its stdout and stderr (None when inherited).
 #[derive(Debug)]
 pub struct Child {
     pub pid: Pid,
-    pub stdout: OwnedFd,
-    pub stderr: OwnedFd,
+    pub stdout: Option<OwnedFd>,
+    pub stderr: Option<OwnedFd>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -121,10 +125,10 @@ struct Prepared {
     _argv: Vec<CString>,
     argv_ptrs: Vec<*const libc::c_char>,
     envp_ptrs: Vec<*const libc::c_char>,
-    /// Owns the envp strings the pointers above point into (`listen_pid_digits` too).
+    /// Owns the envp strings that `envp_ptrs` and `pid_digits` point into.
     _env: Vec<Vec<u8>>,
-    /// Where the digits of the child's pid go, inside `env`.
-    listen_pid_digits: *mut u8,
+    /// Where the digits of the child's pid go, inside `_env` (one per `pid_vars` entry).
+    pid_digits: Vec<*mut u8>,
     workdir: Option<CString>,
     listen_fds: Vec<RawFd>,
     /// Scratch space for the temporary copies of `listen_fds`.
@@ -133,7 +137,6 @@ struct Prepared {
     master: libc::pid_t,
 }
 
-const LISTEN_PID_PREFIX: &[u8] = b"LISTEN_PID=";
 const PID_DIGITS: usize = 20;
 
 fn cstring(s: &[u8], what: &str) -> Result<CString, String> {
@@ -159,19 +162,26 @@ impl Prepared {
             e.push(0);
             env.push(e);
         }
-        let mut listen_pid = Vec::with_capacity(LISTEN_PID_PREFIX.len() + PID_DIGITS + 1);
-        listen_pid.extend_from_slice(LISTEN_PID_PREFIX);
-        listen_pid.resize(LISTEN_PID_PREFIX.len() + PID_DIGITS + 1, 0);
-        env.push(listen_pid);
-        let envp_ptrs_len = env.len() + 1;
-        let mut envp_ptrs: Vec<*const libc::c_char> = Vec::with_capacity(envp_ptrs_len);
-        for e in &env {
-            envp_ptrs.push(e.as_ptr().cast());
+        // `NAME=` followed by room for the digits and the NUL, filled in by the child.
+        let first_reserved = env.len();
+        for name in req.pid_vars {
+            let mut e = Vec::with_capacity(name.len() + 1 + PID_DIGITS + 1);
+            e.extend_from_slice(name.as_bytes());
+            e.push(b'=');
+            e.resize(name.len() + 1 + PID_DIGITS + 1, 0);
+            env.push(e);
         }
+        // Pointers into the reserved buffers first, through Vec::as_mut_ptr (which makes no
+        // reference to the bytes), then the shared envp pointers: the child's writes through the
+        // former do not invalidate the latter. The buffers are never resized again, so every
+        // pointer stays valid as long as `env` lives (it moves into `Prepared` with them).
+        let mut pid_digits = Vec::with_capacity(req.pid_vars.len());
+        for (k, name) in req.pid_vars.iter().enumerate() {
+            // SAFETY: offset name.len() + 1 is inside the buffer (its length is name + 1 + 21).
+            pid_digits.push(unsafe { env[first_reserved + k].as_mut_ptr().add(name.len() + 1) });
+        }
+        let mut envp_ptrs: Vec<*const libc::c_char> = env.iter().map(|e| e.as_ptr().cast()).collect();
         envp_ptrs.push(std::ptr::null());
-        let last = env.len() - 1;
-        // The buffer lives as long as `env` (never resized again), so the pointer stays valid.
-        let listen_pid_digits = env[last][LISTEN_PID_PREFIX.len()..].as_mut_ptr();
         let workdir = req.workdir.map(|w| cstring(w.as_os_str().as_bytes(), "workdir")).transpose()?;
         Ok(Prepared {
             program,
@@ -179,7 +189,7 @@ impl Prepared {
             argv_ptrs,
             envp_ptrs,
             _env: env,
-            listen_pid_digits,
+            pid_digits,
             workdir,
             listen_fds: req.listen_fds.iter().map(|f| f.as_raw_fd()).collect(),
             scratch: vec![-1; req.listen_fds.len()],
@@ -196,8 +206,19 @@ fn pipe() -> Result<(OwnedFd, OwnedFd), String> {
 /// Start one worker. On success the child has exec'd `program`.
 pub fn spawn(req: &SpawnRequest<'_>) -> Result<Child, String> {
     let mut prep = Prepared::new(req)?;
-    let (out_r, out_w) = pipe()?;
-    let (err_r, err_w) = pipe()?;
+    let output = |fd: i32| -> Result<(Option<OwnedFd>, OwnedFd), String> {
+        if req.inherit_output {
+            let own = nix::unistd::dup(unsafe_free_borrow(fd)).map_err(|e| format!("cannot duplicate fd {fd}: {e}"))?;
+            nix::fcntl::fcntl(&own, nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC))
+                .map_err(|e| format!("cannot set close-on-exec: {e}"))?;
+            Ok((None, own))
+        } else {
+            let (r, w) = pipe()?;
+            Ok((Some(r), w))
+        }
+    };
+    let (out_r, out_w) = output(1)?;
+    let (err_r, err_w) = output(2)?;
     let (status_r, status_w) = pipe()?;
     let devnull = std::fs::File::open("/dev/null").map_err(|e| format!("cannot open /dev/null: {e}"))?;
 
@@ -366,7 +387,10 @@ unsafe fn child_main(p: &mut Prepared, fds: ChildFds) -> ! {
                 fail(status, Step::Chdir);
             }
         }
-        write_decimal(p.listen_pid_digits, libc::getpid() as u64);
+        let pid = libc::getpid() as u64;
+        for i in 0..p.pid_digits.len() {
+            write_decimal(p.pid_digits[i], pid);
+        }
         libc::execve(p.program.as_ptr(), p.argv_ptrs.as_ptr(), p.envp_ptrs.as_ptr());
         fail(status, Step::Exec)
     }
@@ -414,10 +438,10 @@ pub fn take_inherited_fds() -> std::io::Result<Vec<(OwnedFd, String)>> {
     Ok(out)
 }
 
-/// Borrow a raw fd number only for the `F_GETFD` probe above.
+/// Borrow a raw fd number for one call that only inspects or duplicates it (`F_GETFD`, `dup`).
 fn unsafe_free_borrow(raw: RawFd) -> BorrowedFd<'static> {
-    // SAFETY: used only for fcntl(F_GETFD), which is harmless on any integer: a closed fd gives
-    // EBADF, and the borrow does not outlive the call.
+    // SAFETY: used only for fcntl(F_GETFD) and dup(2), which are harmless on any integer (a
+    // closed fd gives EBADF) and do not outlive the call; nothing is closed through it.
     unsafe { BorrowedFd::borrow_raw(raw) }
 }
 
@@ -455,9 +479,11 @@ mod tests {
             program: Path::new("/nonexistent/program"),
             argv: &["program".into()],
             env: &[],
+            pid_vars: &[],
             listen_fds: &[],
             workdir: None,
             credentials: None,
+            inherit_output: false,
         };
         let err = spawn(&req).unwrap_err();
         assert_eq!(err, "cannot execute program (/nonexistent/program): No such file or directory");
@@ -471,21 +497,23 @@ mod tests {
         let env = [("PATH".to_string(), "/bin:/usr/bin".to_string())];
         let req = SpawnRequest {
             program: Path::new("/bin/sh"),
-            argv: &["sh".into(), "-c".into(), "echo \"$LISTEN_PID $$\"; echo err >&2".into()],
+            argv: &["sh".into(), "-c".into(), "echo \"$LISTEN_PID $$ $WATCHDOG_PID\"; echo err >&2".into()],
             env: &env,
+            pid_vars: &["LISTEN_PID", "WATCHDOG_PID"],
             listen_fds: &[],
             workdir: Some(Path::new("/")),
             credentials: None,
+            inherit_output: false,
         };
         let child = spawn(&req).unwrap();
         let mut out = String::new();
         use std::io::Read;
-        std::fs::File::from(child.stdout).read_to_string(&mut out).unwrap();
+        std::fs::File::from(child.stdout.unwrap()).read_to_string(&mut out).unwrap();
         let mut err = String::new();
-        std::fs::File::from(child.stderr).read_to_string(&mut err).unwrap();
+        std::fs::File::from(child.stderr.unwrap()).read_to_string(&mut err).unwrap();
         nix::sys::wait::waitpid(child.pid, None).unwrap();
         let pid = child.pid.to_string();
-        assert_eq!(out.trim(), format!("{pid} {pid}"));
+        assert_eq!(out.trim(), format!("{pid} {pid} {pid}"));
         assert_eq!(err.trim(), "err");
     }
 }

@@ -29,7 +29,7 @@ fn check_worker(report: &Value, slot: usize, fds: usize, names: &str, fake_notif
     assert_eq!(report["fd_targets"]["0"].as_str(), Some("/dev/null"));
     let notify = env(report, "NOTIFY_SOCKET").expect("NOTIFY_SOCKET set");
     assert_ne!(notify, fake_notify, "the master's own NOTIFY_SOCKET must not leak");
-    assert!(notify.ends_with("/run/notify.sock"), "{notify}");
+    assert!(notify.ends_with("/run/pool/notify.sock"), "{notify}");
     assert_eq!(env(report, "CORRAL_WORKER"), Some(slot.to_string().as_str()));
     assert_eq!(env(report, "CORRAL_GENERATION"), Some("1"));
     assert_eq!(env(report, "CORRAL_NAME"), Some("pool"));

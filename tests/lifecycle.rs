@@ -109,7 +109,7 @@ fn a_worker_not_ready_in_time_is_replaced_and_foreign_ready_is_ignored() {
     let mut m = Master::start("notready", &cfg, Options::default());
     let first = m.wait_workers(1)[0];
     // Someone who is not a worker claims readiness on the workers' notify socket.
-    let notify = m.dir.join("run/notify.sock");
+    let notify = m.dir.join("run/pool/notify.sock");
     wait_until("notify socket", TIMEOUT, || notify.exists());
     UnixDatagram::unbound().unwrap().send_to(b"READY=1\n", &notify).unwrap();
     m.systemd().wait_status("1 restart");

@@ -185,7 +185,7 @@ impl Master {
             if let Some(s) = &systemd {
                 argv.push(format!("--setenv=NOTIFY_SOCKET={}", s.path.display()));
             }
-            for var in ["PATH", "CORRAL_LOG", "RUNTIME_DIRECTORY", "HOME"] {
+            for var in ["PATH", "CORRAL_LOG", "CORRAL_RUNTIME_ROOT", "HOME"] {
                 argv.push(format!("--setenv={var}"));
             }
             for (k, v) in &opts.env {
@@ -201,7 +201,7 @@ impl Master {
             .stdout(std::fs::File::create(dir.join("master.out")).expect("stdout file"))
             .stderr(std::fs::File::create(&log).expect("log file"))
             .env("CORRAL_LOG", "debug")
-            .env("RUNTIME_DIRECTORY", dir.join("run"))
+            .env("CORRAL_RUNTIME_ROOT", dir.join("run"))
             .env_remove("NOTIFY_SOCKET")
             .env_remove("LISTEN_FDS")
             .env_remove("LISTEN_PID")

@@ -1,0 +1,230 @@
+//! The control socket: how `corral status`, `reload` and `scale` talk to a running master.
+//!
+//! One JSON request and one JSON reply per connection, over a unix stream socket in the pool's
+//! runtime directory (`control.sock`, mode 0600). The server checks the peer's credentials
+//! (`SO_PEERCRED`) before it reads anything: only root and the master's own uid may ask. Each
+//! connection is served by a small task that hands the request to the driver's loop and writes
+//! back what the loop answers; a client that sends nothing is dropped after a timeout, so no
+//! client can stall the master.
+
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::status::PoolStatus;
+
+/// Largest request accepted.
+const MAX_REQUEST: u64 = 64 * 1024;
+const READ_TIMEOUT: Duration = Duration::from_secs(5);
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(tag = "cmd", rename_all = "lowercase")]
+pub enum Request {
+    Status,
+    /// `wait`: answer when the reload has finished (or failed), not when it started.
+    Reload {
+        wait: bool,
+    },
+    /// `"+2"`, `"-1"` or `"4"`.
+    Scale {
+        to: String,
+    },
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Reply {
+    pub ok: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<PoolStatus>,
+}
+
+impl Reply {
+    pub fn ok(message: impl Into<String>) -> Reply {
+        Reply { ok: true, message: Some(message.into()), error: None, status: None }
+    }
+    pub fn err(error: impl Into<String>) -> Reply {
+        Reply { ok: false, message: None, error: Some(error.into()), status: None }
+    }
+    pub fn status(status: PoolStatus) -> Reply {
+        Reply { ok: true, message: None, error: None, status: Some(status) }
+    }
+}
+
+/// A request for the driver's loop, with where to send the answer.
+pub struct Incoming {
+    pub request: Request,
+    pub reply: oneshot::Sender<Reply>,
+}
+
+pub struct ControlServer {
+    listener: tokio::net::UnixListener,
+    path: PathBuf,
+}
+
+impl ControlServer {
+    /// Bind `path` (a leftover socket file is replaced; the runtime directory lock guarantees no
+    /// other master uses it), mode 0600.
+    pub fn bind(path: &Path) -> std::io::Result<ControlServer> {
+        match std::fs::remove_file(path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+            _ => {}
+        }
+        let listener = std::os::unix::net::UnixListener::bind(path)?;
+        std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
+        listener.set_nonblocking(true)?;
+        Ok(ControlServer { listener: tokio::net::UnixListener::from_std(listener)?, path: path.to_owned() })
+    }
+
+    /// Accept one connection and serve it in its own task; requests reach `to_driver`.
+    pub async fn accept(&self, to_driver: mpsc::UnboundedSender<Incoming>) {
+        match self.listener.accept().await {
+            Ok((stream, _)) => {
+                tokio::spawn(serve(stream, to_driver));
+            }
+            Err(e) => tracing::warn!("control socket: {e}"),
+        }
+    }
+}
+
+impl Drop for ControlServer {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+async fn serve(mut stream: tokio::net::UnixStream, to_driver: mpsc::UnboundedSender<Incoming>) {
+    let reply = match authorize(&stream) {
+        Err(refusal) => refusal,
+        Ok(()) => match read_request(&mut stream).await {
+            Err(e) => Reply::err(e),
+            Ok(request) => {
+                let (tx, rx) = oneshot::channel();
+                if to_driver.send(Incoming { request, reply: tx }).is_err() {
+                    Reply::err("the master is shutting down")
+                } else {
+                    rx.await.unwrap_or_else(|_| Reply::err("the master is shutting down"))
+                }
+            }
+        },
+    };
+    let mut text = serde_json::to_string(&reply).unwrap_or_else(|_| r#"{"ok":false,"error":"encoding"}"#.into());
+    text.push('\n');
+    let _ = stream.write_all(text.as_bytes()).await;
+    let _ = stream.shutdown().await;
+}
+
+/// Root and the master's own uid may control the pool; anyone else gets a refusal and nothing
+/// of theirs is read.
+fn authorize(stream: &tokio::net::UnixStream) -> Result<(), Reply> {
+    let me = nix::unistd::geteuid().as_raw();
+    match stream.peer_cred() {
+        Ok(cred) if cred.uid() == 0 || cred.uid() == me => Ok(()),
+        Ok(cred) => {
+            tracing::warn!("control request from uid {} refused", cred.uid());
+            Err(Reply::err(format!(
+                "permission denied: uid {} may not control this pool (only root and uid {me})",
+                cred.uid()
+            )))
+        }
+        Err(e) => Err(Reply::err(format!("cannot check the caller's credentials: {e}"))),
+    }
+}
+
+async fn read_request(stream: &mut tokio::net::UnixStream) -> Result<Request, String> {
+    let mut buf = Vec::new();
+    let mut limited = (&mut *stream).take(MAX_REQUEST + 1);
+    match tokio::time::timeout(READ_TIMEOUT, limited.read_to_end(&mut buf)).await {
+        Err(_) => return Err("timed out waiting for the request".into()),
+        Ok(Err(e)) => return Err(format!("cannot read the request: {e}")),
+        Ok(Ok(_)) if buf.len() as u64 > MAX_REQUEST => return Err("request too large".into()),
+        Ok(Ok(_)) => {}
+    }
+    serde_json::from_slice(&buf).map_err(|e| format!("invalid request: {e}"))
+}
+
+/// Client side: why a pool could not be asked.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("no pool {name:?} is running here (no control socket at {path})")]
+    NotRunning { name: String, path: String },
+    #[error("pool {name:?} is not running: {path} is stale (its master is gone)")]
+    Stale { name: String, path: String },
+    #[error("permission denied on {path}: run as root or as the user the pool runs as")]
+    Permission { path: String },
+    #[error("talking to pool {name:?} failed: {error}")]
+    Io { name: String, error: String },
+}
+
+/// Send one request and wait for the reply (up to `timeout`).
+pub fn call(name: &str, path: &Path, request: &Request, timeout: Duration) -> Result<Reply, ClientError> {
+    let p = path.display().to_string();
+    let mut stream = std::os::unix::net::UnixStream::connect(path).map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => ClientError::NotRunning { name: name.into(), path: p.clone() },
+        std::io::ErrorKind::ConnectionRefused => ClientError::Stale { name: name.into(), path: p.clone() },
+        std::io::ErrorKind::PermissionDenied => ClientError::Permission { path: p.clone() },
+        _ => ClientError::Io { name: name.into(), error: e.to_string() },
+    })?;
+    let io = |e: std::io::Error| ClientError::Io { name: name.into(), error: e.to_string() };
+    stream.set_read_timeout(Some(timeout)).map_err(io)?;
+    let body = serde_json::to_vec(request).map_err(|e| ClientError::Io { name: name.into(), error: e.to_string() })?;
+    stream.write_all(&body).map_err(io)?;
+    stream.shutdown(std::net::Shutdown::Write).map_err(io)?;
+    let mut text = String::new();
+    stream.read_to_string(&mut text).map_err(|e| match e.kind() {
+        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut => ClientError::Io {
+            name: name.into(),
+            error: format!("no answer within {}", humantime::format_duration(timeout)),
+        },
+        _ => io(e),
+    })?;
+    serde_json::from_str(&text).map_err(|e| ClientError::Io { name: name.into(), error: format!("invalid reply: {e}") })
+}
+
+/// Parse `corral scale` arguments: `N`, `+N`, `-N`.
+pub fn parse_scale(to: &str) -> Result<crate::pool::ScaleRequest, String> {
+    use crate::pool::ScaleRequest;
+    let bad = || format!("invalid worker count {to:?}: use N, +N or -N");
+    let t = to.trim();
+    if let Some(n) = t.strip_prefix('+') {
+        return n.parse::<i64>().map(ScaleRequest::Add).map_err(|_| bad());
+    }
+    if t.starts_with('-') {
+        return t.parse::<i64>().map(ScaleRequest::Add).map_err(|_| bad());
+    }
+    match t.parse::<usize>() {
+        Ok(0) => Err("a pool needs at least 1 worker".into()),
+        Ok(n) => Ok(ScaleRequest::Set(n)),
+        Err(_) => Err(bad()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pool::ScaleRequest;
+
+    #[test]
+    fn scale_arguments() {
+        assert_eq!(parse_scale("4"), Ok(ScaleRequest::Set(4)));
+        assert_eq!(parse_scale("+2"), Ok(ScaleRequest::Add(2)));
+        assert_eq!(parse_scale("-1"), Ok(ScaleRequest::Add(-1)));
+        assert!(parse_scale("0").is_err());
+        assert!(parse_scale("lots").is_err());
+    }
+
+    #[test]
+    fn request_json_is_stable() {
+        assert_eq!(serde_json::to_string(&Request::Reload { wait: true }).unwrap(), r#"{"cmd":"reload","wait":true}"#);
+        assert_eq!(serde_json::to_string(&Request::Status).unwrap(), r#"{"cmd":"status"}"#);
+        let r: Request = serde_json::from_str(r#"{"cmd":"scale","to":"+1"}"#).unwrap();
+        assert_eq!(r, Request::Scale { to: "+1".into() });
+    }
+}

@@ -1,0 +1,172 @@
+//! `/metrics` (Prometheus text format, encoded by the `prometheus-client` crate) and `/health`.
+//!
+//! The HTTP side is written here rather than with an HTTP framework: it answers two GET paths
+//! on one listener, on the master's single thread, and a framework would cost more memory than
+//! the whole master. Each connection gets one response and is closed; a client that sends
+//! nothing within a few seconds is dropped. Figures come from a [`PoolStatus`] snapshot taken by
+//! the driver for each scrape, so this module never sees the pool itself.
+
+use std::time::Duration;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::status::PoolStatus;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StateLabel {
+    state: String,
+}
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabel {
+    reason: String,
+}
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResultLabel {
+    result: String,
+}
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SlotLabel {
+    slot: String,
+}
+
+/// The exposition for one snapshot.
+pub fn render(p: &PoolStatus) -> String {
+    let mut reg = Registry::with_prefix("corral");
+    let up = Gauge::<i64>::default();
+    up.set(1);
+    reg.register("up", "1 while the corral master runs", up);
+    let generation = Gauge::<i64>::default();
+    generation.set(p.generation as i64);
+    reg.register("generation", "Generation new workers are started from (a reload adds one)", generation);
+    let desired = Gauge::<i64>::default();
+    desired.set(p.desired as i64);
+    reg.register("desired_workers", "Number of workers the pool runs", desired);
+
+    let workers = Family::<StateLabel, Gauge>::default();
+    for state in ["starting", "ready", "stopping"] {
+        let n = p.workers.iter().filter(|w| w.state == state).count();
+        workers.get_or_create(&StateLabel { state: state.into() }).set(n as i64);
+    }
+    reg.register("workers", "Worker processes by state", workers);
+
+    let restarts = Family::<ReasonLabel, Counter>::default();
+    for (reason, n) in &p.restarts_by_reason {
+        restarts.get_or_create(&ReasonLabel { reason: reason.clone() }).inc_by(*n);
+    }
+    reg.register("worker_restarts", "Workers restarted or replaced, by reason", restarts);
+
+    let reloads = Family::<ResultLabel, Counter>::default();
+    reloads.get_or_create(&ResultLabel { result: "success".into() }).inc_by(p.reloads_succeeded);
+    reloads.get_or_create(&ResultLabel { result: "failure".into() }).inc_by(p.reloads_failed);
+    reg.register("reloads", "Rolling reloads, by result", reloads);
+
+    let rss = Family::<SlotLabel, Gauge>::default();
+    let cpu = Family::<SlotLabel, Counter<f64>>::default();
+    for w in p.workers.iter().filter(|w| w.state != "stopping") {
+        let slot = SlotLabel { slot: w.slot.to_string() };
+        if let Some(b) = w.rss_bytes {
+            rss.get_or_create(&slot).set(b as i64);
+        }
+        if let Some(s) = w.cpu_seconds {
+            cpu.get_or_create(&slot).inc_by(s);
+        }
+    }
+    reg.register_with_unit(
+        "worker_rss",
+        "Resident memory of the worker's process group",
+        prometheus_client::registry::Unit::Bytes,
+        rss,
+    );
+    reg.register_with_unit(
+        "worker_cpu",
+        "CPU time of the worker's process group",
+        prometheus_client::registry::Unit::Seconds,
+        cpu,
+    );
+
+    let mut out = String::new();
+    if prometheus_client::encoding::text::encode(&mut out, &reg).is_err() {
+        out = "# encoding failed\n".into();
+    }
+    out
+}
+
+/// `/health`: 200 when at least one worker is ready, else 503; a small JSON body either way.
+pub fn health(p: &PoolStatus) -> (u16, String) {
+    let code = if p.ready > 0 { 200 } else { 503 };
+    let body = serde_json::json!({
+        "status": if code == 200 { "ok" } else { "unavailable" },
+        "ready": p.ready,
+        "desired": p.desired,
+        "generation": p.generation,
+    });
+    (code, format!("{body}\n"))
+}
+
+/// What the HTTP side asks the driver for.
+pub struct SnapshotRequest(pub oneshot::Sender<PoolStatus>);
+
+/// Serve one connection: read the request head, ask the driver for a snapshot, answer, close.
+pub async fn serve(mut stream: tokio::net::TcpStream, driver: mpsc::UnboundedSender<SnapshotRequest>) {
+    let mut head = Vec::with_capacity(512);
+    let mut buf = [0u8; 1024];
+    let read_head = async {
+        while !head.windows(4).any(|w| w == b"\r\n\r\n") && !head.windows(2).any(|w| w == b"\n\n") {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => return false,
+                Ok(n) => head.extend_from_slice(&buf[..n]),
+            }
+            if head.len() > 8192 {
+                return false;
+            }
+        }
+        true
+    };
+    if !matches!(tokio::time::timeout(Duration::from_secs(5), read_head).await, Ok(true)) {
+        return;
+    }
+    let line = String::from_utf8_lossy(head.split(|b| *b == b'\n').next().unwrap_or_default()).into_owned();
+    let mut parts = line.split_whitespace();
+    let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+    let path = path.split('?').next().unwrap_or("");
+    let (code, kind, body) = if method != "GET" && method != "HEAD" {
+        (405, "text/plain", "only GET\n".to_string())
+    } else if path != "/metrics" && path != "/health" {
+        (404, "text/plain", "try /metrics or /health\n".to_string())
+    } else {
+        let (tx, rx) = oneshot::channel();
+        let snapshot = match driver.send(SnapshotRequest(tx)) {
+            Ok(()) => rx.await.ok(),
+            Err(_) => None,
+        };
+        match (snapshot, path) {
+            (None, _) => (503, "text/plain", "shutting down\n".to_string()),
+            (Some(s), "/metrics") => (200, "application/openmetrics-text; version=1.0.0; charset=utf-8", render(&s)),
+            (Some(s), _) => {
+                let (code, body) = health(&s);
+                (code, "application/json", body)
+            }
+        }
+    };
+    let reason = match code {
+        200 => "OK",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        _ => "Service Unavailable",
+    };
+    let mut resp = format!(
+        "HTTP/1.1 {code} {reason}\r\nContent-Type: {kind}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    if method != "HEAD" {
+        resp.push_str(&body);
+    }
+    let _ = stream.write_all(resp.as_bytes()).await;
+    let _ = stream.shutdown().await;
+}

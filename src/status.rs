@@ -1,0 +1,261 @@
+//! What `corral status` shows: a snapshot of a pool, its JSON form (stable, documented in
+//! corral(1)), the human table, and the /proc sampling that feeds RSS and CPU figures.
+//!
+//! Sampling reads `/proc/*/stat` once per round and sums every process by process group, so a
+//! worker's figures include the children it started (they stay in its group). This module never
+//! changes anything: it reads /proc and renders.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+use serde::{Deserialize, Serialize};
+
+/// One pool, as the control socket reports it. Field names are part of the JSON contract.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct PoolStatus {
+    pub name: String,
+    /// The master's pid.
+    pub pid: u32,
+    pub uptime_seconds: f64,
+    /// The generation new workers are started from.
+    pub generation: u64,
+    pub desired: usize,
+    /// Slots with a ready worker.
+    pub ready: usize,
+    pub reloading: bool,
+    pub last_reload: Option<LastReload>,
+    pub restarts: u64,
+    pub restarts_by_reason: BTreeMap<String, u64>,
+    pub reloads_succeeded: u64,
+    pub reloads_failed: u64,
+    pub workers: Vec<WorkerStatus>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct LastReload {
+    pub ok: bool,
+    /// The generation now serving (when `ok`).
+    pub generation: Option<u64>,
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct WorkerStatus {
+    pub slot: usize,
+    pub pid: Option<i32>,
+    pub generation: u64,
+    /// `starting`, `ready` or `stopping`.
+    pub state: String,
+    pub uptime_seconds: f64,
+    /// Restarts of this slot.
+    pub restarts: u64,
+    /// Resident memory of the worker's process group, when sampled.
+    pub rss_bytes: Option<u64>,
+    /// CPU use of the worker's process group between the last two samples, % of one CPU.
+    pub cpu_percent: Option<f64>,
+    pub cpu_seconds: Option<f64>,
+    /// The worker's own `STATUS=` message.
+    pub status: Option<String>,
+    /// Why it is being replaced (`memory`, `recycle`), if it is.
+    pub replacing: Option<String>,
+}
+
+/// Resident bytes and CPU ticks of one process group.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct GroupUsage {
+    pub rss_bytes: u64,
+    pub cpu_ticks: u64,
+}
+
+/// Sum RSS and CPU of every process, keyed by process group, from one pass over /proc.
+pub fn sample_groups() -> BTreeMap<i32, GroupUsage> {
+    let page = nix::unistd::sysconf(nix::unistd::SysconfVar::PAGE_SIZE).ok().flatten().unwrap_or(4096) as u64;
+    let mut out: BTreeMap<i32, GroupUsage> = BTreeMap::new();
+    let Ok(dir) = std::fs::read_dir("/proc") else { return out };
+    for entry in dir.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name.to_str().filter(|n| n.bytes().all(|b| b.is_ascii_digit())) else { continue };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { continue };
+        if let Some((pgrp, usage)) = parse_stat(&stat, page) {
+            let g = out.entry(pgrp).or_default();
+            g.rss_bytes += usage.rss_bytes;
+            g.cpu_ticks += usage.cpu_ticks;
+        }
+    }
+    out
+}
+
+/// (process group, usage) from the text of `/proc/PID/stat`.
+fn parse_stat(stat: &str, page: u64) -> Option<(i32, GroupUsage)> {
+    // The command name may contain spaces and parentheses: fields start after the last ')'.
+    let rest = stat.get(stat.rfind(')')? + 2..)?;
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let pgrp = f.get(2)?.parse().ok()?;
+    let utime: u64 = f.get(11)?.parse().ok()?;
+    let stime: u64 = f.get(12)?.parse().ok()?;
+    let rss_pages: u64 = f.get(21)?.parse().ok()?;
+    Some((pgrp, GroupUsage { rss_bytes: rss_pages * page, cpu_ticks: utime + stime }))
+}
+
+/// Clock ticks per second, for CPU figures.
+pub fn clock_ticks() -> f64 {
+    nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK).ok().flatten().unwrap_or(100) as f64
+}
+
+fn human_duration(secs: f64) -> String {
+    let s = secs.max(0.0) as u64;
+    match s {
+        0..60 => format!("{s}s"),
+        60..3600 => format!("{}m {}s", s / 60, s % 60),
+        3600..86400 => format!("{}h {}m", s / 3600, s % 3600 / 60),
+        _ => format!("{}d {}h", s / 86400, s % 86400 / 3600),
+    }
+}
+
+fn human_bytes(b: u64) -> String {
+    bytesize::ByteSize(b).display().iec().to_string()
+}
+
+/// The pool line and worker table, like `pm2 ls`. `color`: ANSI colours (only on a TTY).
+pub fn render(pools: &[PoolStatus], color: bool) -> String {
+    let paint = |code: &str, s: &str| if color { format!("\x1b[{code}m{s}\x1b[0m") } else { s.to_string() };
+    let mut out = String::new();
+    for (i, p) in pools.iter().enumerate() {
+        if i > 0 {
+            out.push('\n');
+        }
+        let health = if p.ready == p.desired {
+            "32"
+        } else if p.ready == 0 {
+            "31"
+        } else {
+            "33"
+        };
+        let _ = write!(
+            out,
+            "{} · {} · generation {} · {} restart{} · master pid {} · up {}",
+            paint("1", &p.name),
+            paint(health, &format!("{}/{} ready", p.ready, p.desired)),
+            p.generation,
+            p.restarts,
+            if p.restarts == 1 { "" } else { "s" },
+            p.pid,
+            human_duration(p.uptime_seconds)
+        );
+        if p.reloading {
+            out.push_str(&paint("33", " · reloading"));
+        }
+        match &p.last_reload {
+            Some(LastReload { ok: true, generation: Some(g), .. }) => {
+                let _ = write!(out, " · last reload ok (generation {g})");
+            }
+            Some(LastReload { ok: false, error, .. }) => {
+                let msg = format!(" · last reload failed: {}", error.as_deref().unwrap_or("unknown error"));
+                out.push_str(&paint("31", &msg));
+            }
+            _ => {}
+        }
+        out.push('\n');
+        let header = ["SLOT", "PID", "GEN", "STATE", "UPTIME", "RESTARTS", "RSS", "CPU", "STATUS"];
+        let mut rows: Vec<[String; 9]> = vec![header.map(str::to_string)];
+        for w in &p.workers {
+            let state = match &w.replacing {
+                Some(why) => format!("{} ({why})", w.state),
+                None => w.state.clone(),
+            };
+            rows.push([
+                w.slot.to_string(),
+                w.pid.map_or("-".into(), |p| p.to_string()),
+                w.generation.to_string(),
+                state,
+                human_duration(w.uptime_seconds),
+                w.restarts.to_string(),
+                w.rss_bytes.map_or("-".into(), human_bytes),
+                w.cpu_percent.map_or("-".into(), |c| format!("{c:.1}%")),
+                w.status.clone().unwrap_or_default(),
+            ]);
+        }
+        let widths: Vec<usize> = (0..9).map(|c| rows.iter().map(|r| r[c].chars().count()).max().unwrap_or(0)).collect();
+        for (n, row) in rows.iter().enumerate() {
+            let mut line = String::new();
+            for (c, cell) in row.iter().enumerate() {
+                let pad = widths[c] - cell.chars().count();
+                let text = match (n, c) {
+                    (0, _) => paint("2", cell),
+                    (_, 3) if cell.starts_with("ready") => paint("32", cell),
+                    (_, 3) if cell.starts_with("starting") => paint("33", cell),
+                    (_, 3) => paint("31", cell),
+                    _ => cell.clone(),
+                };
+                line.push_str(&text);
+                if c < 8 {
+                    line.push_str(&" ".repeat(pad + 2));
+                }
+            }
+            out.push_str(line.trim_end());
+            out.push('\n');
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_proc_stat_with_odd_names() {
+        let stat = "1234 (my (odd) app) S 1 1234 1234 0 -1 4194560 100 0 0 0 250 50 0 0 20 0 1 0 100 1000000 300 18446744073709551615";
+        let (pgrp, u) = parse_stat(stat, 4096).unwrap();
+        assert_eq!(pgrp, 1234);
+        assert_eq!(u, GroupUsage { rss_bytes: 300 * 4096, cpu_ticks: 300 });
+        assert!(parse_stat("garbage", 4096).is_none());
+    }
+
+    #[test]
+    fn samples_this_process_group() {
+        let me = nix::unistd::getpgrp().as_raw();
+        let groups = sample_groups();
+        assert!(groups.get(&me).is_some_and(|g| g.rss_bytes > 0));
+    }
+
+    #[test]
+    fn renders_an_aligned_table() {
+        let w = |slot, state: &str| WorkerStatus {
+            slot,
+            pid: Some(1000 + slot as i32),
+            generation: 2,
+            state: state.into(),
+            uptime_seconds: 125.0,
+            restarts: 0,
+            rss_bytes: Some(45 * 1024 * 1024),
+            cpu_percent: Some(1.25),
+            cpu_seconds: Some(3.0),
+            status: None,
+            replacing: None,
+        };
+        let p = PoolStatus {
+            name: "myapi".into(),
+            pid: 99,
+            uptime_seconds: 3700.0,
+            generation: 2,
+            desired: 2,
+            ready: 2,
+            reloading: false,
+            last_reload: Some(LastReload { ok: true, generation: Some(2), error: None }),
+            restarts: 0,
+            restarts_by_reason: BTreeMap::new(),
+            reloads_succeeded: 1,
+            reloads_failed: 0,
+            workers: vec![w(0, "ready"), w(1, "starting")],
+        };
+        let text = render(&[p], false);
+        let want = "\
+myapi · 2/2 ready · generation 2 · 0 restarts · master pid 99 · up 1h 1m · last reload ok (generation 2)
+SLOT  PID   GEN  STATE     UPTIME  RESTARTS  RSS       CPU   STATUS
+0     1000  2    ready     2m 5s   0         45.0 MiB  1.2%
+1     1001  2    starting  2m 5s   0         45.0 MiB  1.2%
+";
+        assert_eq!(text, want);
+    }
+}
