@@ -102,7 +102,7 @@ impl Drop for ControlServer {
 
 async fn serve(mut stream: tokio::net::UnixStream, to_driver: mpsc::UnboundedSender<Incoming>) {
     let reply = match authorize(&stream) {
-        Err(refusal) => refusal,
+        Err(refusal) => Reply::err(refusal),
         Ok(()) => match read_request(&mut stream).await {
             Err(e) => Reply::err(e),
             Ok(request) => {
@@ -123,7 +123,7 @@ async fn serve(mut stream: tokio::net::UnixStream, to_driver: mpsc::UnboundedSen
 
 /// Root and the master's own uid may control the pool; anyone else gets a refusal and nothing
 /// of theirs is read.
-fn authorize(stream: &tokio::net::UnixStream) -> Result<(), Reply> {
+fn authorize(stream: &tokio::net::UnixStream) -> Result<(), String> {
     let me = nix::unistd::geteuid().as_raw();
     match stream.peer_cred() {
         Ok(cred) if cred.uid() == 0 || cred.uid() == me => Ok(()),
