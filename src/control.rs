@@ -129,12 +129,9 @@ fn authorize(stream: &tokio::net::UnixStream) -> Result<(), String> {
         Ok(cred) if cred.uid() == 0 || cred.uid() == me => Ok(()),
         Ok(cred) => {
             tracing::warn!("control request from uid {} refused", cred.uid());
-            Err(Reply::err(format!(
-                "permission denied: uid {} may not control this pool (only root and uid {me})",
-                cred.uid()
-            )))
+            Err(format!("permission denied: uid {} may not control this pool (only root and uid {me})", cred.uid()))
         }
-        Err(e) => Err(Reply::err(format!("cannot check the caller's credentials: {e}"))),
+        Err(e) => Err(format!("cannot check the caller's credentials: {e}")),
     }
 }
 
