@@ -54,8 +54,11 @@ struct WorkerMeta {
     generation: u64,
     /// The worker's own `STATUS=`.
     status: Option<String>,
-    /// Last /proc sample: (when, RSS bytes, CPU ticks) and the CPU % between the last two.
-    sample: Option<(Instant, u64, u64)>,
+    /// Last /proc sample: RSS bytes and CPU ticks of the process group.
+    rss: Option<u64>,
+    cpu_ticks: Option<u64>,
+    /// Where the current CPU % is measured from, and that percentage.
+    cpu_base: Option<(Instant, u64)>,
     cpu_percent: Option<f64>,
 }
 
@@ -305,6 +308,7 @@ impl Driver {
                     }
                 }
                 _ = watchdog_timer.tick(), if watchdog.is_some() => self.systemd.send(&[NotifyState::Watchdog]),
+                () = self.systemd.flush(), if self.systemd.pending() => {}
             }
         }
         // Workers' output tasks finish on their own at EOF; give them the chance to flush.
@@ -357,15 +361,18 @@ impl Driver {
         let mut samples = Vec::new();
         for (pid, meta) in self.workers.iter_mut() {
             let Some(usage) = groups.get(&pid.as_raw()) else { continue };
-            if let Some((then, _, ticks)) = meta.sample {
-                let dt = now.duration_since(then).as_secs_f64();
-                if dt >= 0.5 {
+            meta.rss = Some(usage.rss_bytes);
+            meta.cpu_ticks = Some(usage.cpu_ticks);
+            match meta.cpu_base {
+                // CPU % needs some distance between two samples to mean anything.
+                Some((then, ticks)) if now.duration_since(then).as_secs_f64() >= 0.5 => {
+                    let dt = now.duration_since(then).as_secs_f64();
                     meta.cpu_percent = Some(100.0 * usage.cpu_ticks.saturating_sub(ticks) as f64 / tck / dt);
-                } else {
-                    continue; // too close to the last sample to say anything about CPU
+                    meta.cpu_base = Some((now, usage.cpu_ticks));
                 }
+                Some(_) => {}
+                None => meta.cpu_base = Some((now, usage.cpu_ticks)),
             }
-            meta.sample = Some((now, usage.rss_bytes, usage.cpu_ticks));
             samples.push((*pid, usage.rss_bytes));
         }
         for (pid, rss) in samples {
@@ -395,9 +402,9 @@ impl Driver {
                     .to_string(),
                     uptime_seconds: now.saturating_duration_since(w.started).as_secs_f64(),
                     restarts: self.pool.slot_info(w.slot).map_or(0, |s| s.restarts),
-                    rss_bytes: meta.and_then(|m| m.sample.map(|s| s.1)),
+                    rss_bytes: meta.and_then(|m| m.rss),
                     cpu_percent: meta.and_then(|m| m.cpu_percent),
-                    cpu_seconds: meta.and_then(|m| m.sample.map(|s| s.2 as f64 / tck)),
+                    cpu_seconds: meta.and_then(|m| m.cpu_ticks.map(|t| t as f64 / tck)),
                     status: meta.and_then(|m| m.status.clone()),
                     replacing: w.replace.map(|r| r.as_str().to_string()),
                 }
@@ -476,7 +483,7 @@ impl Driver {
         }
     }
 
-    fn notify_systemd(&self, fields: &[Notify]) {
+    fn notify_systemd(&mut self, fields: &[Notify]) {
         let mut states = Vec::new();
         let mut monotonic = None;
         for f in fields {
@@ -537,7 +544,18 @@ impl Driver {
         };
         let child = spawn::spawn(&req)?;
         let pid = child.pid;
-        self.workers.insert(pid, WorkerMeta { slot, generation, status: None, sample: None, cpu_percent: None });
+        self.workers.insert(
+            pid,
+            WorkerMeta {
+                slot,
+                generation,
+                status: None,
+                rss: None,
+                cpu_ticks: None,
+                cpu_base: None,
+                cpu_percent: None,
+            },
+        );
         let origin = Origin { name: self.name.clone(), slot, pid: pid.as_raw(), generation };
         if let Some(out) = child.stdout {
             self.forward_output(out, Stream::Stdout, origin.clone());

@@ -125,41 +125,93 @@ fn receive(fd: i32) -> io::Result<Option<Message>> {
 }
 
 /// The master's channel to its own service manager.
+///
+/// Sends never block the event loop: the socket is non-blocking, and a message the receiver has
+/// no room for waits in a backlog that the loop flushes when the socket becomes writable (see
+/// [`SystemdNotifier::flush`]). systemd drains its socket quickly; this matters when it is slow
+/// or stuck, which must not stall the pool.
 pub struct SystemdNotifier {
-    target: Option<(UnixDatagram, SocketAddr)>,
+    target: Option<tokio::net::UnixDatagram>,
+    backlog: std::collections::VecDeque<Vec<u8>>,
 }
 
+/// Messages kept while the service manager is not reading; older ones are dropped beyond this.
+const MAX_BACKLOG: usize = 1024;
+
 impl SystemdNotifier {
-    /// From `NOTIFY_SOCKET`, read once at start. Workers never see that variable.
+    /// From `NOTIFY_SOCKET`, read once at start (inside the runtime). Workers never see it.
     pub fn from_env() -> SystemdNotifier {
         let target = std::env::var_os("NOTIFY_SOCKET").and_then(|path| {
             let bytes = std::os::unix::ffi::OsStrExt::as_bytes(path.as_os_str());
-            let addr = match bytes.strip_prefix(b"@") {
-                Some(name) => SocketAddr::from_abstract_name(name),
-                None => SocketAddr::from_pathname(Path::new(&path)),
+            let connect = || -> io::Result<tokio::net::UnixDatagram> {
+                let addr = match bytes.strip_prefix(b"@") {
+                    Some(name) => SocketAddr::from_abstract_name(name)?,
+                    None => SocketAddr::from_pathname(Path::new(&path))?,
+                };
+                let sock = UnixDatagram::unbound()?;
+                sock.connect_addr(&addr)?;
+                sock.set_nonblocking(true)?;
+                tokio::net::UnixDatagram::from_std(sock)
             };
-            match (addr, UnixDatagram::unbound()) {
-                (Ok(addr), Ok(sock)) => Some((sock, addr)),
-                (Err(e), _) | (_, Err(e)) => {
+            match connect() {
+                Ok(sock) => Some(sock),
+                Err(e) => {
                     tracing::warn!("ignoring NOTIFY_SOCKET={}: {e}", path.to_string_lossy());
                     None
                 }
             }
         });
-        SystemdNotifier { target }
+        SystemdNotifier { target, backlog: std::collections::VecDeque::new() }
     }
 
     pub fn enabled(&self) -> bool {
         self.target.is_some()
     }
 
-    pub fn send(&self, states: &[sd_notify::NotifyState<'_>]) {
-        let Some((sock, addr)) = &self.target else {
+    /// Messages waiting for the service manager to read its socket.
+    pub fn pending(&self) -> bool {
+        !self.backlog.is_empty()
+    }
+
+    pub fn send(&mut self, states: &[sd_notify::NotifyState<'_>]) {
+        if self.target.is_none() || states.is_empty() {
             return;
-        };
+        }
         let msg: String = states.iter().map(|s| format!("{s}\n")).collect();
-        if let Err(e) = sock.send_to_addr(msg.as_bytes(), addr) {
-            tracing::debug!("cannot notify the service manager: {e}");
+        self.backlog.push_back(msg.into_bytes());
+        if self.backlog.len() > MAX_BACKLOG {
+            self.backlog.pop_front();
+            tracing::warn!("the service manager is not reading notifications; dropped the oldest");
+        }
+        self.try_flush();
+    }
+
+    fn try_flush(&mut self) {
+        let Some(sock) = &self.target else { return };
+        while let Some(msg) = self.backlog.front() {
+            match sock.try_send(msg) {
+                Ok(_) => {
+                    self.backlog.pop_front();
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) => {
+                    tracing::debug!("cannot notify the service manager: {e}");
+                    self.backlog.pop_front();
+                }
+            }
+        }
+    }
+
+    /// Wait until the socket can take more, then send what is waiting. Never completes when
+    /// nothing is pending, so it can sit in a `select!`.
+    pub async fn flush(&mut self) {
+        match (&self.target, self.backlog.is_empty()) {
+            (Some(sock), false) => {
+                if sock.writable().await.is_ok() {
+                    self.try_flush();
+                }
+            }
+            _ => std::future::pending().await,
         }
     }
 }

@@ -13,7 +13,10 @@ generation) and can be told to misbehave through its arguments:
   --ignore-term      ignore SIGTERM (only SIGKILL stops it)
   --fail-if-env VAR  exit 4 before ready if VAR is set (a "broken release")
   --spawn-child      start a child process (sleep) that stays in the process group
-  --say TEXT         print TEXT on stdout and TEXT-err on stderr at start
+  --say TEXT         print TEXT on stdout, TEXT-err on stderr and "<4>TEXT-warn" on stdout at start
+  --long N           print one line of N "x" characters at start
+  --leak-mib N       allocate (and touch) N MiB, --leak-after MS after becoming ready
+  --watchdog         send WATCHDOG=1 every WATCHDOG_USEC/4; --stop-pinging-after MS stops it
 """
 
 import argparse
@@ -156,6 +159,11 @@ def main() -> int:
     p.add_argument("--fail-if-env")
     p.add_argument("--spawn-child", action="store_true")
     p.add_argument("--say")
+    p.add_argument("--long", type=int)
+    p.add_argument("--leak-mib", type=int)
+    p.add_argument("--leak-after", type=int, default=0)
+    p.add_argument("--watchdog", action="store_true")
+    p.add_argument("--stop-pinging-after", type=int)
     a = p.parse_args()
 
     if a.report:
@@ -163,6 +171,9 @@ def main() -> int:
     if a.say:
         print(a.say, flush=True)
         print(a.say + "-err", file=sys.stderr, flush=True)
+        print(f"<4>{a.say}-warn", flush=True)
+    if a.long:
+        print("x" * a.long, flush=True)
     if a.exit is not None:
         return a.exit
     if a.fail_if_env and os.environ.get(a.fail_if_env):
@@ -195,11 +206,23 @@ def main() -> int:
     if not a.never_ready:
         notify(f"READY=1\nSTATUS=serving as pid {os.getpid()}")
     ready_at = time.monotonic()
+    leaked = None
+    ping_every = int(os.environ.get("WATCHDOG_USEC", "0")) / 4e6
+    last_ping = 0.0
     while not STOPPING.is_set():
+        now = time.monotonic()
+        if a.leak_mib and leaked is None and now - ready_at >= a.leak_after / 1000:
+            leaked = bytearray(a.leak_mib * 1024 * 1024)
+            for i in range(0, len(leaked), 4096):
+                leaked[i] = 1
+        pinging = a.stop_pinging_after is None or now - ready_at < a.stop_pinging_after / 1000
+        if a.watchdog and ping_every and pinging and now - last_ping >= ping_every:
+            notify("WATCHDOG=1")
+            last_ping = now
         if a.crash_after is not None and time.monotonic() - ready_at > a.crash_after / 1000:
             print("crashing on purpose", file=sys.stderr, flush=True)
             os._exit(3)
-        STOPPING.wait(0.05)
+        STOPPING.wait(min(0.05, ping_every) if ping_every else 0.05)
     notify("STOPPING=1")
     with LOCK:
         for handler, idle in CONNS.items():

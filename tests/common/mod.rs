@@ -82,10 +82,12 @@ pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("free port")
 }
 
-/// The datagram socket systemd would read: the master's NOTIFY_SOCKET.
+/// The datagram socket systemd would read: the master's NOTIFY_SOCKET. Like systemd, it is
+/// drained continuously (by a thread), so the master never finds it full.
 pub struct FakeSystemd {
     pub path: PathBuf,
-    sock: UnixDatagram,
+    received: Arc<Mutex<Vec<String>>>,
+    stop: Arc<std::sync::atomic::AtomicBool>,
     pub messages: Vec<String>,
 }
 
@@ -93,13 +95,25 @@ impl FakeSystemd {
     pub fn new(dir: &TempDir) -> FakeSystemd {
         let path = dir.join("systemd-notify.sock");
         let sock = UnixDatagram::bind(&path).expect("bind fake notify socket");
-        sock.set_nonblocking(true).expect("nonblocking");
-        FakeSystemd { path, sock, messages: Vec::new() }
+        sock.set_read_timeout(Some(Duration::from_millis(50))).expect("timeout");
+        let received = Arc::new(Mutex::new(Vec::new()));
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (r, st) = (received.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let mut buf = vec![0u8; 8192];
+            while !st.load(Ordering::SeqCst) {
+                if let Ok(n) = sock.recv(&mut buf) {
+                    if let Ok(mut v) = r.lock() {
+                        v.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+                    }
+                }
+            }
+        });
+        FakeSystemd { path, received, stop, messages: Vec::new() }
     }
     fn drain(&mut self) {
-        let mut buf = vec![0u8; 8192];
-        while let Ok(n) = self.sock.recv(&mut buf) {
-            self.messages.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+        if let Ok(mut v) = self.received.lock() {
+            self.messages.append(&mut v);
         }
     }
     /// Wait for a datagram that contains `needle`; returns it.
@@ -134,6 +148,12 @@ impl FakeSystemd {
     pub fn clear(&mut self) {
         self.drain();
         self.messages.clear();
+    }
+}
+
+impl Drop for FakeSystemd {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
     }
 }
 

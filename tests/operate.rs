@@ -1,0 +1,353 @@
+//! Operating a pool: `corral status` / `reload` / `scale` over the control socket (and who may
+//! use it), journald output read back from a real systemd-journald, memory limit, per-worker
+//! watchdog, recycle, and Prometheus `/metrics` + `/health` parsed by a real parser.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::process::Command;
+
+use common::*;
+use serde_json::Value;
+
+fn pool(tag: &str, args: &str, extra: &str) -> (Master, SocketAddr) {
+    let port = free_port();
+    let cfg = format!(
+        "command = [\"python3\", \"{{worker}}\"{args}]\nlisten = [\"127.0.0.1:{port}\"]\ninstances = 2\n{extra}"
+    );
+    let mut m = Master::start(tag, &cfg, Options::default());
+    m.systemd().wait("READY=1");
+    (m, format!("127.0.0.1:{port}").parse().unwrap())
+}
+
+/// `corral ARGS` as the CLI user would run it, pointed at this test's pools.
+fn cli(m: &Master, args: &[&str]) -> (Option<i32>, String, String) {
+    let out = Command::new(CORRAL)
+        .args(args)
+        .env("CORRAL_RUNTIME_ROOT", m.dir.join("run"))
+        .env("NO_COLOR", "1")
+        .output()
+        .expect("run corral");
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn status_json(m: &Master) -> Value {
+    let (code, out, err) = cli(m, &["status", "pool", "--json"]);
+    assert_eq!(code, Some(0), "{err}");
+    serde_json::from_str(&out).expect("status --json is JSON")
+}
+
+fn restarts(m: &Master, reason: &str) -> u64 {
+    status_json(m)["restarts_by_reason"][reason].as_u64().unwrap_or(0)
+}
+
+#[test]
+fn status_shows_a_table_and_stable_json() {
+    let (m, _) = pool("status", "", "[limits]\ninterval = \"200ms\"\n");
+    let pids = m.wait_workers(2);
+    let (code, out, err) = cli(&m, &["status", "pool"]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(out.starts_with("pool · 2/2 ready · generation 1 · 0 restarts · master pid "), "{out}");
+    let header = out.lines().nth(1).unwrap();
+    assert_eq!(
+        header.split_whitespace().collect::<Vec<_>>(),
+        ["SLOT", "PID", "GEN", "STATE", "UPTIME", "RESTARTS", "RSS", "CPU", "STATUS"]
+    );
+    for pid in &pids {
+        assert!(out.contains(&pid.to_string()), "{out}");
+    }
+    let j = status_json(&m);
+    assert_eq!(j["name"], "pool");
+    assert_eq!(j["pid"].as_i64(), Some(m.pid() as i64));
+    assert_eq!((j["generation"].as_u64(), j["desired"].as_u64(), j["ready"].as_u64()), (Some(1), Some(2), Some(2)));
+    let workers = j["workers"].as_array().unwrap();
+    assert_eq!(workers.len(), 2);
+    for (slot, w) in workers.iter().enumerate() {
+        assert_eq!(w["slot"].as_u64(), Some(slot as u64));
+        assert_eq!(w["state"], "ready");
+        assert!(pids.contains(&(w["pid"].as_i64().unwrap() as i32)));
+        assert!(w["rss_bytes"].as_u64().unwrap() > 1024 * 1024, "RSS sampled: {w}");
+        assert!(w["status"].as_str().unwrap().starts_with("serving as pid"), "the worker's STATUS=: {w}");
+    }
+    // Without a NAME: every pool under the runtime root, as an array.
+    let (code, out, _) = cli(&m, &["status", "--json"]);
+    assert_eq!(code, Some(0));
+    let all: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(all.as_array().map(|a| a.len()), Some(1));
+}
+
+#[test]
+fn reload_waits_and_reports_success_bad_config_and_broken_release() {
+    let (m, addr) = pool("clireload", ", \"--fail-if-env\", \"BROKEN\"", "");
+    let text = std::fs::read_to_string(&m.config).unwrap();
+    let (code, out, err) = cli(&m, &["reload", "pool"]);
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(out.trim(), "pool: generation 2 serving with 2 workers");
+    assert!(get(addr).unwrap().contains("generation 2"));
+
+    std::fs::write(&m.config, text.replace("instances = 2", "instances = 0")).unwrap();
+    let (code, _, err) = cli(&m, &["reload", "pool"]);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("pool.toml:3:13: instances must be at least 1"), "{err}");
+
+    std::fs::write(&m.config, text.replace("instances = 2", "instances = 2\nenv = { BROKEN = \"1\" }")).unwrap();
+    let (code, _, err) = cli(&m, &["reload", "pool"]);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("reload failed, generation 2 keeps serving: worker 0"), "{err}");
+    assert!(err.contains("exited with exit code 4 before it was ready"), "{err}");
+    assert!(get(addr).unwrap().contains("generation 2"));
+
+    std::fs::write(&m.config, &text).unwrap();
+    let (code, out, err) = cli(&m, &["reload", "pool", "--no-wait"]);
+    assert_eq!((code, out.trim()), (Some(0), "pool: reload requested"), "{err}");
+    let j = status_json(&m);
+    assert_eq!(j["reloads_failed"].as_u64(), Some(2));
+}
+
+#[test]
+fn scale_sets_adds_and_removes_workers() {
+    let (mut m, _) = pool("cliscale", "", "");
+    let (code, out, err) = cli(&m, &["scale", "pool", "+2"]);
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(out.trim(), "pool: scaled to 4 workers");
+    m.systemd().wait_status("4/4 workers ready");
+    assert_eq!(cli(&m, &["scale", "pool", "-3"]).0, Some(0));
+    m.systemd().wait_status("1/1 workers ready");
+    assert_eq!(cli(&m, &["scale", "pool", "-5"]).1.trim(), "pool: scaled to 1 workers");
+    assert_eq!(cli(&m, &["scale", "pool", "3"]).0, Some(0));
+    m.systemd().wait_status("3/3 workers ready");
+    let (code, _, err) = cli(&m, &["scale", "pool", "zero"]);
+    assert_eq!(code, Some(2));
+    assert!(err.contains("invalid worker count \"zero\""), "{err}");
+}
+
+#[test]
+fn clear_errors_when_no_pool_runs_or_the_socket_is_stale() {
+    let (m, _) = pool("clierr", "", "");
+    let (code, _, err) = cli(&m, &["status", "nope"]);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("no pool \"nope\" is running here (no control socket at"), "{err}");
+    let stale = m.dir.join("run/ghost");
+    std::fs::create_dir_all(&stale).unwrap();
+    drop(std::os::unix::net::UnixListener::bind(stale.join("control.sock")).unwrap());
+    let (code, _, err) = cli(&m, &["reload", "ghost"]);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("pool \"ghost\" is not running") && err.contains("is stale"), "{err}");
+}
+
+#[test]
+fn another_user_is_refused_and_changes_nothing() {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("skipped: needs root to switch users");
+        return;
+    }
+    let (m, _) = pool("cliperm", "", "");
+    let before = m.wait_workers(2);
+    for args in [&["scale", "pool", "+3"][..], &["reload", "pool"][..], &["status", "pool"][..]] {
+        let out = Command::new("setpriv")
+            .args(["--reuid=nobody", "--regid=nogroup", "--clear-groups", CORRAL])
+            .args(args)
+            .env("CORRAL_RUNTIME_ROOT", m.dir.join("run"))
+            .output()
+            .expect("setpriv");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {err}");
+        assert!(err.contains("permission denied"), "{args:?}: {err}");
+    }
+    assert_eq!(m.wait_workers(2), before);
+    assert_eq!(status_json(&m)["generation"].as_u64(), Some(1));
+}
+
+#[test]
+fn worker_output_reaches_a_real_journald_with_per_worker_fields() {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("skipped: needs root for a private mount namespace");
+        return;
+    }
+    let dir = TempDir::new("journal");
+    let port = free_port();
+    std::fs::write(
+        dir.join("pool.toml"),
+        format!(
+            "command = [\"python3\", \"{}\", \"--say\", \"hello\", \"--long\", \"40000\"]\ninstances = 2\nlisten = [\"127.0.0.1:{port}\"]\n[logs]\ntarget = \"journal\"\n",
+            worker_py()
+        ),
+    )
+    .unwrap();
+    // A private journald: its own /run and journal directory, nothing reaches the host's logs.
+    let script = format!(
+        r#"set -e
+mount -t tmpfs tmpfs /run
+mkdir -p /run/systemd/journal /var/log/journal
+mount -t tmpfs tmpfs /var/log/journal
+/lib/systemd/systemd-journald & J=$!
+i=0; until [ -S /run/systemd/journal/socket ]; do i=$((i+1)); [ $i -lt 600 ]; sleep 0.05; done
+CORRAL_RUNTIME_ROOT={d}/run {corral} run -c {d}/pool.toml 2>{d}/master.log & C=$!
+i=0; until journalctl --no-pager -o json CORRAL_WORKER=1 2>/dev/null | grep -q hello-warn; do i=$((i+1)); [ $i -lt 600 ]; sleep 0.05; done
+kill -TERM $C; wait $C
+journalctl --no-pager --all -o json SYSLOG_IDENTIFIER=pool > {d}/journal.json
+journalctl --no-pager -o json SYSLOG_IDENTIFIER=corral > {d}/master.json
+kill $J; wait $J || true
+"#,
+        d = dir.path().display(),
+        corral = CORRAL
+    );
+    let out = Command::new("timeout").args(["-k", "5", "60", "unshare", "-m", "sh", "-c", &script]).output().unwrap();
+    assert!(
+        out.status.success(),
+        "scenario failed: {}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        std::fs::read_to_string(dir.join("master.log")).unwrap_or_default()
+    );
+    let entries: Vec<Value> = std::fs::read_to_string(dir.join("journal.json"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let find = |msg: &str, slot: &str| {
+        entries
+            .iter()
+            .find(|e| e["MESSAGE"] == msg && e["CORRAL_WORKER"] == slot)
+            .unwrap_or_else(|| panic!("no entry {msg:?} from worker {slot} in {entries:#?}"))
+    };
+    for slot in ["0", "1"] {
+        let out = find("hello", slot);
+        assert_eq!(out["PRIORITY"], "6");
+        assert_eq!(out["CORRAL_GENERATION"], "1");
+        assert_eq!(out["SYSLOG_IDENTIFIER"], "pool");
+        let pid = out["CORRAL_WORKER_PID"].as_str().unwrap();
+        assert_eq!(out["OBJECT_PID"].as_str(), Some(pid));
+        assert_eq!(find("hello-err", slot)["PRIORITY"], "3");
+        assert_eq!(find("hello-warn", slot)["PRIORITY"], "4", "<4> prefix sets the priority and is stripped");
+        assert_eq!(find("stopped gracefully", slot)["CORRAL_WORKER_PID"].as_str(), Some(pid), "last words are kept");
+    }
+    // 40000 characters become records of at most 16 KiB, nothing dropped.
+    let long: usize = entries
+        .iter()
+        .filter(|e| e["CORRAL_WORKER"] == "0")
+        .filter_map(|e| e["MESSAGE"].as_str())
+        .filter(|m| m.chars().all(|c| c == 'x'))
+        .map(str::len)
+        .sum();
+    assert_eq!(long, 40000);
+    let master = std::fs::read_to_string(dir.join("master.json")).unwrap();
+    assert!(master.contains("all workers stopped"), "the master's own logs go to journald too: {master}");
+}
+
+#[test]
+fn a_worker_over_the_memory_limit_is_replaced_without_downtime() {
+    let (m, addr) = pool(
+        "memory",
+        ", \"--leak-mib\", \"120\", \"--leak-after\", \"300\"",
+        "[limits]\nmemory = \"80MiB\"\ninterval = \"100ms\"\n",
+    );
+    let first = m.wait_workers(2);
+    m.wait_log("over the 80.0 MiB limit: replacing it");
+    wait_until("a memory replacement counted", TIMEOUT, || restarts(&m, "memory") >= 1);
+    wait_until("an original worker replaced", TIMEOUT, || first.iter().any(|p| !alive(*p)));
+    assert!(get(addr).is_ok());
+    assert_eq!(restarts(&m, "crash"), 0, "replaced, not crashed");
+}
+
+#[test]
+fn a_worker_that_stops_pinging_is_aborted_and_replaced() {
+    let (m, _) = pool(
+        "watchdog",
+        ", \"--watchdog\", \"--report\", \"{dir}/report-{slot}.json\", \"--stop-pinging-after\", \"500\"",
+        "[watchdog]\ntimeout = \"400ms\"\n",
+    );
+    let report = read_report(&m.dir.join("report-0.json"));
+    assert_eq!(report["env"]["WATCHDOG_USEC"], "400000");
+    assert_eq!(report["env"]["WATCHDOG_PID"].as_str(), Some(report["pid"].to_string().as_str()));
+    m.wait_log("no WATCHDOG=1 for 400ms: killing the worker with SIGABRT");
+    wait_until("watchdog restarts counted", TIMEOUT, || restarts(&m, "watchdog") >= 2);
+    assert!(!alive(report["pid"].as_i64().unwrap() as i32));
+}
+
+#[test]
+fn a_pinging_worker_is_left_alone() {
+    let (mut m, _) =
+        pool("watchdogok", ", \"--watchdog\"", "[watchdog]\ntimeout = \"300ms\"\n[limits]\ninterval = \"100ms\"\n");
+    let pids = m.wait_workers(2);
+    // Three times the timeout later, the same workers serve.
+    let t = std::time::Instant::now();
+    wait_until("1s of watchdog-supervised running", TIMEOUT, || t.elapsed() > std::time::Duration::from_secs(1));
+    assert_eq!(m.wait_workers(2), pids);
+    assert_eq!(restarts(&m, "watchdog"), 0);
+    assert!(m.systemd().last_status().unwrap().contains("0 restarts"));
+}
+
+#[test]
+fn recycle_replaces_workers_gracefully() {
+    let (m, addr) = pool("recycle", "", "[recycle]\nafter = \"1s\"\njitter = \"200ms\"\n");
+    let first = m.wait_workers(2);
+    wait_until("both original workers recycled", TIMEOUT, || first.iter().all(|p| !alive(*p)));
+    assert!(restarts(&m, "recycle") >= 2);
+    assert!(m.log_text().contains("pool[0]: stopped gracefully"));
+    assert!(get(addr).is_ok());
+}
+
+fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let mut r = String::new();
+    s.read_to_string(&mut r).unwrap();
+    let code = r.split_whitespace().nth(1).unwrap().parse().unwrap();
+    (code, r.split("\r\n\r\n").nth(1).unwrap_or_default().to_string())
+}
+
+#[test]
+fn metrics_parse_with_the_prometheus_parser_and_health_follows_readiness() {
+    let mport = free_port();
+    let (m, _) =
+        pool("metrics", "", &format!("[metrics]\nlisten = \"127.0.0.1:{mport}\"\n[limits]\ninterval = \"100ms\"\n"));
+    let maddr: SocketAddr = format!("127.0.0.1:{mport}").parse().unwrap();
+    let (code, body) = wait_for("metrics with RSS samples", TIMEOUT, || {
+        let r = http_get(maddr, "/metrics");
+        r.1.contains("corral_worker_rss_bytes{slot=\"1\"}").then_some(r)
+    });
+    assert_eq!(code, 200);
+    std::fs::write(m.dir.join("metrics.txt"), &body).unwrap();
+    let parser = r#"
+import sys
+from prometheus_client.openmetrics.parser import text_string_to_metric_families
+fams = {f.name: f for f in text_string_to_metric_families(open(sys.argv[1]).read())}
+s = lambda name, **labels: [x.value for f in fams.values() for x in f.samples if x.name == name and all(x.labels.get(k) == v for k, v in labels.items())]
+assert s("corral_up") == [1.0], s("corral_up")
+assert s("corral_generation") == [1.0]
+assert s("corral_workers", state="ready") == [2.0], s("corral_workers", state="ready")
+assert fams["corral_worker_restarts"].type == "counter"
+assert s("corral_worker_restarts_total", reason="crash") == [0.0]
+assert s("corral_reloads_total", result="success") == [0.0]
+assert all(v > 1e6 for v in s("corral_worker_rss_bytes")), s("corral_worker_rss_bytes")
+assert len(s("corral_worker_cpu_seconds_total")) == 2
+print("ok", len(fams))
+"#;
+    let out =
+        Command::new("python3").args(["-c", parser, m.dir.join("metrics.txt").to_str().unwrap()]).output().unwrap();
+    assert!(out.status.success(), "{}\n{body}", String::from_utf8_lossy(&out.stderr));
+    let (code, body) = http_get(maddr, "/health");
+    assert_eq!(code, 200);
+    let h: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!((h["status"].as_str(), h["ready"].as_u64()), (Some("ok"), Some(2)));
+    assert_eq!(http_get(maddr, "/nope").0, 404);
+
+    // A pool with no ready worker is unhealthy.
+    let mport2 = free_port();
+    let cfg = format!(
+        "command = [\"python3\", \"{{worker}}\", \"--never-ready\"]\nlisten = [\"127.0.0.1:{}\"]\n[metrics]\nlisten = \"127.0.0.1:{mport2}\"\n",
+        free_port()
+    );
+    let m2 = Master::start("unhealthy", &cfg, Options::default());
+    let maddr2: SocketAddr = format!("127.0.0.1:{mport2}").parse().unwrap();
+    let (code, body) = wait_for("health endpoint", TIMEOUT, || {
+        std::net::TcpStream::connect(maddr2).ok().map(|_| http_get(maddr2, "/health"))
+    });
+    assert_eq!(code, 503, "{body}");
+    drop(m2);
+}
