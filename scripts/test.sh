@@ -9,7 +9,8 @@ cd "$(dirname "$0")/.."
 need=()
 command -v systemd-socket-activate >/dev/null || need+=(systemd)   # acts as systemd in tests
 [ -x /usr/bin/python3 ] || need+=(python3)                           # test worker, run as `nobody` too
-command -v taskset >/dev/null || need+=(util-linux)                  # CPU affinity for instances = "max"
+command -v taskset >/dev/null || need+=(util-linux)                  # CPU affinity, setpriv, unshare
+command -v mandoc >/dev/null || need+=(mandoc)                       # man page lint
 if [ ${#need[@]} -gt 0 ]; then
   echo "installing test dependencies: ${need[*]}"
   sudo=""; [ "$(id -u)" -eq 0 ] || sudo="sudo"

@@ -62,3 +62,31 @@ fn config_from_corral_config_variable() {
     let out = std::process::Command::new(CORRAL).arg("check").env("CORRAL_CONFIG", &path).output().unwrap();
     assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
 }
+
+#[test]
+fn man_pages_are_lint_clean() {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/man");
+    let out = std::process::Command::new("mandoc")
+        .args(["-T", "lint", "-W", "warning", &format!("{dir}/corral.1"), &format!("{dir}/corral.toml.5")])
+        .output()
+        .expect("mandoc is installed by scripts/test.sh");
+    assert!(out.status.success(), "{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+}
+
+#[test]
+fn every_subcommand_is_in_the_man_page() {
+    let page = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/man/corral.1")).unwrap();
+    let help = String::from_utf8(corral(&["--help"]).stdout).unwrap();
+    let commands: Vec<&str> = help
+        .lines()
+        .skip_while(|l| !l.starts_with("Commands:"))
+        .skip(1)
+        .take_while(|l| l.starts_with("  "))
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|c| *c != "help")
+        .collect();
+    assert!(commands.len() >= 6, "{help}");
+    for c in commands {
+        assert!(page.contains(&format!(".Cm {c}")), "corral(1) does not document `{c}`");
+    }
+}

@@ -168,12 +168,12 @@ def main() -> int:
 
     if a.report:
         report(a.report.replace("{slot}", os.environ.get("CORRAL_WORKER", "x")).replace("{pid}", str(os.getpid())), initial_fds)
+    if a.long:
+        print("x" * a.long, flush=True)
     if a.say:
         print(a.say, flush=True)
         print(a.say + "-err", file=sys.stderr, flush=True)
         print(f"<4>{a.say}-warn", flush=True)
-    if a.long:
-        print("x" * a.long, flush=True)
     if a.exit is not None:
         return a.exit
     if a.fail_if_env and os.environ.get(a.fail_if_env):
