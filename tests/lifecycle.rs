@@ -213,3 +213,55 @@ fn workers_drop_to_the_configured_user() {
     assert!(!report["groups"].as_array().unwrap().iter().any(|g| g.as_u64() == Some(0)), "root group dropped");
     assert_eq!(report["env"]["USER"].as_str(), Some("nobody"));
 }
+
+#[test]
+fn the_master_pings_the_systemd_watchdog_at_half_the_interval() {
+    let opts = Options { env: vec![("WATCHDOG_USEC".into(), "200000".into())], ..Options::default() };
+    let mut m = Master::start("sdwatchdog", &pool("", "instances = 1\n"), opts);
+    m.systemd().wait("READY=1");
+    wait_until("several WATCHDOG=1", TIMEOUT, || m.systemd().count("WATCHDOG=1") >= 5);
+    // Meant for another process: not ours to answer.
+    let opts = Options {
+        env: vec![("WATCHDOG_USEC".into(), "100000".into()), ("WATCHDOG_PID".into(), "1".into())],
+        ..Options::default()
+    };
+    let mut other = Master::start("sdwatchdog2", &pool("", "instances = 1\n"), opts);
+    other.systemd().wait("READY=1");
+    let t = std::time::Instant::now();
+    wait_until("half a second of running", TIMEOUT, || t.elapsed() > std::time::Duration::from_millis(500));
+    assert_eq!(other.systemd().count("WATCHDOG=1"), 0);
+}
+
+#[test]
+fn a_worker_flooding_its_output_does_not_stall_the_master() {
+    // Slot 0 writes ~90 MB of lines as fast as it can; slot 1 is a normal worker.
+    let cfg = format!(
+        r#"command = ["sh", "-c", "if [ \"$CORRAL_WORKER\" = 0 ]; then yes flooding-the-master-with-output | head -n 3000000; exec sleep 300; else exec python3 {{worker}}; fi"]
+listen = ["127.0.0.1:{}"]
+instances = 2
+[ready]
+mode = "spawn"
+"#,
+        free_port()
+    );
+    let m = Master::start("flood", &cfg, Options::default());
+    wait_until("the flood is under way", TIMEOUT, || {
+        std::fs::metadata(&m.log).map(|x| x.len()).unwrap_or(0) > 1_000_000
+    });
+    // While it floods, the master still answers the control socket and signals.
+    let out = std::process::Command::new(CORRAL)
+        .args(["status", "pool", "--json"])
+        .env("CORRAL_RUNTIME_ROOT", m.dir.join("run"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let during = std::fs::metadata(&m.log).unwrap().len();
+    m.signal(Signal::SIGTTIN);
+    wait_until("scaled up during the flood", TIMEOUT, || m.workers().len() == 3);
+    wait_until("every flooded line forwarded", TIMEOUT, || {
+        std::fs::read_to_string(&m.log)
+            .map(|t| t.matches("pool[0]: flooding-the-master-with-output\n").count() == 3_000_000)
+            .unwrap_or(false)
+    });
+    assert!(during < 3_000_000 * 40, "status was answered while the flood was still going");
+}
