@@ -201,9 +201,13 @@ fn workers_drop_to_the_configured_user() {
     let out = TempDir::new("user-report");
     std::fs::set_permissions(out.path(), std::os::unix::fs::PermissionsExt::from_mode(0o777)).unwrap();
     let report_path = out.join("report.json");
-    // Debian's python3: the one rustup's image puts under /root is not reachable for nobody.
+    // Debian's python3 (the one the machine image puts under /root is not reachable for nobody),
+    // and a copy of the worker where nobody can read it, wherever the checkout lives.
+    let worker = out.join("worker.py");
+    std::fs::copy(worker_py(), &worker).unwrap();
     let cfg = pool(&format!(", \"--report\", \"{}\"", report_path.display()), "instances = 1\nuser = \"nobody\"\n")
-        .replace("\"python3\"", "\"/usr/bin/python3\"");
+        .replace("\"python3\"", "\"/usr/bin/python3\"")
+        .replace("{worker}", worker.to_str().unwrap());
     let mut m = Master::start("user", &cfg, Options::default());
     m.systemd().wait("READY=1");
     let report = read_report(&report_path);

@@ -147,9 +147,14 @@ fn another_user_is_refused_and_changes_nothing() {
     }
     let (m, _) = pool("cliperm", "", "");
     let before = m.wait_workers(2);
+    // A copy of the binary nobody can execute, wherever the checkout lives.
+    let bin_dir = TempDir::new("nobody-bin");
+    let corral_copy = bin_dir.join("corral");
+    std::fs::copy(CORRAL, &corral_copy).unwrap();
     for args in [&["scale", "pool", "+3"][..], &["reload", "pool"][..], &["status", "pool"][..]] {
         let out = Command::new("setpriv")
-            .args(["--reuid=nobody", "--regid=nogroup", "--clear-groups", CORRAL])
+            .args(["--reuid=nobody", "--regid=nogroup", "--clear-groups"])
+            .arg(&corral_copy)
             .args(args)
             .env("CORRAL_RUNTIME_ROOT", m.dir.join("run"))
             .output()
