@@ -216,6 +216,7 @@ fn workers_drop_to_the_configured_user() {
     assert_eq!(report["gid"].as_u64(), Some(nobody.gid.as_raw() as u64));
     assert!(!report["groups"].as_array().unwrap().iter().any(|g| g.as_u64() == Some(0)), "root group dropped");
     assert_eq!(report["env"]["USER"].as_str(), Some("nobody"));
+    assert_eq!(report["argv"][0].as_str(), Some(worker.to_str().unwrap()), "ran the copy");
 }
 
 #[test]

@@ -29,7 +29,16 @@ function text(res, code, body) {
   res.end(body);
 }
 
+// For bench/: with BENCH_COUNT_DIR set, each process records how many requests it served in
+// BENCH_COUNT_DIR/<pid> (written when it starts listening, then every 100 ms).
+let served = 0;
+const countDir = process.env.BENCH_COUNT_DIR;
+function writeCount() {
+  require('fs').writeFileSync(`${countDir}/${process.pid}`, String(served));
+}
+
 const server = http.createServer((req, res) => {
+  served++;
   const route = routes[req.url];
   if (route) route(req, res);
   else text(res, 404, 'not found\n');
@@ -40,6 +49,10 @@ const where = activated ? { fd: 3 } : { port: Number(process.env.PORT || 3000), 
 
 server.listen(where, () => {
   console.log(`worker ${process.env.CORRAL_WORKER ?? '-'} (pid ${process.pid}) listening`);
+  if (countDir) {
+    writeCount();
+    setInterval(writeCount, 100).unref();
+  }
   if (process.env.NOTIFY_SOCKET) {
     execFile('systemd-notify', ['--ready', `--status=serving as pid ${process.pid}`], (err) => {
       if (err) console.error(`systemd-notify failed (${err.message}); use [ready] mode = "delay"`);
@@ -48,6 +61,7 @@ server.listen(where, () => {
 });
 
 function shutdown() {
+  if (countDir) writeCount();
   // Stop accepting (the shared socket stays open for the other workers), finish in-flight
   // requests, close idle keep-alive connections, then exit.
   server.close(() => process.exit(0));
