@@ -335,6 +335,7 @@ def main():
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--out", default=os.path.join(ROOT, "bench/results/compare.json"))
     ap.add_argument("--no-install", action="store_true")
+    ap.add_argument("--only-reloads", action="store_true", help="measure reloads only; keep the other figures of --out")
     args = ap.parse_args()
     args.runs = 3
     args.seconds = 2 if args.quick else 4
@@ -353,6 +354,11 @@ def main():
         "settings": {"runs": args.runs, "seconds": args.seconds, "concurrency": args.concurrency},
         "configs": [], "reloads": {},
     }
+    if args.only_reloads and os.path.exists(args.out):
+        with open(args.out) as f:
+            results = json.load(f)
+        results["reloads"] = {}
+        ns = []
     with tempfile.TemporaryDirectory(prefix="corral-compare-") as tmp:
         for n in ns:
             for kind in ["single"] if n == 1 else []:

@@ -32,6 +32,7 @@ function text(res, code, body) {
 // For bench/: with BENCH_COUNT_DIR set, each process records how many requests it served in
 // BENCH_COUNT_DIR/<pid> (written when it starts listening, then every 100 ms).
 let served = 0;
+let closing = false;
 const countDir = process.env.BENCH_COUNT_DIR;
 function writeCount() {
   require('fs').writeFileSync(`${countDir}/${process.pid}`, String(served));
@@ -39,6 +40,9 @@ function writeCount() {
 
 const server = http.createServer((req, res) => {
   served++;
+  // Stopping: answer what is in flight, but tell keep-alive clients not to send more on this
+  // connection, so none of their requests meets a closing socket.
+  if (closing) res.setHeader('Connection', 'close');
   const route = routes[req.url];
   if (route) route(req, res);
   else text(res, 404, 'not found\n');
@@ -61,11 +65,18 @@ server.listen(where, () => {
 });
 
 function shutdown() {
+  if (closing) return;
+  closing = true;
   if (countDir) writeCount();
-  // Stop accepting (the shared socket stays open for the other workers), finish in-flight
-  // requests, close idle keep-alive connections, then exit.
-  server.close(() => process.exit(0));
-  server.closeIdleConnections?.();
+  // Stop accepting (the shared socket stays open for the other workers). Not http.Server#close:
+  // since Node 19 it also cuts idle keep-alive connections, racing requests already on the wire.
+  // Each connection instead closes after its next response (Connection: close above), or when
+  // the keep-alive timeout ends it; then the process exits. A deadline bounds the drain.
+  require('net').Server.prototype.close.call(server, () => process.exit(0));
+  setTimeout(() => {
+    server.closeAllConnections?.();
+    process.exit(0);
+  }, 10000).unref();
 }
 process.on('SIGTERM', shutdown);
 process.on('SIGINT', shutdown);
