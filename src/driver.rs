@@ -267,7 +267,8 @@ impl Driver {
         let (control_tx, mut control_rx) = mpsc::unbounded_channel::<Incoming>();
         let (metrics_tx, mut metrics_rx) = mpsc::unbounded_channel::<SnapshotRequest>();
         let mut sample_every = self.pool.config().limits.interval.0;
-        let mut sampler = tokio::time::interval(sample_every);
+        // The first sample one interval after start: nothing to measure before workers run.
+        let mut sampler = tokio::time::interval_at(tokio::time::Instant::now() + sample_every, sample_every);
         sampler.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
 
         self.dispatch(Event::Start);
@@ -355,7 +356,8 @@ impl Driver {
         if self.workers.is_empty() {
             return;
         }
-        let groups = status::sample_groups();
+        let wanted: Vec<i32> = self.workers.keys().map(|p| p.as_raw()).collect();
+        let groups = status::sample_groups(&wanted);
         let now = Instant::now();
         let tck = status::clock_ticks();
         let mut samples = Vec::new();

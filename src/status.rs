@@ -67,16 +67,28 @@ pub struct GroupUsage {
     pub cpu_ticks: u64,
 }
 
-/// Sum RSS and CPU of every process, keyed by process group, from one pass over /proc.
-pub fn sample_groups() -> BTreeMap<i32, GroupUsage> {
+/// Sum RSS and CPU of every process in the process groups `wanted`, from one pass over /proc
+/// (one reused buffer: the master runs this every few seconds and should not churn its heap).
+pub fn sample_groups(wanted: &[i32]) -> BTreeMap<i32, GroupUsage> {
+    use std::io::Read;
     let page = nix::unistd::sysconf(nix::unistd::SysconfVar::PAGE_SIZE).ok().flatten().unwrap_or(4096) as u64;
     let mut out: BTreeMap<i32, GroupUsage> = BTreeMap::new();
     let Ok(dir) = std::fs::read_dir("/proc") else { return out };
+    let mut path = String::with_capacity(32);
+    let mut stat = String::with_capacity(512);
     for entry in dir.flatten() {
         let name = entry.file_name();
         let Some(pid) = name.to_str().filter(|n| n.bytes().all(|b| b.is_ascii_digit())) else { continue };
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { continue };
-        if let Some((pgrp, usage)) = parse_stat(&stat, page) {
+        path.clear();
+        path.push_str("/proc/");
+        path.push_str(pid);
+        path.push_str("/stat");
+        stat.clear();
+        let Ok(mut f) = std::fs::File::open(&path) else { continue };
+        if f.read_to_string(&mut stat).is_err() {
+            continue;
+        }
+        if let Some((pgrp, usage)) = parse_stat(&stat, page).filter(|(g, _)| wanted.contains(g)) {
             let g = out.entry(pgrp).or_default();
             g.rss_bytes += usage.rss_bytes;
             g.cpu_ticks += usage.cpu_ticks;
@@ -215,7 +227,7 @@ mod tests {
     #[test]
     fn samples_this_process_group() {
         let me = nix::unistd::getpgrp().as_raw();
-        let groups = sample_groups();
+        let groups = sample_groups(&[me]);
         assert!(groups.get(&me).is_some_and(|g| g.rss_bytes > 0));
     }
 
