@@ -11,7 +11,9 @@ Configurations (all run examples/node/app.js, a plain Node `http` app):
                 nothing else: the physical limit of corral's design
 
 For N = 1, 2 and the core count, two concurrency levels, and two client behaviours (keep-alive,
-and a new connection per request), wrk runs >= 3 times; figures are medians with min/max. Also:
+and a new connection per request), wrk runs >= 3 times; figures are medians with min/max. All
+configurations of one N run side by side and their wrk runs are interleaved (order alternating
+per round), so the machine's drift over minutes does not read as a difference between tools. Also:
 share of requests served by the busiest worker, manager RSS and CPU seconds during load, total
 RSS, start -> all workers answering, crash -> replacement serving, failed requests per rolling
 reload under load (pm2 reload vs corral reload).
@@ -241,60 +243,74 @@ def summary(xs):
     return {"median": statistics.median(xs), "min": min(xs), "max": max(xs)}
 
 
-def measure(kind, n, args, tmp, results):
-    port = free_port()
-    s = Setup(kind, n, port, tmp)
-    t0 = time.monotonic()
-    s.start()
-    if not s.wait_ready():
-        print(f"  {kind} N={n}: workers did not come up", flush=True)
-        s.stop()
-        return
-    ready_s = time.monotonic() - t0
-    time.sleep(0.5)
-    row = {"config": kind, "n": n, "start_to_all_ready_s": ready_s, "runs": {}}
-    mgr = s.manager()
-    cpu0 = cpu_seconds(mgr) if mgr else None
-    load_time = 0.0
+def measure_all(kinds, n, args, tmp, results):
+    """Run every configuration for this N side by side (idle ones cost nothing) and interleave
+    their wrk runs, alternating the order each round: the machine's throughput drifts over
+    minutes, and a sequential pass would turn that drift into differences between tools."""
+    setups, rows = {}, {}
+    for kind in kinds:
+        s = Setup(kind, n, free_port(), tmp)
+        t0 = time.monotonic()
+        s.start()
+        if not s.wait_ready():
+            print(f"  {kind} N={n}: workers did not come up", flush=True)
+            s.stop()
+            continue
+        setups[kind] = s
+        rows[kind] = {"config": kind, "n": n, "start_to_all_ready_s": time.monotonic() - t0, "runs": {},
+                      "manager_cpu_s": 0.0, "load_s": 0.0}
+    time.sleep(1)
     for close in (False, True):
         for conc in args.concurrency:
             key = f"{'close' if close else 'keepalive'}-c{conc}"
-            runs = []
-            for _ in range(args.runs):
-                before = counts(s.count_dir)
-                r = wrk(port, conc, args.seconds, close)
-                load_time += args.seconds
-                time.sleep(0.25)  # count files are written every 100 ms
-                after = counts(s.count_dir)
-                served = {p: after[p] - before.get(p, 0) for p in after if after[p] - before.get(p, 0) > 0}
-                tot = sum(served.values())
-                r["busiest_share_vs_fair"] = (max(served.values()) / tot) * n if tot else None
-                runs.append(r)
-            row["runs"][key] = {
-                "rps": summary([r["rps"] for r in runs]),
-                "p50_ms": summary([r["p50_ms"] for r in runs]),
-                "p99_ms": summary([r["p99_ms"] for r in runs]),
-                "errors": sum(r["errors"] for r in runs),
-                "busiest_share_vs_fair": summary([r["busiest_share_vs_fair"] for r in runs]),
-            }
-            print(f"  {kind:13} N={n} {key:15} {row['runs'][key]['rps']['median']:9.0f} req/s  "
-                  f"busiest {row['runs'][key]['busiest_share_vs_fair']['median'] or 0:.2f}x fair", flush=True)
-    if mgr:
-        row["manager_cpu_s"] = cpu_seconds(mgr) - cpu0
-        row["manager_cpu_share_of_load_time"] = row["manager_cpu_s"] / load_time
-        row["manager_rss_bytes"] = rss_bytes(mgr)
-    workers = s.workers()
-    row["total_rss_bytes"] = (rss_bytes(mgr) if mgr else 0) + sum(rss_bytes(w) for w in workers if w != mgr)
-    # Crash -> replacement serving (not for configurations that do not replace workers).
-    if kind not in ("single", "bare"):
-        victims = [p for p in counts(s.count_dir) if alive(p)]
-        if victims:
-            t = time.monotonic()
-            os.kill(victims[0], signal.SIGKILL)
-            if s.wait_ready(timeout=30, exclude=(victims[0],)):
-                row["crash_to_serving_s"] = time.monotonic() - t
-    s.stop()
-    results["configs"].append(row)
+            runs = {k: [] for k in setups}
+            for r in range(args.runs):
+                order = list(setups) if r % 2 == 0 else list(reversed(setups))
+                for kind in order:
+                    s = setups[kind]
+                    mgr = s.manager()
+                    cpu0 = cpu_seconds(mgr) if mgr else 0.0
+                    before = counts(s.count_dir)
+                    res = wrk(s.port, conc, args.seconds, close)
+                    rows[kind]["manager_cpu_s"] += (cpu_seconds(mgr) - cpu0) if mgr else 0.0
+                    rows[kind]["load_s"] += args.seconds
+                    time.sleep(0.25)  # count files are written every 100 ms
+                    after = counts(s.count_dir)
+                    served = {p: after[p] - before.get(p, 0) for p in after if after[p] - before.get(p, 0) > 0}
+                    tot = sum(served.values())
+                    res["busiest_share_vs_fair"] = (max(served.values()) / tot) * n if tot else None
+                    runs[kind].append(res)
+            for kind, rs in runs.items():
+                rows[kind]["runs"][key] = {
+                    "rps": summary([x["rps"] for x in rs]),
+                    "p50_ms": summary([x["p50_ms"] for x in rs]),
+                    "p99_ms": summary([x["p99_ms"] for x in rs]),
+                    "errors": sum(x["errors"] for x in rs),
+                    "busiest_share_vs_fair": summary([x["busiest_share_vs_fair"] for x in rs]),
+                }
+                x = rows[kind]["runs"][key]
+                print(f"  {kind:13} N={n} {key:15} {x['rps']['median']:9.0f} req/s  "
+                      f"busiest {x['busiest_share_vs_fair']['median'] or 0:.2f}x fair", flush=True)
+    for kind, s in setups.items():
+        row = rows[kind]
+        mgr = s.manager()
+        if mgr:
+            row["manager_cpu_share_of_load_time"] = row["manager_cpu_s"] / row["load_s"]
+            row["manager_rss_bytes"] = rss_bytes(mgr)
+        else:
+            del row["manager_cpu_s"]
+        workers = s.workers()
+        row["total_rss_bytes"] = (rss_bytes(mgr) if mgr else 0) + sum(rss_bytes(w) for w in workers if w != mgr)
+        # Crash -> replacement serving (not for configurations that do not replace workers).
+        if kind not in ("single", "bare"):
+            victims = [p for p in counts(s.count_dir) if alive(p)]
+            if victims:
+                t = time.monotonic()
+                os.kill(victims[0], signal.SIGKILL)
+                if s.wait_ready(timeout=30, exclude=(victims[0],)):
+                    row["crash_to_serving_s"] = time.monotonic() - t
+        s.stop()
+        results["configs"].append(row)
 
 
 def reload_failures(kind, n, args, tmp, results):
@@ -337,7 +353,7 @@ def main():
     ap.add_argument("--no-install", action="store_true")
     ap.add_argument("--only-reloads", action="store_true", help="measure reloads only; keep the other figures of --out")
     args = ap.parse_args()
-    args.runs = 3
+    args.runs = 3 if args.quick else 5
     args.seconds = 2 if args.quick else 4
     args.concurrency = [32] if args.quick else [16, 128]
     args.reloads = 10
@@ -361,10 +377,8 @@ def main():
         ns = []
     with tempfile.TemporaryDirectory(prefix="corral-compare-") as tmp:
         for n in ns:
-            for kind in ["single"] if n == 1 else []:
-                measure(kind, n, args, tmp, results)
-            for kind in ["cluster-rr", "cluster-none", "pm2", "corral", "bare"]:
-                measure(kind, n, args, tmp, results)
+            kinds = (["single"] if n == 1 else []) + ["cluster-rr", "cluster-none", "pm2", "corral", "bare"]
+            measure_all(kinds, n, args, tmp, results)
         for kind in ["pm2", "corral"]:
             reload_failures(kind, 2, args, tmp, results)
     os.makedirs(os.path.dirname(args.out), exist_ok=True)

@@ -113,7 +113,9 @@ def markdown(results):
         f"Machine: {m['cpus']} CPUs, Linux {m['kernel']}, Node {m['node']}, PM2 {' '.join(m['pm2'])}. "
         f"**{m['note']}**, so absolute figures are low and noisy; compare the ratios, measured in the same run. "
         f"Each figure: median of {results['settings']['runs']} runs of {results['settings']['seconds']} s "
-        "(min–max in brackets).",
+        "(min–max in brackets). All configurations of one N run side by side and their runs are "
+        "interleaved, alternating the order each round, so the machine's drift over minutes does not "
+        "read as a difference between tools.",
         "",
         "## Ratios",
         "",
