@@ -21,4 +21,8 @@ fi
 # Python's reference Prometheus parser validates /metrics in the tests.
 python3 -c 'import prometheus_client' 2>/dev/null || python3 -m pip install -q prometheus_client
 
-cargo test --locked --all-targets "$@"
+# Everything: unit tests, integration tests, and the examples (built, so they cannot rot). The
+# last line totals every suite's "test result" line.
+set -o pipefail
+cargo test --locked --all-targets "$@" 2>&1 |
+  awk '{ print } /^test result:/ { passed += $4; failed += $6 } END { printf "%d passed, %d failed\n", passed, failed }'
