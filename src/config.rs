@@ -100,14 +100,17 @@ impl Instances {
     }
 }
 
+/// A value written either as a number or as a string (`instances`, `reload.batch`, `memory`).
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum NumOrStr {
+    N(i64),
+    S(String),
+}
+
 impl<'de> Deserialize<'de> for Instances {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        #[derive(Deserialize)]
-        #[serde(untagged)]
-        enum Raw {
-            N(i64),
-            S(String),
-        }
+        use NumOrStr as Raw;
         match Raw::deserialize(d)
             .map_err(|_| de::Error::custom("instances must be a number or a string like \"max\", \"max-1\", \"50%\""))?
         {
@@ -137,12 +140,7 @@ impl Batch {
 
 impl<'de> Deserialize<'de> for Batch {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        #[derive(Deserialize)]
-        #[serde(untagged)]
-        enum Raw {
-            N(i64),
-            S(String),
-        }
+        use NumOrStr as Raw;
         let msg = "reload.batch must be a number of workers (at least 1) or a percentage like \"25%\"";
         match Raw::deserialize(d).map_err(|_| de::Error::custom(msg))? {
             Raw::N(n) if n >= 1 => Ok(Batch::Count(n as usize)),
@@ -175,16 +173,11 @@ pub struct Size(pub u64);
 
 impl<'de> Deserialize<'de> for Size {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        #[derive(Deserialize)]
-        #[serde(untagged)]
-        enum Raw {
-            N(u64),
-            S(String),
-        }
+        use NumOrStr as Raw;
         let hint = "write a size like \"300MiB\", \"1G\" or a number of bytes";
         match Raw::deserialize(d).map_err(|_| de::Error::custom(format!("expected a size: {hint}")))? {
-            Raw::N(0) => Err(de::Error::custom("a size must be greater than 0")),
-            Raw::N(n) => Ok(Size(n)),
+            Raw::N(n) if n <= 0 => Err(de::Error::custom("a size must be greater than 0")),
+            Raw::N(n) => Ok(Size(n as u64)),
             Raw::S(s) => match bytesize::ByteSize::from_str(s.trim()) {
                 Ok(b) if b.as_u64() > 0 => Ok(Size(b.as_u64())),
                 Ok(_) => Err(de::Error::custom("a size must be greater than 0")),

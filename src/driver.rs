@@ -40,8 +40,6 @@ const PRIVATE_ENV: &[&str] =
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
     #[error(transparent)]
-    Config(#[from] crate::config::ConfigError),
-    #[error(transparent)]
     Sockets(#[from] crate::sockets::SocketError),
     #[error("{0}")]
     Other(String),

@@ -10,7 +10,7 @@ use clap::{CommandFactory, Parser};
 use corral::cli::{Cli, Command};
 use corral::config::{self, Config, LogTarget};
 use corral::control::{self, Reply, Request};
-use corral::driver::{self, StartError};
+use corral::driver;
 
 /// EX_CONFIG from sysexits.h: units say `RestartPreventExitStatus=78`.
 const EX_CONFIG: u8 = 78;
@@ -32,10 +32,6 @@ fn main() -> ExitCode {
             init_logging(config.logs.target);
             match driver::run(config) {
                 Ok(code) => ExitCode::from(u8::try_from(code).unwrap_or(1)),
-                Err(StartError::Config(e)) => {
-                    tracing::error!("{e}");
-                    ExitCode::from(EX_CONFIG)
-                }
                 Err(e) => {
                     tracing::error!("{e}");
                     ExitCode::from(1)

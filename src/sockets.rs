@@ -194,14 +194,6 @@ fn describe(fd: &OwnedFd) -> String {
     }
 }
 
-impl ListenSocket {
-    /// For tests: a listening socket from a std listener.
-    pub fn from_std(l: std::net::TcpListener, name: &str) -> ListenSocket {
-        let address = l.local_addr().map(|a| a.to_string()).unwrap_or_default();
-        ListenSocket { fd: OwnedFd::from(l), name: name.into(), address }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -165,11 +165,13 @@ pub struct Options {
     pub env: Vec<(String, String)>,
     /// Prefix the command, e.g. `taskset -c 0`.
     pub wrapper: Vec<String>,
+    /// Discard the master's stderr (for tests that flood it).
+    pub discard_log: bool,
 }
 
 impl Default for Options {
     fn default() -> Self {
-        Options { activate: vec![], fdnames: vec![], notify: true, env: vec![], wrapper: vec![] }
+        Options { activate: vec![], fdnames: vec![], notify: true, env: vec![], wrapper: vec![], discard_log: false }
     }
 }
 
@@ -219,7 +221,11 @@ impl Master {
             .current_dir(dir.path())
             .stdin(Stdio::null())
             .stdout(std::fs::File::create(dir.join("master.out")).expect("stdout file"))
-            .stderr(std::fs::File::create(&log).expect("log file"))
+            .stderr(if opts.discard_log {
+                Stdio::null()
+            } else {
+                Stdio::from(std::fs::File::create(&log).expect("log file"))
+            })
             .env("CORRAL_LOG", "debug")
             .env("CORRAL_RUNTIME_ROOT", dir.join("run"))
             .env_remove("NOTIFY_SOCKET")
@@ -350,6 +356,18 @@ pub fn alive(pid: i32) -> bool {
 
 pub fn fd_count(pid: i32) -> usize {
     std::fs::read_dir(format!("/proc/{pid}/fd")).map(|d| d.count()).unwrap_or(0)
+}
+
+/// Bytes a process has written so far (/proc/PID/io `wchar`).
+pub fn written(pid: i32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/io"))
+        .ok()
+        .and_then(|s| s.lines().find_map(|l| l.strip_prefix("wchar:").and_then(|v| v.trim().parse().ok())))
+        .unwrap_or(0)
+}
+
+pub fn comm(pid: i32) -> String {
+    std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default().trim().to_string()
 }
 
 pub fn threads(pid: i32) -> usize {
