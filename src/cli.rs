@@ -66,6 +66,33 @@ pub enum Command {
         #[arg(allow_hyphen_values = true, value_name = "N|+N|-N")]
         count: String,
     },
+    /// Write /etc/corral/NAME.toml and the NAME.socket / NAME.service units for a new pool.
+    ///
+    /// Nothing is overwritten without --force; --dry-run prints the files instead.
+    Init {
+        name: String,
+        /// Address to listen on (repeatable): 3000, 127.0.0.1:3000, [::1]:3000, unix:/run/x.sock
+        #[arg(long, required = true)]
+        listen: Vec<String>,
+        /// Workers drop to this user
+        #[arg(long)]
+        user: Option<String>,
+        /// Number of workers: N, max, max-1, 50% [default: max]
+        #[arg(long)]
+        instances: Option<String>,
+        /// Print the files instead of writing them
+        #[arg(long)]
+        dry_run: bool,
+        /// Overwrite existing files
+        #[arg(long)]
+        force: bool,
+        /// Write under this directory instead of / (for packaging and tests)
+        #[arg(long, hide = true, default_value = "/")]
+        root: PathBuf,
+        /// The worker command and its arguments
+        #[arg(last = true, required = true, value_name = "CMD")]
+        command: Vec<String>,
+    },
     /// Print shell completions (bash, zsh, fish, elvish, powershell) to stdout.
     Completions {
         #[arg(value_enum)]

@@ -18,11 +18,13 @@
 //!   worker output (journald's native protocol with per-worker fields, or stderr).
 //! - [`control`], [`status`], [`metrics`]: the control socket behind `corral status`, `reload` and
 //!   `scale`; status snapshots and /proc sampling; Prometheus `/metrics` and `/health`.
+//! - [`init`]: `corral init`, which writes a pool's config and systemd units.
 
 pub mod cli;
 pub mod config;
 pub mod control;
 pub mod driver;
+pub mod init;
 pub mod journal;
 pub mod manpages;
 pub mod metrics;

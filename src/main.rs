@@ -69,6 +69,39 @@ fn main() -> ExitCode {
             let reply = ask(&name, &Request::Scale { to: count }, Duration::from_secs(10));
             finish(&name, reply)
         }
+        Command::Init { name, listen, user, instances, dry_run, force, root, command } => {
+            let binary = std::env::current_exe()
+                .ok()
+                .and_then(|p| p.canonicalize().ok())
+                .unwrap_or_else(|| "/usr/bin/corral".into());
+            let req = corral::init::InitRequest { name, listen, user, instances, command, root, binary };
+            let files = match corral::init::render(&req) {
+                Ok(f) => f,
+                Err(e) => {
+                    eprintln!("corral init: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            if dry_run {
+                for f in &files {
+                    println!("# {}\n{}", f.path.display(), f.text);
+                }
+                return ExitCode::SUCCESS;
+            }
+            match corral::init::write(&files, force) {
+                Ok(()) => {
+                    for f in &files {
+                        println!("wrote {}", f.path.display());
+                    }
+                    print!("{}", corral::init::next_steps(&req));
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("corral init: {e}");
+                    ExitCode::from(1)
+                }
+            }
+        }
         Command::Completions { shell } => {
             clap_complete::generate(shell, &mut Cli::command(), "corral", &mut std::io::stdout());
             ExitCode::SUCCESS

@@ -1,0 +1,202 @@
+//! `corral init NAME --listen ADDR -- CMD…`: write a pool's config and its systemd units.
+//!
+//! The units are rendered from the templates shipped in `units/` (`corral@.service`,
+//! `corral@.socket`) with the instance name filled in, the `--listen` addresses as
+//! `ListenStream=` lines, and the path of the running `corral` binary. The generated config is
+//! validated with the same parser `corral run` uses before anything is written, and existing
+//! files are never overwritten without `--force`. This module writes files and nothing else.
+
+use std::path::{Path, PathBuf};
+
+use crate::config::{Config, ListenAddr};
+
+const SERVICE_TEMPLATE: &str = include_str!("../units/corral@.service");
+const SOCKET_TEMPLATE: &str = include_str!("../units/corral@.socket");
+
+/// What `corral init` was asked for.
+#[derive(Debug, Clone)]
+pub struct InitRequest {
+    pub name: String,
+    pub listen: Vec<String>,
+    pub user: Option<String>,
+    pub instances: Option<String>,
+    pub command: Vec<String>,
+    /// Prefix for /etc (tests and packaging); "/" normally.
+    pub root: PathBuf,
+    /// The corral binary the units run.
+    pub binary: PathBuf,
+}
+
+/// A file to write: where, and what.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct File {
+    pub path: PathBuf,
+    pub text: String,
+}
+
+fn toml_str(s: &str) -> String {
+    toml::Value::String(s.to_string()).to_string()
+}
+
+/// The config, socket and service files for `req`, validated but not written.
+pub fn render(req: &InitRequest) -> Result<Vec<File>, String> {
+    let valid_name = !req.name.is_empty()
+        && req.name.len() <= 64
+        && req.name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.@".contains(c));
+    if !valid_name {
+        return Err(format!("invalid pool name {:?}: use 1-64 letters, digits, '-', '_', '.' or '@'", req.name));
+    }
+    if req.command.is_empty() {
+        return Err("give the worker command after `--`, like: corral init myapi --listen 3000 -- node index.js".into());
+    }
+    if req.listen.is_empty() {
+        return Err("give at least one --listen address, like --listen 3000 or --listen unix:/run/myapi.sock".into());
+    }
+    let listen: Vec<ListenAddr> = req.listen.iter().map(|l| l.parse()).collect::<Result<_, _>>()?;
+    let config_path = Path::new("/etc/corral").join(format!("{}.toml", req.name));
+
+    let mut cfg = format!("# Pool {name}: written by `corral init`. See corral.toml(5).\n", name = req.name);
+    cfg += &format!("name = {}\n", toml_str(&req.name));
+    let argv: Vec<String> = req.command.iter().map(|a| toml_str(a)).collect();
+    cfg += &format!("command = [{}]\n", argv.join(", "));
+    match &req.instances {
+        Some(i) if i.parse::<usize>().is_ok() => cfg += &format!("instances = {i}\n"),
+        Some(i) => cfg += &format!("instances = {}\n", toml_str(i)),
+        None => cfg += "instances = \"max\"\n",
+    }
+    if let Some(u) = &req.user {
+        cfg += &format!("user = {}\n", toml_str(u));
+    }
+    cfg += "# Used when the pool runs without its .socket unit (`corral run` by hand):\n";
+    let addrs: Vec<String> = req.listen.iter().map(|l| toml_str(l)).collect();
+    cfg += &format!("listen = [{}]\n", addrs.join(", "));
+    cfg += "\n[ready]\nmode = \"notify\"   # the worker sends READY=1 on NOTIFY_SOCKET; \"delay\" if it cannot\ntimeout = \"30s\"\n";
+    Config::parse(&config_path, &cfg, 1).map_err(|e| format!("the config would be invalid: {e}"))?;
+
+    let header =
+        format!("# Pool {}: written by `corral init`; edit freely (`corral init --force` rewrites it).\n", req.name);
+    let bin = req.binary.display().to_string();
+    let body = |template: &str| -> String {
+        let mut out = header.clone();
+        for line in template.lines().skip_while(|l| l.starts_with('#')) {
+            out.push_str(line);
+            out.push('\n');
+        }
+        out.replace("/usr/bin/corral", &bin).replace("%i", &req.name)
+    };
+    let service = body(SERVICE_TEMPLATE)
+        .replace(&format!("corral worker pool {}", req.name), &format!("corral pool {}", req.name))
+        .replace(
+            "After=network.target",
+            &format!("Requires={n}.socket\nAfter={n}.socket network.target", n = req.name),
+        );
+    let mut socket = String::new();
+    for line in body(SOCKET_TEMPLATE).lines() {
+        if line.starts_with("ListenStream=") {
+            for a in &listen {
+                socket += &format!("ListenStream={}\n", listen_stream(a));
+            }
+        } else if line.starts_with("Service=") {
+            socket += &format!("Service={}.service\n", req.name);
+        } else {
+            socket += line;
+            socket.push('\n');
+        }
+    }
+    let etc = |p: &str| req.root.join(p.trim_start_matches('/'));
+    Ok(vec![
+        File { path: etc(&config_path.display().to_string()), text: cfg },
+        File { path: etc(&format!("/etc/systemd/system/{}.socket", req.name)), text: socket },
+        File { path: etc(&format!("/etc/systemd/system/{}.service", req.name)), text: service },
+    ])
+}
+
+/// `ListenStream=` syntax for a listen address.
+fn listen_stream(a: &ListenAddr) -> String {
+    match a {
+        ListenAddr::Tcp(addr) => addr.to_string(),
+        ListenAddr::Port(p) => p.to_string(),
+        ListenAddr::Unix(p) => p.display().to_string(),
+    }
+}
+
+/// Write `files`; refuse to overwrite any existing one unless `force`.
+pub fn write(files: &[File], force: bool) -> Result<(), String> {
+    if !force {
+        if let Some(f) = files.iter().find(|f| f.path.exists()) {
+            return Err(format!(
+                "{} exists; use --force to overwrite it (or --dry-run to see what would be written)",
+                f.path.display()
+            ));
+        }
+    }
+    for f in files {
+        if let Some(dir) = f.path.parent() {
+            std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+        }
+        std::fs::write(&f.path, &f.text).map_err(|e| format!("cannot write {}: {e}", f.path.display()))?;
+    }
+    Ok(())
+}
+
+/// What to type next, printed after writing.
+pub fn next_steps(req: &InitRequest) -> String {
+    let n = &req.name;
+    let try_it = match req.listen.first().and_then(|l| l.parse::<ListenAddr>().ok()) {
+        Some(ListenAddr::Tcp(a)) => format!("curl http://{a}/"),
+        Some(ListenAddr::Port(p)) => format!("curl http://localhost:{p}/"),
+        Some(ListenAddr::Unix(p)) => format!("curl --unix-socket {} http://localhost/", p.display()),
+        None => String::new(),
+    };
+    format!(
+        "Next:\n  systemctl daemon-reload\n  systemctl enable --now {n}.socket   # workers start on the first connection\n  {try_it}\n  systemctl reload {n}                # rolling reload, fails if the new release does\n  corral status {n}\n  journalctl -u {n} CORRAL_WORKER=0\n"
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req() -> InitRequest {
+        InitRequest {
+            name: "myapi".into(),
+            listen: vec!["3000".into(), "unix:/run/myapi/http.sock".into()],
+            user: Some("www-data".into()),
+            instances: Some("4".into()),
+            command: vec!["node".into(), "/srv/my api/index.js".into()],
+            root: PathBuf::from("/tmp/root"),
+            binary: PathBuf::from("/usr/bin/corral"),
+        }
+    }
+
+    #[test]
+    fn renders_config_socket_and_service() {
+        let files = render(&req()).unwrap();
+        assert_eq!(files[0].path, PathBuf::from("/tmp/root/etc/corral/myapi.toml"));
+        assert!(files[0].text.contains("command = [\"node\", \"/srv/my api/index.js\"]"), "{}", files[0].text);
+        assert!(files[0].text.contains("instances = 4\nuser = \"www-data\"\n"));
+        let socket = &files[1].text;
+        assert!(socket.contains("ListenStream=3000\nListenStream=/run/myapi/http.sock\n"), "{socket}");
+        assert!(socket.contains("Service=myapi.service\n"));
+        assert!(!socket.contains("%i") && !socket.contains("corral@"), "{socket}");
+        let service = &files[2].text;
+        assert!(service.contains("ExecStart=/usr/bin/corral run -c /etc/corral/myapi.toml\n"));
+        assert!(service.contains("ExecReload=/usr/bin/corral reload myapi\n"));
+        assert!(service.contains("Requires=myapi.socket\nAfter=myapi.socket network.target\n"));
+        assert!(service.contains("RuntimeDirectory=corral/myapi\n"));
+        assert!(!service.contains("%i"), "{service}");
+    }
+
+    #[test]
+    fn refuses_bad_input() {
+        let mut r = req();
+        r.listen = vec!["nowhere".into()];
+        assert!(render(&r).unwrap_err().contains("invalid listen address"));
+        let mut r = req();
+        r.name = "my api".into();
+        assert!(render(&r).unwrap_err().contains("invalid pool name"));
+        let mut r = req();
+        r.instances = Some("0".into());
+        assert!(render(&r).unwrap_err().contains("instances must be at least 1"));
+    }
+}
