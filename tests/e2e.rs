@@ -1,0 +1,48 @@
+//! End to end under a real, booted systemd (Debian bookworm in systemd-nspawn; see
+//! ../shared/E2E.md): `corral init`, socket activation on the first connection, Type=notify
+//! READY/STATUS, `systemctl reload` succeeding and failing, journald fields, clean stop.
+//! The scenario is tests/e2e/inside.sh; the image is built once by tests/e2e/image.sh.
+
+mod common;
+
+use std::process::Command;
+
+use common::*;
+
+#[test]
+fn the_users_story_under_a_booted_systemd() {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("skipped: needs root (systemd-nspawn)");
+        return;
+    }
+    let here = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/e2e");
+    let image = Command::new("bash").arg(format!("{here}/image.sh")).output().expect("run image.sh");
+    assert!(image.status.success(), "building the image failed:\n{}", String::from_utf8_lossy(&image.stderr));
+    let image = String::from_utf8_lossy(&image.stdout).trim().to_string();
+
+    let dir = TempDir::new("e2e");
+    let (inp, out) = (dir.join("in"), dir.join("out"));
+    std::fs::create_dir_all(&inp).unwrap();
+    std::fs::create_dir_all(&out).unwrap();
+    std::fs::copy(CORRAL, inp.join("corral")).unwrap();
+    std::fs::copy(worker_py(), inp.join("worker.py")).unwrap();
+    std::fs::copy(format!("{here}/inside.sh"), inp.join("run")).unwrap();
+
+    // A private mount namespace with its own /run, so the container never touches the host's;
+    // --volatile=overlay keeps the cached image pristine. Bounded: it powers off by itself.
+    let script = format!(
+        "mount -t tmpfs tmpfs /run && mkdir -p /run/systemd && exec systemd-nspawn --boot --register=no --keep-unit -q \
+         --volatile=overlay --bind-ro={}:/e2e --bind={}:/results -D {image}",
+        inp.display(),
+        out.display()
+    );
+    let run = Command::new("timeout").args(["-k", "10", "300", "unshare", "-m", "sh", "-c", &script]).output().unwrap();
+    let log = std::fs::read_to_string(out.join("log")).unwrap_or_default();
+    eprintln!("{log}");
+    assert!(
+        log.lines().last() == Some("E2E PASSED") && !log.contains("FAIL:"),
+        "E2E scenario:\n{log}\n--- nspawn (exit {:?}) ---\n{}",
+        run.status.code(),
+        String::from_utf8_lossy(&run.stderr)
+    );
+}

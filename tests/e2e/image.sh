@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Build (once, cached) a minimal Debian bookworm root filesystem with systemd for the E2E test,
+# and print its path. The image has a oneshot unit that runs /e2e/run (bind-mounted by the
+# test) and powers the container off when it is done. See ../shared/E2E.md.
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+need=()
+command -v mmdebstrap >/dev/null || need+=(mmdebstrap)
+command -v systemd-nspawn >/dev/null || need+=(systemd-container)
+if [ ${#need[@]} -gt 0 ]; then
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${need[@]}" >&2
+fi
+key=$(sha256sum "$here/image.sh" | cut -c1-12)
+image=/var/cache/corral-e2e/bookworm-$key
+if [ ! -e "$image/.complete" ]; then
+  rm -rf "$image"
+  mkdir -p /var/cache/corral-e2e
+  # The mirror apt uses here (deb822 sources, else the classic list).
+  mirror=$(awk '/^URIs:/ {print $2; exit}' /etc/apt/sources.list.d/*.sources 2>/dev/null || true)
+  [ -n "$mirror" ] || mirror=$(awk '/^deb / {print $2; exit}' /etc/apt/sources.list)
+  mmdebstrap --variant=minbase --include=systemd,systemd-sysv,dbus,curl,python3,procps \
+    --customize-hook='mkdir -p "$1/e2e" "$1/results"' \
+    --customize-hook='printf "[Unit]\nAfter=multi-user.target\n[Service]\nType=oneshot\nExecStart=/bin/sh -c \"exec >/results/log 2>&1; /e2e/run\"\nExecStopPost=/bin/systemctl poweroff --no-block\n[Install]\nWantedBy=multi-user.target\n" > "$1/etc/systemd/system/e2e.service"' \
+    --customize-hook='chroot "$1" systemctl enable e2e.service' \
+    bookworm "$image" "$mirror" >&2
+  touch "$image/.complete"
+fi
+echo "$image"
