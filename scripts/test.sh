@@ -11,6 +11,7 @@ command -v systemd-socket-activate >/dev/null || need+=(systemd)   # acts as sys
 [ -x /usr/bin/python3 ] || need+=(python3)                           # test worker, run as `nobody` too
 command -v taskset >/dev/null || need+=(util-linux)                  # CPU affinity, setpriv, unshare
 command -v mandoc >/dev/null || need+=(mandoc)                       # man page lint
+# (tests/e2e/image.sh installs mmdebstrap and systemd-container for the E2E test itself)
 if [ ${#need[@]} -gt 0 ]; then
   echo "installing test dependencies: ${need[*]}"
   sudo=""; [ "$(id -u)" -eq 0 ] || sudo="sudo"

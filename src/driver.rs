@@ -9,7 +9,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::ffi::OsString;
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -168,15 +168,17 @@ impl Driver {
         if let Err(e) = nix::sys::prctl::set_child_subreaper(true) {
             tracing::warn!("cannot become a child subreaper: {e}");
         }
-        let sockets = match ListenSockets::from_systemd()? {
-            Some(s) => {
-                if !config.listen.is_empty() {
-                    tracing::info!("socket-activated: ignoring `listen` in the config");
-                }
-                s
+        let resolved = ListenSockets::resolve(ListenSockets::from_systemd()?, &config.listen)?;
+        let sockets = resolved.sockets;
+        let mut systemd = SystemdNotifier::from_env();
+        if !sockets.activated {
+            if resolved.restored > 0 {
+                tracing::info!("{} listening sockets kept across the restart by systemd's fd store", resolved.restored);
             }
-            None => ListenSockets::bind(&config.listen)?,
-        };
+            let named: Vec<_> = sockets.sockets.iter().map(|s| (s.name.clone(), s.fd.as_fd())).collect();
+            systemd.store_fds(&named);
+            systemd.remove_stored(&resolved.stale);
+        }
         let worker_gid = match &config.user {
             Some(user) if nix::unistd::geteuid().is_root() => {
                 Some(Credentials::lookup(user).map_err(StartError::Other)?.gid)
@@ -225,7 +227,7 @@ impl Driver {
             config_path: config_path.to_owned(),
             sockets,
             notify,
-            systemd: SystemdNotifier::from_env(),
+            systemd,
             _runtime: runtime,
             workers: HashMap::new(),
             base_env,

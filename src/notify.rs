@@ -202,6 +202,34 @@ impl SystemdNotifier {
         }
     }
 
+    /// Hand listening sockets to the service manager's fd store (`FDSTORE=1`, one message per
+    /// socket so each keeps its `FDNAME=`), so that a restart of the service gets them back and
+    /// no connection is refused meanwhile. systemd keeps them only when the unit sets
+    /// `FileDescriptorStoreMax=`; otherwise it drops them, which costs nothing. Sent at once (a
+    /// start-up message; never queued behind the backlog).
+    pub fn store_fds(&self, sockets: &[(String, std::os::fd::BorrowedFd<'_>)]) {
+        use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags};
+        let Some(sock) = &self.target else { return };
+        for (name, fd) in sockets {
+            let msg = format!("FDSTORE=1\nFDNAME={name}\n");
+            let fds = [fd.as_raw_fd()];
+            let iov = [std::io::IoSlice::new(msg.as_bytes())];
+            if let Err(e) =
+                sendmsg::<()>(sock.as_raw_fd(), &iov, &[ControlMessage::ScmRights(&fds)], MsgFlags::MSG_DONTWAIT, None)
+            {
+                tracing::debug!("cannot store {name} with the service manager: {e}");
+            }
+        }
+    }
+
+    /// Ask the service manager to close stored sockets the config no longer lists.
+    pub fn remove_stored(&mut self, names: &[String]) {
+        for name in names {
+            let remove = format!("FDSTOREREMOVE=1\nFDNAME={name}");
+            self.send(&[sd_notify::NotifyState::Custom(&remove)]);
+        }
+    }
+
     /// Wait until the socket can take more, then send what is waiting. Never completes when
     /// nothing is pending, so it can sit in a `select!`.
     pub async fn flush(&mut self) {

@@ -25,6 +25,16 @@ pub struct ListenSocket {
     pub address: String,
 }
 
+/// The outcome of [`ListenSockets::resolve`].
+#[derive(Debug)]
+pub struct Resolved {
+    pub sockets: ListenSockets,
+    /// How many came back from systemd's fd store.
+    pub restored: usize,
+    /// Names of stored sockets no longer in the config.
+    pub stale: Vec<String>,
+}
+
 #[derive(Debug, Default)]
 pub struct ListenSockets {
     pub sockets: Vec<ListenSocket>,
@@ -73,6 +83,45 @@ impl ListenSockets {
             sockets.push(ListenSocket { fd, name, address });
         }
         Ok(Some(ListenSockets { sockets, activated: true }))
+    }
+
+    /// The sockets for `listen`, from what systemd passed (`inherited`) and binding the rest.
+    ///
+    /// When every inherited socket is named after a `listen` entry, they are ours from systemd's
+    /// fd store (kept there by a previous run, see [`crate::notify::SystemdNotifier::store_fds`]):
+    /// they are reused, so a restart refuses no connection; entries without one are bound, and
+    /// `stale` lists the names of stored sockets the config no longer has. Otherwise the
+    /// inherited sockets are socket activation and `listen` is ignored.
+    pub fn resolve(inherited: Option<ListenSockets>, listen: &[ListenAddr]) -> Result<Resolved, SocketError> {
+        let names: Vec<String> = listen.iter().map(fd_name).collect();
+        match inherited {
+            None => Ok(Resolved { sockets: ListenSockets::bind(listen)?, restored: 0, stale: vec![] }),
+            Some(inh) if !listen.is_empty() && inh.sockets.iter().all(|s| names.contains(&s.name)) => {
+                let mut stored = inh.sockets;
+                let mut sockets = Vec::new();
+                let mut restored = 0;
+                for addr in listen {
+                    let name = fd_name(addr);
+                    match stored.iter().position(|s| s.name == name) {
+                        Some(i) => {
+                            let mut s = stored.swap_remove(i);
+                            s.address = addr.to_string();
+                            sockets.push(s);
+                            restored += 1;
+                        }
+                        None => sockets.extend(ListenSockets::bind(std::slice::from_ref(addr))?.sockets),
+                    }
+                }
+                let stale = stored.into_iter().map(|s| s.name).collect();
+                Ok(Resolved { sockets: ListenSockets { sockets, activated: false }, restored, stale })
+            }
+            Some(inh) => {
+                if !listen.is_empty() {
+                    tracing::info!("socket-activated: ignoring `listen` in the config");
+                }
+                Ok(Resolved { sockets: inh, restored: 0, stale: vec![] })
+            }
+        }
     }
 
     /// Bind every `listen` entry.
@@ -222,6 +271,31 @@ mod tests {
         let err = ListenSockets::bind(&addrs[1..]).unwrap_err().to_string();
         assert!(err.contains("is not a socket"), "{err}");
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn stored_sockets_are_reused_by_name_and_missing_ones_bound() {
+        let a: ListenAddr = "127.0.0.1:0".parse().unwrap();
+        let stored = ListenSockets::bind(std::slice::from_ref(&a)).unwrap();
+        let port = {
+            let dup = stored.sockets[0].fd.try_clone().unwrap();
+            Socket::from(dup).local_addr().unwrap().as_socket().unwrap().port()
+        };
+        // The stored socket was bound to port 0; name it as the config entry that uses its port.
+        let entry: ListenAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        let mut inherited = stored;
+        inherited.sockets[0].name = fd_name(&entry);
+        let other: ListenAddr = "127.0.0.1:0".parse().unwrap();
+        let r = ListenSockets::resolve(Some(inherited), &[entry.clone(), other]).unwrap();
+        assert_eq!((r.restored, r.sockets.sockets.len(), r.stale.len()), (1, 2, 0));
+        assert!(!r.sockets.activated);
+        // Inherited sockets named otherwise are socket activation: used as they are.
+        let mut act = ListenSockets::bind(std::slice::from_ref(&a)).unwrap();
+        act.sockets[0].name = "http".into();
+        act.activated = true;
+        let r = ListenSockets::resolve(Some(act), &[entry]).unwrap();
+        assert_eq!((r.restored, r.sockets.sockets[0].name.as_str()), (0, "http"));
+        assert!(r.sockets.activated);
     }
 
     #[test]

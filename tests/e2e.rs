@@ -27,6 +27,7 @@ fn the_users_story_under_a_booted_systemd() {
     std::fs::copy(CORRAL, inp.join("corral")).unwrap();
     std::fs::copy(worker_py(), inp.join("worker.py")).unwrap();
     std::fs::copy(format!("{here}/inside.sh"), inp.join("run")).unwrap();
+    std::fs::copy(concat!(env!("CARGO_MANIFEST_DIR"), "/units/corral@.service"), inp.join("corral@.service")).unwrap();
 
     // A private mount namespace with its own /run, so the container never touches the host's;
     // --volatile=overlay keeps the cached image pristine. Bounded: it powers off by itself.

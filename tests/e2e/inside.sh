@@ -42,4 +42,21 @@ systemctl stop myapi && ok "systemctl stop" || fail "systemctl stop"
 [ "$(systemctl show myapi -p Result --value)" = success ] && ok "stopped cleanly (Result=success)" || fail "stop result: $(systemctl show myapi -p Result --value)"
 if pgrep -f /srv/worker.py >/dev/null; then fail "workers left after stop"; else ok "no worker left after stop (master was $main)"; fi
 
+# Without a .socket unit: corral binds `listen` itself and keeps the socket in systemd's fd store,
+# so `systemctl restart` refuses no connection.
+install -m 0644 /e2e/corral@.service /etc/systemd/system/corral@.service
+printf 'command = ["python3", "/srv/worker.py"]\ninstances = 2\nlisten = ["127.0.0.1:3100"]\n' > /etc/corral/store.toml
+systemctl daemon-reload
+systemctl start corral@store.service && ok "corral@store started (binds its own socket)" || fail "corral@store start"
+wait_for "corral@store answers" curl -sf http://127.0.0.1:3100/
+( i=0; while [ $i -lt 300 ]; do curl -s -o /dev/null -w '%{http_code}\n' --max-time 20 http://127.0.0.1:3100/; i=$((i+1)); done > /tmp/codes ) &
+loop=$!
+sleep 0.3
+systemctl restart corral@store.service && ok "systemctl restart" || fail "systemctl restart"
+wait $loop
+bad=$(grep -vc '^200$' /tmp/codes)
+[ "$bad" = 0 ] && ok "no refused or failed request across the restart ($(wc -l < /tmp/codes) requests)" || fail "$bad of $(wc -l < /tmp/codes) requests failed across the restart"
+journalctl -u corral@store -o cat | grep -q "kept across the restart by systemd's fd store" && ok "socket came back from the fd store" || fail "fd store not used"
+systemctl stop corral@store.service
+
 [ $failed = 0 ] && echo "E2E PASSED" || echo "E2E FAILED"
