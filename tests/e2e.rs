@@ -1,7 +1,8 @@
 //! End to end under a real, booted systemd (Debian bookworm in systemd-nspawn; see
 //! ../shared/E2E.md): `corral init`, socket activation on the first connection, Type=notify
 //! READY/STATUS, `systemctl reload` succeeding and failing, journald fields, clean stop.
-//! The scenario is tests/e2e/inside.sh; the image is built once by tests/e2e/image.sh.
+//! The scenarios are tests/e2e/inside*.sh; images are built once by tests/e2e/image.sh. A second
+//! scenario runs on Debian trixie (systemd 257) with `Type=notify-reload`.
 
 mod common;
 
@@ -9,30 +10,31 @@ use std::process::Command;
 
 use common::*;
 
-#[test]
-fn the_users_story_under_a_booted_systemd() {
+/// Boot `suite` with `scenario` as /e2e/run; returns the scenario's log, or None when not root.
+fn boot(suite: &str, scenario: &str) -> Option<String> {
     if !nix::unistd::geteuid().is_root() {
         eprintln!("skipped: needs root (systemd-nspawn)");
-        return;
+        return None;
     }
     let here = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/e2e");
-    let image = Command::new("bash").arg(format!("{here}/image.sh")).output().expect("run image.sh");
+    let image = Command::new("bash").arg(format!("{here}/image.sh")).arg(suite).output().expect("run image.sh");
     assert!(image.status.success(), "building the image failed:\n{}", String::from_utf8_lossy(&image.stderr));
     let image = String::from_utf8_lossy(&image.stdout).trim().to_string();
 
-    let dir = TempDir::new("e2e");
+    let dir = TempDir::new(&format!("e2e-{suite}"));
     let (inp, out) = (dir.join("in"), dir.join("out"));
     std::fs::create_dir_all(&inp).unwrap();
     std::fs::create_dir_all(&out).unwrap();
     std::fs::copy(CORRAL, inp.join("corral")).unwrap();
     std::fs::copy(worker_py(), inp.join("worker.py")).unwrap();
-    std::fs::copy(format!("{here}/inside.sh"), inp.join("run")).unwrap();
+    std::fs::copy(format!("{here}/{scenario}"), inp.join("run")).unwrap();
     std::fs::copy(concat!(env!("CARGO_MANIFEST_DIR"), "/units/corral@.service"), inp.join("corral@.service")).unwrap();
 
-    // A private mount namespace with its own /run, so the container never touches the host's;
+    // A private mount namespace with its own /run and a private network (its own loopback), so
+    // the container touches neither the host nor another test's container;
     // --volatile=overlay keeps the cached image pristine. Bounded: it powers off by itself.
     let script = format!(
-        "mount -t tmpfs tmpfs /run && mkdir -p /run/systemd && exec systemd-nspawn --boot --register=no --keep-unit -q \
+        "mount -t tmpfs tmpfs /run && mkdir -p /run/systemd && exec systemd-nspawn --boot --register=no --keep-unit --private-network -q \
          --volatile=overlay --bind-ro={}:/e2e --bind={}:/results -D {image}",
         inp.display(),
         out.display()
@@ -42,8 +44,21 @@ fn the_users_story_under_a_booted_systemd() {
     eprintln!("{log}");
     assert!(
         log.lines().last() == Some("E2E PASSED") && !log.contains("FAIL:"),
-        "E2E scenario:\n{log}\n--- nspawn (exit {:?}) ---\n{}",
+        "E2E scenario {scenario} on {suite}:\n{log}\n--- nspawn (exit {:?}) ---\n{}",
         run.status.code(),
         String::from_utf8_lossy(&run.stderr)
     );
+    Some(log)
+}
+
+#[test]
+fn the_users_story_under_a_booted_systemd() {
+    boot("bookworm", "inside.sh");
+}
+
+#[test]
+fn type_notify_reload_under_systemd_257() {
+    if let Some(log) = boot("trixie", "inside-notify-reload.sh") {
+        assert!(log.contains("systemd 257"), "{log}");
+    }
 }

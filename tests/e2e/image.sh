@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Build (once, cached) a minimal Debian bookworm root filesystem with systemd for the E2E test,
-# and print its path. The image has a oneshot unit that runs /e2e/run (bind-mounted by the
+# Build (once, cached) a minimal Debian root filesystem with systemd for the E2E tests, and print
+# its path. Usage: image.sh [bookworm|trixie] (bookworm: systemd 252; trixie: 257, which has
+# Type=notify-reload). The image has a oneshot unit that runs /e2e/run (bind-mounted by the
 # test) and powers the container off when it is done. See ../shared/E2E.md.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
@@ -10,8 +11,9 @@ command -v systemd-nspawn >/dev/null || need+=(systemd-container)
 if [ ${#need[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${need[@]}" >&2
 fi
+suite=${1:-bookworm}
 key=$(sha256sum "$here/image.sh" | cut -c1-12)
-image=/var/cache/corral-e2e/bookworm-$key
+image=/var/cache/corral-e2e/$suite-$key
 if [ ! -e "$image/.complete" ]; then
   rm -rf "$image"
   mkdir -p /var/cache/corral-e2e
@@ -22,7 +24,7 @@ if [ ! -e "$image/.complete" ]; then
     --customize-hook='mkdir -p "$1/e2e" "$1/results"' \
     --customize-hook='printf "[Unit]\nAfter=multi-user.target\n[Service]\nType=oneshot\nExecStart=/bin/sh -c \"exec >/results/log 2>&1; /e2e/run\"\nExecStopPost=/bin/systemctl poweroff --no-block\n[Install]\nWantedBy=multi-user.target\n" > "$1/etc/systemd/system/e2e.service"' \
     --customize-hook='chroot "$1" systemctl enable e2e.service' \
-    bookworm "$image" "$mirror" >&2
+    "$suite" "$image" "$mirror" >&2
   touch "$image/.complete"
 fi
 echo "$image"
