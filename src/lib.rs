@@ -30,6 +30,7 @@ pub mod manpages;
 pub mod metrics;
 pub mod notify;
 pub mod pool;
+pub mod runtime;
 pub mod sockets;
 pub mod spawn;
 pub mod status;

@@ -117,7 +117,7 @@ fn main() -> ExitCode {
 }
 
 fn ask(name: &str, request: &Request, timeout: Duration) -> Result<Reply, control::ClientError> {
-    control::call(name, &driver::control_socket(name), request, timeout)
+    control::call(name, &corral::runtime::control_socket(name), request, timeout)
 }
 
 /// Print a reply's message (stdout) or error (stderr); exit 0 or 1 accordingly.
@@ -142,7 +142,7 @@ fn status(name: Option<&str>, json: bool) -> ExitCode {
     let names: Vec<String> = match name {
         Some(n) => vec![n.to_string()],
         None => {
-            let root = driver::runtime_root();
+            let root = corral::runtime::runtime_root();
             let mut found: Vec<String> = std::fs::read_dir(&root)
                 .map(|d| {
                     d.flatten()

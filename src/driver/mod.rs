@@ -10,7 +10,6 @@
 use std::collections::{HashMap, VecDeque};
 use std::ffi::OsString;
 use std::os::fd::{AsFd, OwnedFd};
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
@@ -29,9 +28,14 @@ use crate::journal::{self, Origin, Sink, Stream};
 use crate::metrics::SnapshotRequest;
 use crate::notify::{NotifyServer, SystemdNotifier};
 use crate::pool::{Action, Event, ExitStatus, Notify, Pool, ReloadResult, ReplyId, ScaleRequest, WorkerState};
+use crate::runtime::RuntimeDir;
 use crate::sockets::ListenSockets;
 use crate::spawn::{self, Credentials, SpawnRequest};
 use crate::status::{self, LastReload, PoolStatus, WorkerStatus};
+
+mod observe;
+mod requests;
+mod workers;
 
 /// Variables of the master's own environment that belong to the master only.
 const PRIVATE_ENV: &[&str] =
@@ -58,72 +62,6 @@ struct WorkerMeta {
     /// Where the current CPU % is measured from, and that percentage.
     cpu_base: Option<(Instant, u64)>,
     cpu_percent: Option<f64>,
-}
-
-/// The pool's private directory: the workers' notify socket and a lock against a second master.
-pub struct RuntimeDir {
-    pub path: PathBuf,
-    _lock: nix::fcntl::Flock<std::fs::File>,
-}
-
-impl RuntimeDir {
-    /// `$RUNTIME_DIRECTORY` under systemd, else `ROOT/NAME` (see [`runtime_root`]).
-    pub fn locate(name: &str) -> PathBuf {
-        if let Some(dir) = std::env::var_os("RUNTIME_DIRECTORY").filter(|d| !d.is_empty()) {
-            let first = dir.to_string_lossy().split(':').next().unwrap_or_default().to_string();
-            return PathBuf::from(first);
-        }
-        runtime_root().join(name)
-    }
-
-    /// Create the directory (0700, or 0710 with the workers' group so they can reach the notify
-    /// socket) and take its lock.
-    pub fn create(name: &str, worker_gid: Option<u32>) -> Result<RuntimeDir, String> {
-        let path = Self::locate(name);
-        std::fs::create_dir_all(&path)
-            .map_err(|e| format!("cannot create runtime directory {}: {e}", path.display()))?;
-        let mode = if worker_gid.is_some() { 0o710 } else { 0o700 };
-        if std::env::var_os("RUNTIME_DIRECTORY").is_none() {
-            if let Some(gid) = worker_gid {
-                let _ = nix::unistd::chown(&path, None, Some(nix::unistd::Gid::from_raw(gid)));
-            }
-            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode))
-                .map_err(|e| format!("cannot set permissions on {}: {e}", path.display()))?;
-        }
-        let lock_path = path.join("master.lock");
-        let file = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&lock_path)
-            .map_err(|e| format!("cannot open {}: {e}", lock_path.display()))?;
-        let lock = nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock).map_err(|_| {
-            format!("another corral master is already running pool {name:?} (lock {} is held)", lock_path.display())
-        })?;
-        Ok(RuntimeDir { path, _lock: lock })
-    }
-}
-
-/// Where pools keep their runtime directories (and where `corral status` looks for them):
-/// `$CORRAL_RUNTIME_ROOT`, else `/run/corral` as root, else `$XDG_RUNTIME_DIR/corral`, else
-/// `/tmp/corral-UID`. The units set `RuntimeDirectory=corral/%i`, which is `/run/corral/NAME`.
-pub fn runtime_root() -> PathBuf {
-    if let Some(root) = std::env::var_os("CORRAL_RUNTIME_ROOT").filter(|d| !d.is_empty()) {
-        return PathBuf::from(root);
-    }
-    let uid = nix::unistd::geteuid();
-    if uid.is_root() {
-        return PathBuf::from("/run/corral");
-    }
-    match std::env::var_os("XDG_RUNTIME_DIR").filter(|d| !d.is_empty()) {
-        Some(xdg) => PathBuf::from(xdg).join("corral"),
-        None => PathBuf::from(format!("/tmp/corral-{uid}")),
-    }
-}
-
-/// The control socket of pool `name`, as the CLI finds it.
-pub fn control_socket(name: &str) -> PathBuf {
-    runtime_root().join(name).join("control.sock")
 }
 
 pub struct Driver {
@@ -317,131 +255,6 @@ impl Driver {
         self.exit.unwrap_or(1)
     }
 
-    fn on_control(&mut self, incoming: Incoming) {
-        let Incoming { request, reply } = incoming;
-        match request {
-            Request::Status => {
-                self.sample();
-                let _ = reply.send(Reply::status(self.snapshot()));
-            }
-            Request::Reload { wait } => {
-                if wait {
-                    let id = self.remember(reply);
-                    self.reload(Some(id));
-                } else {
-                    let _ = reply.send(Reply::ok("reload requested"));
-                    self.reload(None);
-                }
-            }
-            Request::Scale { to } => match control::parse_scale(&to) {
-                Ok(request) => {
-                    let id = self.remember(reply);
-                    self.dispatch(Event::Scale { request, reply: Some(id) });
-                }
-                Err(e) => {
-                    let _ = reply.send(Reply::err(e));
-                }
-            },
-        }
-    }
-
-    fn remember(&mut self, reply: oneshot::Sender<Reply>) -> ReplyId {
-        self.next_reply += 1;
-        self.replies.insert(self.next_reply, reply);
-        self.next_reply
-    }
-
-    /// Read RSS and CPU of every worker's process group; feed memory figures to the pool.
-    fn sample(&mut self) {
-        if self.workers.is_empty() {
-            return;
-        }
-        let wanted: Vec<i32> = self.workers.keys().map(|p| p.as_raw()).collect();
-        let groups = status::sample_groups(&wanted);
-        let now = Instant::now();
-        let tck = status::clock_ticks();
-        let mut samples = Vec::new();
-        for (pid, meta) in self.workers.iter_mut() {
-            let Some(usage) = groups.get(&pid.as_raw()) else { continue };
-            meta.rss = Some(usage.rss_bytes);
-            meta.cpu_ticks = Some(usage.cpu_ticks);
-            match meta.cpu_base {
-                // CPU % needs some distance between two samples to mean anything.
-                Some((then, ticks)) if now.duration_since(then).as_secs_f64() >= 0.5 => {
-                    let dt = now.duration_since(then).as_secs_f64();
-                    meta.cpu_percent = Some(100.0 * usage.cpu_ticks.saturating_sub(ticks) as f64 / tck / dt);
-                    meta.cpu_base = Some((now, usage.cpu_ticks));
-                }
-                Some(_) => {}
-                None => meta.cpu_base = Some((now, usage.cpu_ticks)),
-            }
-            samples.push((*pid, usage.rss_bytes));
-        }
-        for (pid, rss) in samples {
-            self.dispatch(Event::MemorySample { pid, rss });
-        }
-    }
-
-    /// The pool as `corral status`, /metrics and /health report it.
-    fn snapshot(&self) -> PoolStatus {
-        let now = Instant::now();
-        let tck = status::clock_ticks();
-        let mut workers: Vec<WorkerStatus> = self
-            .pool
-            .workers()
-            .iter()
-            .map(|w| {
-                let meta = w.pid.and_then(|p| self.workers.get(&p));
-                WorkerStatus {
-                    slot: w.slot,
-                    pid: w.pid.map(Pid::as_raw),
-                    generation: w.generation,
-                    state: match w.state {
-                        WorkerState::Spawning | WorkerState::Starting { .. } => "starting",
-                        WorkerState::Ready => "ready",
-                        WorkerState::Stopping { .. } => "stopping",
-                    }
-                    .to_string(),
-                    uptime_seconds: now.saturating_duration_since(w.started).as_secs_f64(),
-                    restarts: self.pool.slot_info(w.slot).map_or(0, |s| s.restarts),
-                    rss_bytes: meta.and_then(|m| m.rss),
-                    cpu_percent: meta.and_then(|m| m.cpu_percent),
-                    cpu_seconds: meta.and_then(|m| m.cpu_ticks.map(|t| t as f64 / tck)),
-                    status: meta.and_then(|m| m.status.clone()),
-                    replacing: w.replace.map(|r| r.as_str().to_string()),
-                }
-            })
-            .collect();
-        workers.sort_by_key(|w| (w.slot, w.generation));
-        let ready = (0..self.pool.desired())
-            .filter(|slot| self.pool.workers().iter().any(|w| w.slot == *slot && w.state == WorkerState::Ready))
-            .count();
-        let (reloads_succeeded, reloads_failed) = self.pool.reload_counts();
-        PoolStatus {
-            name: self.name.to_string(),
-            pid: std::process::id(),
-            uptime_seconds: now.duration_since(self.started).as_secs_f64(),
-            generation: self.pool.generation(),
-            desired: self.pool.desired(),
-            ready,
-            reloading: self.pool.reloading(),
-            last_reload: self.pool.last_reload().map(|r| match r {
-                ReloadResult::Succeeded(g) => LastReload { ok: true, generation: Some(*g), error: None },
-                ReloadResult::Failed(e) => LastReload { ok: false, generation: None, error: Some(e.clone()) },
-            }),
-            restarts: self.pool.restarts_total(),
-            restarts_by_reason: self
-                .pool
-                .restarts_by_reason()
-                .into_iter()
-                .map(|(r, n)| (r.as_str().to_string(), n))
-                .collect(),
-            reloads_succeeded,
-            reloads_failed,
-            workers,
-        }
-    }
-
     /// Feed an event (and every event its actions cause) through the pool.
     fn dispatch(&mut self, event: Event) {
         self.events.push_back(event);
@@ -506,113 +319,6 @@ impl Driver {
         self.systemd.send(&states);
     }
 
-    fn spawn_worker(&mut self, slot: usize, generation: u64, config: &Config) -> Result<Pid, String> {
-        let credentials = match &config.user {
-            None => None,
-            Some(user) => {
-                let c = Credentials::lookup(user)?;
-                if nix::unistd::geteuid().is_root() {
-                    Some(c)
-                } else if c.uid == nix::unistd::geteuid().as_raw() {
-                    None
-                } else {
-                    return Err(format!(
-                        "user = {user:?} needs corral to run as root (it runs as uid {})",
-                        nix::unistd::geteuid()
-                    ));
-                }
-            }
-        };
-        let env = self.worker_env(slot, generation, config, credentials.as_ref());
-        let path = env.iter().rev().find(|(k, _)| k == "PATH").map(|(_, v)| OsString::from(v));
-        let program = spawn::resolve_program(&config.command[0], path.as_deref())?;
-        let fds = self.sockets.fds();
-        let mut pid_vars = Vec::new();
-        if !fds.is_empty() {
-            pid_vars.push("LISTEN_PID");
-        }
-        if config.watchdog.is_some() {
-            pid_vars.push("WATCHDOG_PID");
-        }
-        let req = SpawnRequest {
-            program: &program,
-            argv: &config.command,
-            env: &env,
-            pid_vars: &pid_vars,
-            listen_fds: &fds,
-            workdir: config.workdir.as_deref(),
-            credentials: credentials.as_ref(),
-            inherit_output: config.logs.target == LogTarget::Inherit,
-        };
-        let child = spawn::spawn(&req)?;
-        let pid = child.pid;
-        self.workers.insert(
-            pid,
-            WorkerMeta {
-                slot,
-                generation,
-                status: None,
-                rss: None,
-                cpu_ticks: None,
-                cpu_base: None,
-                cpu_percent: None,
-            },
-        );
-        let origin = Origin { name: self.name.clone(), slot, pid: pid.as_raw(), generation };
-        if let Some(out) = child.stdout {
-            self.forward_output(out, Stream::Stdout, origin.clone());
-        }
-        if let Some(err) = child.stderr {
-            self.forward_output(err, Stream::Stderr, origin);
-        }
-        Ok(pid)
-    }
-
-    fn forward_output(&self, fd: OwnedFd, stream: Stream, origin: Origin) {
-        tokio::spawn(journal::forward(fd, stream, origin, self.sink.clone()));
-    }
-
-    /// The complete environment of a worker: the master's own (minus what is private to it),
-    /// the config's `env`, then what corral sets. Later entries win.
-    fn worker_env(
-        &self,
-        slot: usize,
-        generation: u64,
-        config: &Config,
-        creds: Option<&Credentials>,
-    ) -> Vec<(String, String)> {
-        let mut env: Vec<(String, String)> = self.base_env.clone();
-        if let (Some(c), Some(user)) = (creds, &config.user) {
-            if let Ok(Some(u)) = nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(c.uid)) {
-                env.push(("USER".into(), u.name.clone()));
-                env.push(("LOGNAME".into(), u.name));
-                env.push(("HOME".into(), u.dir.to_string_lossy().into_owned()));
-            } else {
-                env.push(("USER".into(), user.clone()));
-            }
-        }
-        env.extend(config.env.iter().map(|(k, v)| (k.clone(), v.clone())));
-        if !self.sockets.sockets.is_empty() {
-            env.push(("LISTEN_FDS".into(), self.sockets.sockets.len().to_string()));
-            env.push(("LISTEN_FDNAMES".into(), self.sockets.names()));
-        }
-        env.push(("NOTIFY_SOCKET".into(), self.notify.path().to_string_lossy().into_owned()));
-        env.push(("CORRAL_NAME".into(), self.name.to_string()));
-        env.push(("CORRAL_WORKER".into(), slot.to_string()));
-        env.push(("CORRAL_GENERATION".into(), generation.to_string()));
-        if let Some(w) = &config.watchdog {
-            env.push(("WATCHDOG_USEC".into(), w.timeout.0.as_micros().to_string()));
-        }
-        if let Some(var) = &config.instance_var {
-            env.push((var.clone(), slot.to_string()));
-        }
-        // Keep the last value of each name, in first-seen order.
-        let mut seen = std::collections::HashSet::new();
-        let mut out: Vec<(String, String)> = env.into_iter().rev().filter(|(k, _)| seen.insert(k.clone())).collect();
-        out.reverse();
-        out
-    }
-
     /// Reap every child that has exited: workers become `Exited` events, anything else (a
     /// worker's orphaned child, re-parented to us as subreaper) is just reaped.
     fn reap(&mut self) {
@@ -636,49 +342,6 @@ impl Driver {
             } else {
                 tracing::debug!(pid = pid.as_raw(), "reaped a stray process ({status})");
             }
-        }
-    }
-
-    fn reload(&mut self, reply: Option<ReplyId>) {
-        tracing::info!("reload requested: reading {}", self.config_path.display());
-        let config = Config::load(&self.config_path).map(Arc::new).map_err(|e| e.to_string());
-        if let Ok(c) = &config {
-            if c.listen != self.pool.config().listen && !self.sockets.activated {
-                tracing::warn!(
-                    "`listen` changed: sockets are kept across reloads; restart the service to listen elsewhere"
-                );
-            }
-        }
-        self.dispatch(Event::Reload { config, reply });
-    }
-
-    fn on_notify(&mut self, msg: crate::notify::Message) {
-        // A worker's own children (e.g. `npm start` → node) may speak for it if they stayed in
-        // its process group, like systemd's NotifyAccess=all within the cgroup.
-        let pid = if self.workers.contains_key(&msg.pid) {
-            msg.pid
-        } else {
-            match nix::unistd::getpgid(Some(msg.pid)) {
-                Ok(pgid) if self.workers.contains_key(&pgid) => pgid,
-                _ => {
-                    tracing::debug!(
-                        pid = msg.pid.as_raw(),
-                        "ignoring a notification from a process that is not a worker"
-                    );
-                    return;
-                }
-            }
-        };
-        if let Some(status) = msg.get("STATUS") {
-            if let Some(meta) = self.workers.get_mut(&pid) {
-                meta.status = Some(status.to_string());
-            }
-        }
-        if msg.get("READY") == Some("1") {
-            self.dispatch(Event::Ready { pid });
-        }
-        if msg.get("WATCHDOG") == Some("1") {
-            self.dispatch(Event::WatchdogPing { pid });
         }
     }
 }

@@ -1,0 +1,97 @@
+//! What the driver reports about the pool: /proc samples of each worker's process group (which
+//! feed the memory limit) and the status snapshot behind `corral status`, /metrics and /health.
+
+use super::*;
+
+impl Driver {
+    /// Read RSS and CPU of every worker's process group; feed memory figures to the pool.
+    pub(super) fn sample(&mut self) {
+        if self.workers.is_empty() {
+            return;
+        }
+        let wanted: Vec<i32> = self.workers.keys().map(|p| p.as_raw()).collect();
+        let groups = status::sample_groups(&wanted);
+        let now = Instant::now();
+        let tck = status::clock_ticks();
+        let mut samples = Vec::new();
+        for (pid, meta) in self.workers.iter_mut() {
+            let Some(usage) = groups.get(&pid.as_raw()) else { continue };
+            meta.rss = Some(usage.rss_bytes);
+            meta.cpu_ticks = Some(usage.cpu_ticks);
+            match meta.cpu_base {
+                // CPU % needs some distance between two samples to mean anything.
+                Some((then, ticks)) if now.duration_since(then).as_secs_f64() >= 0.5 => {
+                    let dt = now.duration_since(then).as_secs_f64();
+                    meta.cpu_percent = Some(100.0 * usage.cpu_ticks.saturating_sub(ticks) as f64 / tck / dt);
+                    meta.cpu_base = Some((now, usage.cpu_ticks));
+                }
+                Some(_) => {}
+                None => meta.cpu_base = Some((now, usage.cpu_ticks)),
+            }
+            samples.push((*pid, usage.rss_bytes));
+        }
+        for (pid, rss) in samples {
+            self.dispatch(Event::MemorySample { pid, rss });
+        }
+    }
+
+    /// The pool as `corral status`, /metrics and /health report it.
+    pub(super) fn snapshot(&self) -> PoolStatus {
+        let now = Instant::now();
+        let tck = status::clock_ticks();
+        let mut workers: Vec<WorkerStatus> = self
+            .pool
+            .workers()
+            .iter()
+            .map(|w| {
+                let meta = w.pid.and_then(|p| self.workers.get(&p));
+                WorkerStatus {
+                    slot: w.slot,
+                    pid: w.pid.map(Pid::as_raw),
+                    generation: w.generation,
+                    state: match w.state {
+                        WorkerState::Spawning | WorkerState::Starting { .. } => "starting",
+                        WorkerState::Ready => "ready",
+                        WorkerState::Stopping { .. } => "stopping",
+                    }
+                    .to_string(),
+                    uptime_seconds: now.saturating_duration_since(w.started).as_secs_f64(),
+                    restarts: self.pool.slot_info(w.slot).map_or(0, |s| s.restarts),
+                    rss_bytes: meta.and_then(|m| m.rss),
+                    cpu_percent: meta.and_then(|m| m.cpu_percent),
+                    cpu_seconds: meta.and_then(|m| m.cpu_ticks.map(|t| t as f64 / tck)),
+                    status: meta.and_then(|m| m.status.clone()),
+                    replacing: w.replace.map(|r| r.as_str().to_string()),
+                }
+            })
+            .collect();
+        workers.sort_by_key(|w| (w.slot, w.generation));
+        let ready = (0..self.pool.desired())
+            .filter(|slot| self.pool.workers().iter().any(|w| w.slot == *slot && w.state == WorkerState::Ready))
+            .count();
+        let (reloads_succeeded, reloads_failed) = self.pool.reload_counts();
+        PoolStatus {
+            name: self.name.to_string(),
+            pid: std::process::id(),
+            uptime_seconds: now.duration_since(self.started).as_secs_f64(),
+            generation: self.pool.generation(),
+            desired: self.pool.desired(),
+            ready,
+            reloading: self.pool.reloading(),
+            last_reload: self.pool.last_reload().map(|r| match r {
+                ReloadResult::Succeeded(g) => LastReload { ok: true, generation: Some(*g), error: None },
+                ReloadResult::Failed(e) => LastReload { ok: false, generation: None, error: Some(e.clone()) },
+            }),
+            restarts: self.pool.restarts_total(),
+            restarts_by_reason: self
+                .pool
+                .restarts_by_reason()
+                .into_iter()
+                .map(|(r, n)| (r.as_str().to_string(), n))
+                .collect(),
+            reloads_succeeded,
+            reloads_failed,
+            workers,
+        }
+    }
+}

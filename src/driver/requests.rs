@@ -1,0 +1,83 @@
+//! Requests from outside the loop: control-socket commands, reload (SIGHUP or `corral reload`),
+//! and notifications from workers, each turned into pool events.
+
+use super::*;
+
+impl Driver {
+    pub(super) fn on_control(&mut self, incoming: Incoming) {
+        let Incoming { request, reply } = incoming;
+        match request {
+            Request::Status => {
+                self.sample();
+                let _ = reply.send(Reply::status(self.snapshot()));
+            }
+            Request::Reload { wait } => {
+                if wait {
+                    let id = self.remember(reply);
+                    self.reload(Some(id));
+                } else {
+                    let _ = reply.send(Reply::ok("reload requested"));
+                    self.reload(None);
+                }
+            }
+            Request::Scale { to } => match control::parse_scale(&to) {
+                Ok(request) => {
+                    let id = self.remember(reply);
+                    self.dispatch(Event::Scale { request, reply: Some(id) });
+                }
+                Err(e) => {
+                    let _ = reply.send(Reply::err(e));
+                }
+            },
+        }
+    }
+
+    pub(super) fn remember(&mut self, reply: oneshot::Sender<Reply>) -> ReplyId {
+        self.next_reply += 1;
+        self.replies.insert(self.next_reply, reply);
+        self.next_reply
+    }
+
+    pub(super) fn reload(&mut self, reply: Option<ReplyId>) {
+        tracing::info!("reload requested: reading {}", self.config_path.display());
+        let config = Config::load(&self.config_path).map(Arc::new).map_err(|e| e.to_string());
+        if let Ok(c) = &config {
+            if c.listen != self.pool.config().listen && !self.sockets.activated {
+                tracing::warn!(
+                    "`listen` changed: sockets are kept across reloads; restart the service to listen elsewhere"
+                );
+            }
+        }
+        self.dispatch(Event::Reload { config, reply });
+    }
+
+    pub(super) fn on_notify(&mut self, msg: crate::notify::Message) {
+        // A worker's own children (e.g. `npm start` → node) may speak for it if they stayed in
+        // its process group, like systemd's NotifyAccess=all within the cgroup.
+        let pid = if self.workers.contains_key(&msg.pid) {
+            msg.pid
+        } else {
+            match nix::unistd::getpgid(Some(msg.pid)) {
+                Ok(pgid) if self.workers.contains_key(&pgid) => pgid,
+                _ => {
+                    tracing::debug!(
+                        pid = msg.pid.as_raw(),
+                        "ignoring a notification from a process that is not a worker"
+                    );
+                    return;
+                }
+            }
+        };
+        if let Some(status) = msg.get("STATUS") {
+            if let Some(meta) = self.workers.get_mut(&pid) {
+                meta.status = Some(status.to_string());
+            }
+        }
+        if msg.get("READY") == Some("1") {
+            self.dispatch(Event::Ready { pid });
+        }
+        if msg.get("WATCHDOG") == Some("1") {
+            self.dispatch(Event::WatchdogPing { pid });
+        }
+    }
+}

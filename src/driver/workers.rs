@@ -1,0 +1,113 @@
+//! Starting one worker: its credentials, program, environment and sockets, then fork/exec
+//! (`crate::spawn`) and the tasks that forward its output.
+
+use super::*;
+
+impl Driver {
+    pub(super) fn spawn_worker(&mut self, slot: usize, generation: u64, config: &Config) -> Result<Pid, String> {
+        let credentials = match &config.user {
+            None => None,
+            Some(user) => {
+                let c = Credentials::lookup(user)?;
+                if nix::unistd::geteuid().is_root() {
+                    Some(c)
+                } else if c.uid == nix::unistd::geteuid().as_raw() {
+                    None
+                } else {
+                    return Err(format!(
+                        "user = {user:?} needs corral to run as root (it runs as uid {})",
+                        nix::unistd::geteuid()
+                    ));
+                }
+            }
+        };
+        let env = self.worker_env(slot, generation, config, credentials.as_ref());
+        let path = env.iter().rev().find(|(k, _)| k == "PATH").map(|(_, v)| OsString::from(v));
+        let program = spawn::resolve_program(&config.command[0], path.as_deref())?;
+        let fds = self.sockets.fds();
+        let mut pid_vars = Vec::new();
+        if !fds.is_empty() {
+            pid_vars.push("LISTEN_PID");
+        }
+        if config.watchdog.is_some() {
+            pid_vars.push("WATCHDOG_PID");
+        }
+        let req = SpawnRequest {
+            program: &program,
+            argv: &config.command,
+            env: &env,
+            pid_vars: &pid_vars,
+            listen_fds: &fds,
+            workdir: config.workdir.as_deref(),
+            credentials: credentials.as_ref(),
+            inherit_output: config.logs.target == LogTarget::Inherit,
+        };
+        let child = spawn::spawn(&req)?;
+        let pid = child.pid;
+        self.workers.insert(
+            pid,
+            WorkerMeta {
+                slot,
+                generation,
+                status: None,
+                rss: None,
+                cpu_ticks: None,
+                cpu_base: None,
+                cpu_percent: None,
+            },
+        );
+        let origin = Origin { name: self.name.clone(), slot, pid: pid.as_raw(), generation };
+        if let Some(out) = child.stdout {
+            self.forward_output(out, Stream::Stdout, origin.clone());
+        }
+        if let Some(err) = child.stderr {
+            self.forward_output(err, Stream::Stderr, origin);
+        }
+        Ok(pid)
+    }
+
+    pub(super) fn forward_output(&self, fd: OwnedFd, stream: Stream, origin: Origin) {
+        tokio::spawn(journal::forward(fd, stream, origin, self.sink.clone()));
+    }
+
+    /// The complete environment of a worker: the master's own (minus what is private to it),
+    /// the config's `env`, then what corral sets. Later entries win.
+    pub(super) fn worker_env(
+        &self,
+        slot: usize,
+        generation: u64,
+        config: &Config,
+        creds: Option<&Credentials>,
+    ) -> Vec<(String, String)> {
+        let mut env: Vec<(String, String)> = self.base_env.clone();
+        if let (Some(c), Some(user)) = (creds, &config.user) {
+            if let Ok(Some(u)) = nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(c.uid)) {
+                env.push(("USER".into(), u.name.clone()));
+                env.push(("LOGNAME".into(), u.name));
+                env.push(("HOME".into(), u.dir.to_string_lossy().into_owned()));
+            } else {
+                env.push(("USER".into(), user.clone()));
+            }
+        }
+        env.extend(config.env.iter().map(|(k, v)| (k.clone(), v.clone())));
+        if !self.sockets.sockets.is_empty() {
+            env.push(("LISTEN_FDS".into(), self.sockets.sockets.len().to_string()));
+            env.push(("LISTEN_FDNAMES".into(), self.sockets.names()));
+        }
+        env.push(("NOTIFY_SOCKET".into(), self.notify.path().to_string_lossy().into_owned()));
+        env.push(("CORRAL_NAME".into(), self.name.to_string()));
+        env.push(("CORRAL_WORKER".into(), slot.to_string()));
+        env.push(("CORRAL_GENERATION".into(), generation.to_string()));
+        if let Some(w) = &config.watchdog {
+            env.push(("WATCHDOG_USEC".into(), w.timeout.0.as_micros().to_string()));
+        }
+        if let Some(var) = &config.instance_var {
+            env.push((var.clone(), slot.to_string()));
+        }
+        // Keep the last value of each name, in first-seen order.
+        let mut seen = std::collections::HashSet::new();
+        let mut out: Vec<(String, String)> = env.into_iter().rev().filter(|(k, _)| seen.insert(k.clone())).collect();
+        out.reverse();
+        out
+    }
+}

@@ -1,0 +1,247 @@
+//! The pool's vocabulary: what goes in ([`Event`]), what comes out ([`Action`], [`Notify`]),
+//! and what a worker is ([`Worker`], [`WorkerState`]). Plain data; the decisions are in `mod.rs`.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::Signal;
+use nix::unistd::Pid;
+
+use crate::config::Config;
+
+pub type SlotId = usize;
+pub type Generation = u64;
+/// Identifies a request whose outcome someone (a CLI client) is waiting for.
+pub type ReplyId = u64;
+
+/// Names a worker from the moment it is asked for, before it has a pid.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct WorkerId(pub u64);
+
+/// How a worker process ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExitStatus {
+    Code(i32),
+    Signaled(i32),
+}
+
+impl fmt::Display for ExitStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ExitStatus::Code(c) => write!(f, "exit code {c}"),
+            ExitStatus::Signaled(s) => match Signal::try_from(*s) {
+                Ok(sig) => write!(f, "signal {}", sig.as_str()),
+                Err(_) => write!(f, "signal {s}"),
+            },
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ScaleRequest {
+    Set(usize),
+    Add(i64),
+}
+
+#[derive(Debug, Clone)]
+pub enum Event {
+    /// Start the first generation.
+    Start,
+    /// The driver forked and exec'd worker `id`.
+    Spawned {
+        id: WorkerId,
+        pid: Pid,
+    },
+    /// The worker could not be started at all (fork or exec failed).
+    SpawnFailed {
+        id: WorkerId,
+        error: String,
+    },
+    /// `READY=1` from this pid (credentials checked by the driver).
+    Ready {
+        pid: Pid,
+    },
+    /// A worker process was reaped.
+    Exited {
+        pid: Pid,
+        status: ExitStatus,
+    },
+    /// `WATCHDOG=1` from this pid.
+    WatchdogPing {
+        pid: Pid,
+    },
+    /// Resident memory of this worker's process group, sampled every `limits.interval`.
+    MemorySample {
+        pid: Pid,
+        rss: u64,
+    },
+    /// A deadline from [`Pool::next_deadline`] has passed.
+    Tick,
+    /// Re-read config: the new one, or why it could not be used.
+    Reload {
+        config: Result<Arc<Config>, String>,
+        reply: Option<ReplyId>,
+    },
+    Scale {
+        request: ScaleRequest,
+        reply: Option<ReplyId>,
+    },
+    /// Graceful stop (SIGTERM/SIGINT). A second one means [`Event::StopNow`].
+    Stop,
+    StopNow,
+}
+
+/// A message for systemd; the driver adds `MONOTONIC_USEC=` to `Reloading`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Notify {
+    Ready,
+    Reloading,
+    Stopping,
+    Status(String),
+    ExtendTimeout(Duration),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Action {
+    Spawn {
+        id: WorkerId,
+        slot: SlotId,
+        generation: Generation,
+        config: Arc<Config>,
+    },
+    /// Signal a worker's process group.
+    Signal {
+        pid: Pid,
+        signal: Signal,
+    },
+    Notify(Vec<Notify>),
+    Reply {
+        to: ReplyId,
+        result: Result<String, String>,
+    },
+    Exit(i32),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StopReason {
+    Replaced,
+    ScaledDown,
+    Obsolete,
+    ReadyTimeout,
+    Watchdog,
+    Shutdown,
+}
+
+/// Why a worker was restarted or replaced; counted for status and metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum RestartReason {
+    /// Exited on its own.
+    Crash,
+    /// Could not be started (exec failed).
+    SpawnFailed,
+    /// Not ready within `ready.timeout`.
+    ReadyTimeout,
+    /// Stopped sending `WATCHDOG=1`.
+    Watchdog,
+    /// Over `limits.memory`.
+    Memory,
+    /// Reached its `recycle.after` age.
+    Recycle,
+}
+
+impl RestartReason {
+    pub const ALL: [RestartReason; 6] = [
+        RestartReason::Crash,
+        RestartReason::SpawnFailed,
+        RestartReason::ReadyTimeout,
+        RestartReason::Watchdog,
+        RestartReason::Memory,
+        RestartReason::Recycle,
+    ];
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RestartReason::Crash => "crash",
+            RestartReason::SpawnFailed => "spawn_failed",
+            RestartReason::ReadyTimeout => "ready_timeout",
+            RestartReason::Watchdog => "watchdog",
+            RestartReason::Memory => "memory",
+            RestartReason::Recycle => "recycle",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WorkerState {
+    /// Asked for; the driver has not reported a pid yet.
+    Spawning,
+    /// Running, not ready yet. `timeout_at`: ready deadline; `ready_at`: when `delay` mode says ready.
+    Starting {
+        timeout_at: Option<Instant>,
+        ready_at: Option<Instant>,
+    },
+    Ready,
+    /// Signalled; SIGKILL at `kill_at` (None once killed).
+    Stopping {
+        reason: StopReason,
+        kill_at: Option<Instant>,
+    },
+}
+
+#[derive(Debug, Clone)]
+pub struct Worker {
+    pub id: WorkerId,
+    pub slot: SlotId,
+    pub generation: Generation,
+    pub pid: Option<Pid>,
+    pub state: WorkerState,
+    pub started: Instant,
+    pub ready_since: Option<Instant>,
+    /// Last `WATCHDOG=1` (the watchdog counts from readiness until the first ping).
+    pub last_ping: Option<Instant>,
+    /// Set when this worker is to be replaced without downtime (memory limit, recycle).
+    pub replace: Option<RestartReason>,
+    /// When `[recycle]` replaces it.
+    pub recycle_at: Option<Instant>,
+}
+
+impl Worker {
+    pub(super) fn is_live(&self) -> bool {
+        !matches!(self.state, WorkerState::Stopping { .. })
+    }
+    pub(super) fn is_ready(&self) -> bool {
+        self.state == WorkerState::Ready
+    }
+    pub(super) fn is_starting(&self) -> bool {
+        matches!(self.state, WorkerState::Spawning | WorkerState::Starting { .. })
+    }
+    /// Alive, of the target generation, and not marked for replacement.
+    pub(super) fn is_current(&self, target: Generation) -> bool {
+        self.is_live() && self.generation == target && self.replace.is_none()
+    }
+}
+
+/// A deterministic number in [0, 1) from a worker id (splitmix64), so `recycle.jitter` spreads
+/// workers without the pool needing a random source.
+pub(super) fn spread(id: WorkerId) -> f64 {
+    let mut z = id.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^= z >> 31;
+    (z >> 11) as f64 / (1u64 << 53) as f64
+}
+
+/// Crash bookkeeping of one slot.
+#[derive(Debug, Clone, Default)]
+pub struct SlotInfo {
+    pub failures: u32,
+    pub not_before: Option<Instant>,
+    pub restarts: u64,
+}
+
+/// The outcome of the last reload, for status reports.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReloadResult {
+    Succeeded(Generation),
+    Failed(String),
+}
