@@ -1,0 +1,136 @@
+//! Config parsing: defaults, every error with its line and column, instance resolution.
+
+use super::*;
+
+fn parse(text: &str) -> Result<Config, ConfigError> {
+    Config::parse(Path::new("/etc/corral/api.toml"), text, 8)
+}
+
+fn err(text: &str) -> String {
+    parse(text).expect_err("config should be rejected").to_string()
+}
+
+#[test]
+fn minimal_config_gets_defaults() {
+    let c = parse("command = [\"node\", \"index.js\"]\n").unwrap();
+    assert_eq!(c.name, "api");
+    assert_eq!(c.instances, 1);
+    assert_eq!(c.ready.mode, ReadyMode::Notify);
+    assert_eq!(c.stop.signal, Sig(Signal::SIGTERM));
+    assert_eq!(c.restart.max_restarts, 15);
+    assert_eq!(c.batch(4), 1);
+}
+
+#[test]
+fn full_config_from_the_spec_parses() {
+    let text = r#"
+name = "myapi"
+command = ["node", "src/index.js"]
+workdir = "/srv/myapi"
+instances = "max"
+user = "myapi"
+env = { NODE_ENV = "production" }
+instance_var = "NODE_APP_INSTANCE"
+listen = ["127.0.0.1:3000", "unix:/run/myapi/http.sock", "8080"]
+[ready]
+mode = "notify"
+timeout = "30s"
+[stop]
+signal = "SIGTERM"
+timeout = "30s"
+[restart]
+delay = "100ms"
+max_delay = "30s"
+min_uptime = "5s"
+max_restarts = 15
+window = "60s"
+[reload]
+batch = "25%"
+[limits]
+memory = "300MiB"
+interval = "5s"
+[watchdog]
+timeout = "10s"
+[recycle]
+after = "24h"
+jitter = "1h"
+[logs]
+target = "auto"
+[metrics]
+listen = "127.0.0.1:9464"
+"#;
+    let c = parse(text).unwrap();
+    assert_eq!(c.instances, 8);
+    assert_eq!(c.batch(8), 2);
+    assert_eq!(c.limits.memory, Some(Size(300 * 1024 * 1024)));
+    assert_eq!(c.listen.len(), 3);
+    assert_eq!(c.listen[2], ListenAddr::Port(8080));
+    assert_eq!(c.recycle.unwrap().after, Dur(Duration::from_secs(86400)));
+}
+
+#[test]
+fn errors_point_at_line_and_column() {
+    let cases: &[(&str, &str)] = &[
+        ("command = [\"x\"]\nbogus = 1\n", "api.toml:2:1: unknown field `bogus`"),
+        ("command = [\"x\"]\ninstances = 0\n", "api.toml:2:13: instances must be at least 1"),
+        ("command = [\"x\"]\ninstances = \"lots\"\n", "api.toml:2:13: invalid instances \"lots\""),
+        ("command = []\n", "api.toml:1:11: command must not be empty"),
+        ("command = \"node x.js\"\n", "api.toml:1:11: command must be an array of strings"),
+        ("command = [\"x\"]\n[stop]\ntimeout = \"soon\"\n", "api.toml:3:11: invalid duration \"soon\""),
+        ("command = [\"x\"]\n[limits]\nmemory = \"lots\"\n", "api.toml:3:10: invalid size \"lots\""),
+        ("command = [\"x\"]\n[stop]\nsignal = \"SIGFOO\"\n", "api.toml:3:10: unknown signal \"SIGFOO\""),
+        ("command = [\"x\"]\n[ready]\nmode = \"soon\"\n", "api.toml:3:8: unknown variant `soon`"),
+        ("command = [\"x\"]\nlisten = [\"nowhere\"]\n", "api.toml:2:11: invalid listen address \"nowhere\""),
+        ("command = [\"x\"]\nworkdir = \"srv\"\n", "api.toml:2:11: workdir must be an absolute path"),
+        ("command = [\"x\"]\nenv = { LISTEN_FDS = \"1\" }\n", "api.toml:2:9: LISTEN_FDS is set by corral"),
+        (
+            "command = [\"x\"]\n[restart]\ndelay = \"10s\"\nmax_delay = \"1s\"\n",
+            "api.toml:4:1: restart.max_delay must not be shorter",
+        ),
+        ("command = [\"x\"]\n[reload]\nbatch = 0\n", "api.toml:3:9: reload.batch must be"),
+        ("name = \"a b\"\ncommand = [\"x\"]\n", "api.toml:1:8: invalid name \"a b\""),
+        ("[ready]\nmode = \"spawn\"\n", "api.toml:1:1: missing `command`"),
+        ("command = [\"x\"\n", "api.toml:1:"),
+    ];
+    for (text, want) in cases {
+        let got = err(text);
+        assert!(got.contains(want), "for {text:?}\n got: {got}\nwant: {want}");
+    }
+}
+
+#[test]
+fn instances_resolve_against_cpus() {
+    let table = [
+        ("1", 4, 1),
+        ("max", 4, 4),
+        ("max-1", 4, 3),
+        ("max-1", 1, 1),
+        ("max-8", 4, 1),
+        ("50%", 4, 2),
+        ("50%", 3, 2),
+        ("50%", 1, 1),
+        ("100%", 2, 2),
+    ];
+    for (spec, cpus, want) in table {
+        let i: Instances = spec.parse().unwrap();
+        assert_eq!(i.resolve(cpus), want, "{spec} on {cpus} cpus");
+    }
+    assert!("0%".parse::<Instances>().is_err());
+    assert!("101%".parse::<Instances>().is_err());
+    assert!("0".parse::<Instances>().is_err());
+}
+
+#[test]
+fn line_col_counts_characters() {
+    assert_eq!(line_col("ab\ncd", 0), (1, 1));
+    assert_eq!(line_col("ab\ncd", 4), (2, 2));
+    assert_eq!(line_col("é=\nx", 2), (1, 2));
+}
+
+#[test]
+fn config_lookup_order() {
+    assert_eq!(locate(Some(Path::new("a.toml")), Some("b.toml"), Some("n")), PathBuf::from("a.toml"));
+    assert_eq!(locate(None, Some("b.toml"), Some("n")), PathBuf::from("b.toml"));
+    assert_eq!(locate(None, None, Some("n")), PathBuf::from("/etc/corral/n.toml"));
+    assert_eq!(locate(None, Some(""), None), PathBuf::from("corral.toml"));
+}
