@@ -62,7 +62,9 @@ pub enum Command {
     },
     /// Change the number of workers at runtime: N, +N or -N (graceful when shrinking).
     Scale {
+        /// Pool name
         name: String,
+        /// New worker count, or a change: 8, +2, -1
         #[arg(allow_hyphen_values = true, value_name = "N|+N|-N")]
         count: String,
     },
@@ -70,6 +72,7 @@ pub enum Command {
     ///
     /// Nothing is overwritten without --force; --dry-run prints the files instead.
     Init {
+        /// Pool name (also the unit and config file names)
         name: String,
         /// Address to listen on (repeatable): 3000, 127.0.0.1:3000, [::1]:3000, unix:/run/x.sock
         #[arg(long, required = true)]
