@@ -266,3 +266,25 @@ mode = "spawn"
     assert!(written(flooder) > before, "the flood went on meanwhile: the master kept reading it");
     assert!(alive(flooder));
 }
+
+#[test]
+fn binary_junk_in_worker_output_breaks_nothing() {
+    let cfg = format!(
+        r#"command = ["sh", "-c", "printf 'before\\n\\377\\376\\000junk\\033[31m\\001after-no-newline'; exec python3 {{worker}} --crash-after 100"]
+listen = ["127.0.0.1:{}"]
+instances = 1
+[restart]
+delay = "10ms"
+max_restarts = 100
+"#,
+        free_port()
+    );
+    let mut m = Master::start("junk", &cfg, Options::default());
+    m.systemd().wait_status("2 restarts");
+    let raw = std::fs::read(&m.log).unwrap();
+    let text = String::from_utf8_lossy(&raw);
+    assert!(text.contains("pool[0]: before\n"), "{text}");
+    // Invalid UTF-8 becomes U+FFFD, the rest of the line (and the line without a newline) arrives.
+    assert!(text.contains("\u{fffd}\u{fffd}\0junk") && text.contains("after-no-newline"), "{text}");
+    assert!(m.running());
+}
