@@ -25,6 +25,9 @@ pub struct Credentials {
     pub uid: libc::uid_t,
     pub gid: libc::gid_t,
     pub groups: Vec<libc::gid_t>,
+    /// For the worker's USER/LOGNAME and HOME.
+    pub name: String,
+    pub home: PathBuf,
 }
 
 impl Credentials {
@@ -43,7 +46,7 @@ impl Credentials {
             .into_iter()
             .map(|g| g.as_raw())
             .collect();
-        Ok(Credentials { uid: u.uid.as_raw(), gid: u.gid.as_raw(), groups })
+        Ok(Credentials { uid: u.uid.as_raw(), gid: u.gid.as_raw(), groups, name: u.name, home: u.dir })
     }
 }
 

@@ -52,8 +52,6 @@ pub enum StartError {
 /// What the driver knows about a live worker process.
 #[derive(Debug, Clone)]
 struct WorkerMeta {
-    slot: usize,
-    generation: u64,
     /// The worker's own `STATUS=`.
     status: Option<String>,
     /// Last /proc sample: RSS bytes and CPU ticks of the process group.
@@ -329,15 +327,9 @@ impl Driver {
                 Ok(WaitStatus::StillAlive) | Err(_) => return,
                 Ok(_) => continue,
             };
-            if let Some(meta) = self.workers.remove(&pid) {
+            if self.workers.remove(&pid).is_some() {
                 // Whatever the worker left behind in its process group goes with it.
                 let _ = killpg(pid, Signal::SIGKILL);
-                tracing::debug!(
-                    slot = meta.slot,
-                    pid = pid.as_raw(),
-                    generation = meta.generation,
-                    "reaped worker ({status})"
-                );
                 self.dispatch(Event::Exited { pid, status });
             } else {
                 tracing::debug!(pid = pid.as_raw(), "reaped a stray process ({status})");

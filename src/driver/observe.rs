@@ -66,9 +66,7 @@ impl Driver {
             })
             .collect();
         workers.sort_by_key(|w| (w.slot, w.generation));
-        let ready = (0..self.pool.desired())
-            .filter(|slot| self.pool.workers().iter().any(|w| w.slot == *slot && w.state == WorkerState::Ready))
-            .count();
+        let ready = self.pool.ready_slots();
         let (reloads_succeeded, reloads_failed) = self.pool.reload_counts();
         PoolStatus {
             name: self.name.to_string(),

@@ -44,18 +44,8 @@ impl Driver {
         };
         let child = spawn::spawn(&req)?;
         let pid = child.pid;
-        self.workers.insert(
-            pid,
-            WorkerMeta {
-                slot,
-                generation,
-                status: None,
-                rss: None,
-                cpu_ticks: None,
-                cpu_base: None,
-                cpu_percent: None,
-            },
-        );
+        self.workers
+            .insert(pid, WorkerMeta { status: None, rss: None, cpu_ticks: None, cpu_base: None, cpu_percent: None });
         let origin = Origin { name: self.name.clone(), slot, pid: pid.as_raw(), generation };
         if let Some(out) = child.stdout {
             self.forward_output(out, Stream::Stdout, origin.clone());
@@ -80,14 +70,10 @@ impl Driver {
         creds: Option<&Credentials>,
     ) -> Vec<(String, String)> {
         let mut env: Vec<(String, String)> = self.base_env.clone();
-        if let (Some(c), Some(user)) = (creds, &config.user) {
-            if let Ok(Some(u)) = nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(c.uid)) {
-                env.push(("USER".into(), u.name.clone()));
-                env.push(("LOGNAME".into(), u.name));
-                env.push(("HOME".into(), u.dir.to_string_lossy().into_owned()));
-            } else {
-                env.push(("USER".into(), user.clone()));
-            }
+        if let Some(c) = creds {
+            env.push(("USER".into(), c.name.clone()));
+            env.push(("LOGNAME".into(), c.name.clone()));
+            env.push(("HOME".into(), c.home.to_string_lossy().into_owned()));
         }
         env.extend(config.env.iter().map(|(k, v)| (k.clone(), v.clone())));
         if !self.sockets.sockets.is_empty() {

@@ -152,6 +152,10 @@ impl Pool {
         self.workers.iter().find(|w| w.pid == Some(pid))
     }
 
+    /// Slots (of the desired ones) that have a ready worker: what "4/4 ready" counts.
+    pub fn ready_slots(&self) -> usize {
+        (0..self.desired).filter(|slot| self.workers.iter().any(|w| w.slot == *slot && w.is_ready())).count()
+    }
     pub fn ready_count(&self) -> usize {
         self.workers.iter().filter(|w| w.is_ready()).count()
     }
@@ -283,8 +287,7 @@ impl Pool {
         if let Phase::Stopping { .. } | Phase::Exited = self.phase {
             return format!("Stopping: {} workers left", self.workers.len());
         }
-        let ready =
-            (0..self.desired).filter(|slot| self.workers.iter().any(|w| w.slot == *slot && w.is_ready())).count();
+        let ready = self.ready_slots();
         let restarts = match self.restarts_total {
             1 => "1 restart".to_string(),
             n => format!("{n} restarts"),
