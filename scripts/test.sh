@@ -1,17 +1,30 @@
 #!/usr/bin/env bash
-# Run corral's whole test suite: unit tests (pool state machine, config, protocols) and
-# integration tests that start the real binary with real processes, sockets and signals.
-# Installs what the tests need first (Debian packages; needs root or sudo when something is
-# missing).
+# Run corral's whole test suite: unit tests (pool state machine, config, protocols, fuzz targets),
+# integration tests that start the real binary with real processes, sockets and signals, and the
+# end-to-end tests under a booted systemd (systemd-nspawn).
+#
+#   bash scripts/test.sh                 everything (about 5 minutes on 2 cores once images exist)
+#   bash scripts/test.sh --lib           only what follows is passed to `cargo test`, e.g.
+#   bash scripts/test.sh --test e2e      one integration test file
+#
+# What it does to the machine (root, or sudo when something is missing):
+# - installs Debian packages the tests use, once: systemd (systemd-socket-activate, journald),
+#   util-linux, mandoc, python3-prometheus-client (Debian's python3 runs the test worker and
+#   validates /metrics: no pip), mmdebstrap and systemd-container (the E2E images);
+# - builds Debian root filesystems for the E2E tests into /var/cache/corral-e2e (about 260 MB
+#   each for bookworm and trixie, kept between runs; delete the folder to reclaim the space).
+#   The E2E tests need a machine where systemd-nspawn can boot a container.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 need=()
 command -v systemd-socket-activate >/dev/null || need+=(systemd)   # acts as systemd in tests
 [ -x /usr/bin/python3 ] || need+=(python3)                           # test worker, run as `nobody` too
+/usr/bin/python3 -c 'import prometheus_client' 2>/dev/null || need+=(python3-prometheus-client)
 command -v taskset >/dev/null || need+=(util-linux)                  # CPU affinity, setpriv, unshare
 command -v mandoc >/dev/null || need+=(mandoc)                       # man page lint
-# (tests/e2e/image.sh installs mmdebstrap and systemd-container for the E2E test itself)
+command -v mmdebstrap >/dev/null || need+=(mmdebstrap)               # E2E images
+command -v systemd-nspawn >/dev/null || need+=(systemd-container)    # E2E boots
 if [ ${#need[@]} -gt 0 ]; then
   echo "installing test dependencies: ${need[*]}"
   sudo=""; [ "$(id -u)" -eq 0 ] || sudo="sudo"
@@ -19,11 +32,18 @@ if [ ${#need[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -q --no-install-recommends "${need[@]}"
 fi
 
-# Python's reference Prometheus parser validates /metrics in the tests.
-python3 -c 'import prometheus_client' 2>/dev/null || python3 -m pip install -q prometheus_client
+# The tests run `python3`: make it Debian's, whatever else is first on PATH (a pyenv or venv
+# Python would hide a missing Debian package).
+mkdir -p target/test-bin
+ln -sfn /usr/bin/python3 target/test-bin/python3
+export PATH="$PWD/target/test-bin:$PATH"
 
-# Everything: unit tests, integration tests, and the examples (built, so they cannot rot). The
-# last line totals every suite's "test result" line.
-set -o pipefail
-cargo test --locked --all-targets "$@" 2>&1 |
-  awk '{ print } /^test result:/ { passed += $4; failed += $6 } END { printf "%d passed, %d failed\n", passed, failed }'
+# Everything by default: unit tests, integration tests, and the examples (built, so they cannot
+# rot). --no-fail-fast: every suite runs even when one fails, so the total below is complete.
+args=("$@")
+[ ${#args[@]} -gt 0 ] || args=(--all-targets)
+status=0
+cargo test --locked --no-fail-fast "${args[@]}" 2>&1 |
+  awk '{ print } /^test result:/ { passed += $4; failed += $6 } END { printf "%d passed, %d failed\n", passed, failed }' ||
+  status=$?
+exit "$status"

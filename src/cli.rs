@@ -32,6 +32,7 @@ pub enum Command {
         #[arg(short, long, value_name = "FILE")]
         config: Option<PathBuf>,
         /// Pool name, to check /etc/corral/NAME.toml
+        #[arg(value_parser = pool_name)]
         name: Option<String>,
     },
     /// Show each worker: slot, pid, generation, state, uptime, restarts, RSS, CPU.
@@ -39,6 +40,7 @@ pub enum Command {
     /// Without NAME, every pool running on this machine (that you may see) is listed.
     Status {
         /// Pool name (the config's `name`)
+        #[arg(value_parser = pool_name)]
         name: Option<String>,
         /// Machine-readable output (one object for a NAME, else an array)
         #[arg(long)]
@@ -50,6 +52,7 @@ pub enum Command {
     /// new release failed (the old generation keeps serving). This is what ExecReload= calls.
     Reload {
         /// Pool name [default: the `name` of the config found by -c, $CORRAL_CONFIG or ./corral.toml]
+        #[arg(value_parser = pool_name)]
         name: Option<String>,
         /// Return once the reload has started
         #[arg(long)]
@@ -63,6 +66,7 @@ pub enum Command {
     /// Change the number of workers at runtime: N, +N or -N (graceful when shrinking).
     Scale {
         /// Pool name
+        #[arg(value_parser = pool_name)]
         name: String,
         /// New worker count, or a change: 8, +2, -1
         #[arg(allow_hyphen_values = true, value_name = "N|+N|-N")]
@@ -73,6 +77,7 @@ pub enum Command {
     /// Nothing is overwritten without --force; --dry-run prints the files instead.
     Init {
         /// Pool name (also the unit and config file names)
+        #[arg(value_parser = pool_name)]
         name: String,
         /// Address to listen on (repeatable): 3000, 127.0.0.1:3000, [::1]:3000, unix:/run/x.sock
         #[arg(long, required = true)]
@@ -104,4 +109,9 @@ pub enum Command {
     /// Write the man pages into DIR (used when packaging).
     #[command(hide = true)]
     Manpages { dir: PathBuf },
+}
+
+/// Every NAME on the command line follows the config's pool-name rule: it becomes a path.
+fn pool_name(s: &str) -> Result<String, String> {
+    crate::config::check_pool_name(s)
 }

@@ -40,12 +40,7 @@ fn toml_str(s: &str) -> String {
 
 /// The config, socket and service files for `req`, validated but not written.
 pub fn render(req: &InitRequest) -> Result<Vec<File>, String> {
-    let valid_name = !req.name.is_empty()
-        && req.name.len() <= 64
-        && req.name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.@".contains(c));
-    if !valid_name {
-        return Err(format!("invalid pool name {:?}: use 1-64 letters, digits, '-', '_', '.' or '@'", req.name));
-    }
+    crate::config::check_pool_name(&req.name)?;
     if req.command.is_empty() {
         return Err("give the worker command after `--`, like: corral init myapi --listen 3000 -- node index.js".into());
     }

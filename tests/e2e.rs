@@ -1,5 +1,5 @@
 //! End to end under a real, booted systemd (Debian bookworm in systemd-nspawn; see
-//! ../shared/E2E.md): `corral init`, socket activation on the first connection, Type=notify
+//! tests/e2e/README.md): `corral init`, socket activation on the first connection, Type=notify
 //! READY/STATUS, `systemctl reload` succeeding and failing, journald fields, clean stop.
 //! The scenarios are tests/e2e/inside*.sh; images are built once by tests/e2e/image.sh. A second
 //! scenario runs on Debian trixie (systemd 257) with `Type=notify-reload`.

@@ -94,9 +94,9 @@ impl Default for Restart {
     fn default() -> Self {
         Restart {
             delay: Dur(Duration::from_millis(100)),
-            max_delay: Dur(Duration::from_secs(30)),
+            max_delay: Dur(Duration::from_secs(10)),
             min_uptime: Dur(Duration::from_secs(5)),
-            max_restarts: 15,
+            max_restarts: 10,
             window: Dur(Duration::from_secs(60)),
         }
     }
@@ -227,6 +227,55 @@ pub struct Config {
     pub metrics: Option<Metrics>,
 }
 
+/// The most a config file may hold; anything bigger is not a config.
+pub const MAX_CONFIG_BYTES: u64 = 1024 * 1024;
+
+/// The shortest `limits.interval`: sampling reads /proc for every worker's processes.
+pub const MIN_LIMITS_INTERVAL: Duration = Duration::from_millis(100);
+
+/// Read a config file: a regular file (following symlinks, as a `current` link needs) of at most
+/// [`MAX_CONFIG_BYTES`]. A FIFO, a device or a directory is refused without blocking on it.
+fn read_config_file(path: &Path) -> Result<String, String> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    // O_NONBLOCK: opening a FIFO for reading must not wait for a writer.
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(path)
+        .map_err(|e| format!("cannot read config: {e}"))?;
+    let meta = file.metadata().map_err(|e| format!("cannot read config: {e}"))?;
+    if !meta.is_file() {
+        return Err("cannot read config: not a regular file".into());
+    }
+    if meta.len() > MAX_CONFIG_BYTES {
+        return Err(format!("config is {} bytes, more than the {MAX_CONFIG_BYTES} a config may have", meta.len()));
+    }
+    let mut bytes = Vec::new();
+    file.take(MAX_CONFIG_BYTES + 1).read_to_end(&mut bytes).map_err(|e| format!("cannot read config: {e}"))?;
+    if bytes.len() as u64 > MAX_CONFIG_BYTES {
+        return Err(format!("config is more than the {MAX_CONFIG_BYTES} bytes a config may have"));
+    }
+    String::from_utf8(bytes).map_err(|_| "cannot read config: it is not UTF-8 text".into())
+}
+
+/// A pool name as it may appear in paths and unit names: 1-64 ASCII letters, digits, `-`, `_`,
+/// `.` or `@`, starting with a letter, digit or `_` (so never `.`, `..`, a hidden name or an
+/// option). The same rule holds for `name =`, `corral init` and every CLI command taking a NAME.
+pub fn check_pool_name(name: &str) -> Result<String, String> {
+    let valid = !name.is_empty()
+        && name.len() <= 64
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.@".contains(c))
+        && name.starts_with(|c: char| c.is_ascii_alphanumeric() || c == '_');
+    if valid {
+        Ok(name.to_string())
+    } else {
+        Err(format!(
+            "invalid pool name {name:?}: use 1-64 letters, digits, '-', '_', '.' or '@', starting with a letter, digit or '_'"
+        ))
+    }
+}
+
 /// Variables corral sets itself; a config may not override them.
 const RESERVED_ENV: &[&str] =
     &["LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES", "NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID"];
@@ -234,11 +283,11 @@ const RESERVED_ENV: &[&str] =
 impl Config {
     /// Read and validate `path`, resolving `instances` against the CPUs this process may use.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+        let text = read_config_file(path).map_err(|message| ConfigError {
             path: path.to_owned(),
             line: 1,
             col: 1,
-            message: format!("cannot read config: {e}"),
+            message,
         })?;
         Config::parse(path, &text, usable_cpus())
     }
@@ -255,19 +304,18 @@ impl Config {
     fn from_raw(path: &Path, text: &str, raw: RawConfig, cpus: usize) -> Result<Config, ConfigError> {
         let err = |span: Range<usize>, msg: String| ConfigError::at(path, text, Some(span), msg);
         let name = match raw.name {
-            Some(n) => {
-                let valid = !n.get_ref().is_empty()
-                    && n.get_ref().len() <= 64
-                    && n.get_ref().chars().all(|c| c.is_ascii_alphanumeric() || "-_.@".contains(c));
-                if !valid {
-                    return Err(err(
-                        n.span(),
-                        format!("invalid name {:?}: use 1-64 letters, digits, '-', '_', '.' or '@'", n.get_ref()),
-                    ));
-                }
-                n.into_inner()
+            Some(n) => check_pool_name(n.get_ref()).map_err(|e| err(n.span(), e))?,
+            None => {
+                let stem = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+                check_pool_name(&stem).map_err(|e| {
+                    ConfigError::at(
+                        path,
+                        text,
+                        None,
+                        format!("the file name gives no valid pool name ({e}): set `name = \"...\"`"),
+                    )
+                })?
             }
-            None => path.file_stem().and_then(|s| s.to_str()).unwrap_or("corral").to_string(),
         };
         let workdir = match raw.workdir {
             Some(w) if !w.get_ref().is_absolute() => {
@@ -297,37 +345,28 @@ impl Config {
                 return Err(err(user.span(), "user must not be empty".into()));
             }
         }
+        // Checks that involve more than one value, or a bound on a shared type, point at the
+        // value itself: its span comes from a second, span-keeping parse of the same text.
+        let at = |keys: &[&str], msg: &str| ConfigError::at(path, text, value_span(text, keys), msg);
         let r = &raw.restart;
         if r.max_delay < r.delay {
-            return Err(ConfigError::at(
-                path,
-                text,
-                find_key(text, "max_delay"),
-                "restart.max_delay must not be shorter than restart.delay",
-            ));
+            return Err(at(&["restart", "max_delay"], "restart.max_delay must not be shorter than restart.delay"));
         }
         if r.window.0.is_zero() {
-            return Err(ConfigError::at(path, text, find_key(text, "window"), "restart.window must be longer than 0"));
+            return Err(at(&["restart", "window"], "restart.window must be longer than 0"));
         }
         if raw.ready.timeout.0.is_zero() {
-            return Err(ConfigError::at(path, text, find_key(text, "timeout"), "ready.timeout must be longer than 0"));
+            return Err(at(&["ready", "timeout"], "ready.timeout must be longer than 0"));
         }
-        if raw.limits.interval.0.is_zero() {
-            return Err(ConfigError::at(
-                path,
-                text,
-                find_key(text, "interval"),
-                "limits.interval must be longer than 0",
+        if raw.limits.interval.0 < MIN_LIMITS_INTERVAL {
+            return Err(at(
+                &["limits", "interval"],
+                "limits.interval must be at least 100ms (each check reads /proc for every worker)",
             ));
         }
         if let Some(w) = &raw.watchdog {
             if w.timeout.0 < Duration::from_millis(10) {
-                return Err(ConfigError::at(
-                    path,
-                    text,
-                    find_key(text, "timeout"),
-                    "watchdog.timeout must be at least 10ms",
-                ));
+                return Err(at(&["watchdog", "timeout"], "watchdog.timeout must be at least 10ms"));
             }
         }
         let Some(command) = raw.command else {
@@ -372,20 +411,21 @@ impl Config {
     }
 }
 
-/// Byte span of the first `key =` in `text`, for errors about values checked after parsing.
-fn find_key(text: &str, key: &str) -> Option<Range<usize>> {
-    let mut offset = 0;
-    for line in text.split_inclusive('\n') {
-        let trimmed = line.trim_start();
-        if let Some(rest) = trimmed.strip_prefix(key) {
-            if rest.trim_start().starts_with('=') {
-                let start = offset + (line.len() - trimmed.len());
-                return Some(start..start + key.len());
-            }
+/// Byte span of the value at `keys` (a table path like `["watchdog", "timeout"]`), found by the
+/// parser itself, so it is right whatever the layout: dotted keys, inline tables, the same key
+/// name in several tables.
+fn value_span(text: &str, keys: &[&str]) -> Option<Range<usize>> {
+    let doc = toml::de::DeTable::parse(text).ok()?;
+    let mut table = doc.get_ref();
+    let (last, parents) = keys.split_last()?;
+    for key in parents {
+        let (_, v) = table.iter().find(|(k, _)| k.get_ref() == key)?;
+        match v.get_ref() {
+            toml::de::DeValue::Table(t) => table = t,
+            _ => return None,
         }
-        offset += line.len();
     }
-    None
+    table.iter().find(|(k, _)| k.get_ref() == last).map(|(_, v)| v.span())
 }
 
 /// CPUs this process may run on: the affinity mask and the cgroup CPU quota (std reads both).

@@ -21,14 +21,14 @@ pub enum Instances {
 }
 
 impl Instances {
-    /// The worker count for `cpus` usable CPUs; never below 1.
+    /// The worker count for `cpus` usable CPUs; between 1 and [`MAX_INSTANCES`].
     pub fn resolve(self, cpus: usize) -> usize {
         let n = match self {
             Instances::Fixed(n) => n,
             Instances::MaxMinus(k) => cpus.saturating_sub(k),
-            Instances::Percent(p) => (cpus * p as usize).div_ceil(100),
+            Instances::Percent(p) => cpus.saturating_mul(p as usize).div_ceil(100),
         };
-        n.max(1)
+        n.clamp(1, MAX_INSTANCES)
     }
 }
 
@@ -61,6 +61,8 @@ impl Instances {
     fn fixed(n: usize) -> Result<Self, String> {
         if n == 0 {
             Err("instances must be at least 1".into())
+        } else if n > MAX_INSTANCES {
+            Err(format!("instances = {n} is more than corral runs in one pool (at most {MAX_INSTANCES})"))
         } else {
             Ok(Instances::Fixed(n))
         }
@@ -82,7 +84,7 @@ impl<'de> Deserialize<'de> for Instances {
             .map_err(|_| de::Error::custom("instances must be a number or a string like \"max\", \"max-1\", \"50%\""))?
         {
             Raw::N(n) if n < 1 => Err(de::Error::custom("instances must be at least 1")),
-            Raw::N(n) => Instances::fixed(n as usize).map_err(de::Error::custom),
+            Raw::N(n) => Instances::fixed(usize::try_from(n).unwrap_or(usize::MAX)).map_err(de::Error::custom),
             Raw::S(s) => s.parse().map_err(de::Error::custom),
         }
     }
@@ -99,18 +101,18 @@ impl Batch {
     pub fn resolve(self, instances: usize) -> usize {
         match self {
             Batch::Count(n) => n,
-            Batch::Percent(p) => (instances * p as usize).div_ceil(100),
+            Batch::Percent(p) => instances.saturating_mul(p as usize).div_ceil(100),
         }
-        .max(1)
+        .clamp(1, MAX_INSTANCES)
     }
 }
 
 impl<'de> Deserialize<'de> for Batch {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         use NumOrStr as Raw;
-        let msg = "reload.batch must be a number of workers (at least 1) or a percentage like \"25%\"";
+        let msg = "reload.batch must be a number of workers (1 to 1024) or a percentage like \"25%\"";
         match Raw::deserialize(d).map_err(|_| de::Error::custom(msg))? {
-            Raw::N(n) if n >= 1 => Ok(Batch::Count(n as usize)),
+            Raw::N(n) if (1..=MAX_INSTANCES as i64).contains(&n) => Ok(Batch::Count(n as usize)),
             Raw::S(s) => match s.trim().strip_suffix('%').map(|p| p.trim().parse::<u32>()) {
                 Some(Ok(p)) if (1..=100).contains(&p) => Ok(Batch::Percent(p)),
                 _ => Err(de::Error::custom(msg)),
@@ -120,7 +122,14 @@ impl<'de> Deserialize<'de> for Batch {
     }
 }
 
-/// A duration written like `500ms`, `30s`, `1h 30m`.
+/// The longest duration any setting takes: 366 days (so `"1y"` fits). Every deadline the pool
+/// computes is a time plus at most this, which can never overflow.
+pub const MAX_DURATION: Duration = Duration::from_secs(366 * 24 * 3600);
+
+/// The most workers a pool may have (`instances`, `corral scale`, `reload.batch`).
+pub const MAX_INSTANCES: usize = 1024;
+
+/// A duration written like `500ms`, `30s`, `1h 30m`; at most [`MAX_DURATION`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Dur(pub Duration);
 
@@ -128,9 +137,13 @@ impl<'de> Deserialize<'de> for Dur {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let s = String::deserialize(d)
             .map_err(|_| de::Error::custom("expected a duration as a string, like \"500ms\", \"30s\" or \"1h\""))?;
-        humantime::parse_duration(s.trim()).map(Dur).map_err(|e| {
+        let d = humantime::parse_duration(s.trim()).map_err(|e| {
             de::Error::custom(format!("invalid duration {s:?}: {e} (write it like \"500ms\", \"30s\", \"1h\")"))
-        })
+        })?;
+        if d > MAX_DURATION {
+            return Err(de::Error::custom(format!("duration {s:?} is too long: the most any setting takes is 366d")));
+        }
+        Ok(Dur(d))
     }
 }
 

@@ -22,8 +22,10 @@ impl Pool {
         }
         w.state = match ready.mode {
             ReadyMode::Spawn => WorkerState::Starting { timeout_at: None, ready_at: None },
-            ReadyMode::Delay => WorkerState::Starting { timeout_at: None, ready_at: Some(now + ready.delay.0) },
-            ReadyMode::Notify => WorkerState::Starting { timeout_at: Some(now + ready.timeout.0), ready_at: None },
+            ReadyMode::Delay => WorkerState::Starting { timeout_at: None, ready_at: Some(later(now, ready.delay.0)) },
+            ReadyMode::Notify => {
+                WorkerState::Starting { timeout_at: Some(later(now, ready.timeout.0)), ready_at: None }
+            }
         };
         tracing::info!(slot = w.slot, pid = pid.as_raw(), generation = w.generation, "worker started");
         if ready.mode == ReadyMode::Spawn {
@@ -39,9 +41,12 @@ impl Pool {
         let w = &mut self.workers[i];
         w.state = WorkerState::Ready;
         w.ready_since = Some(now);
+        self.failures_since_ready = 0;
         if let Some(r) = &config.recycle {
+            // after ± jitter, spread over the workers.
             let offset = r.jitter.0.mul_f64(spread(w.id) * 2.0);
-            w.recycle_at = Some((now + r.after.0 + offset).checked_sub(r.jitter.0).unwrap_or(now + r.after.0));
+            let at = later(later(now, r.after.0), offset);
+            w.recycle_at = Some(at.checked_sub(r.jitter.0).unwrap_or(at));
         }
         tracing::info!(slot = w.slot, pid = w.pid.map(Pid::as_raw), generation = w.generation, "worker ready");
     }
@@ -148,7 +153,7 @@ impl Pool {
                     if let Some(pid) = w.pid {
                         out.push(Action::Signal { pid, signal: Signal::SIGABRT });
                     }
-                    let kill_at = Some(now + config.stop.timeout.0);
+                    let kill_at = Some(later(now, config.stop.timeout.0));
                     self.workers[i].state = WorkerState::Stopping { reason: StopReason::Watchdog, kill_at };
                     let pid = w.pid.map_or_else(String::new, |p| format!(" (pid {p})"));
                     let reason = format!("worker {}{pid} sent no WATCHDOG=1 for {after}", w.slot);
@@ -183,7 +188,7 @@ impl Pool {
     /// When the watchdog of a ready worker expires, if its generation has one.
     pub(super) fn watchdog_due(&self, w: &Worker) -> Option<Instant> {
         let timeout = self.configs[&w.generation].watchdog.as_ref()?.timeout.0;
-        Some(w.last_ping.or(w.ready_since)? + timeout)
+        Some(later(w.last_ping.or(w.ready_since)?, timeout))
     }
 
     /// A worker died or failed to start when nobody asked it to.
@@ -210,15 +215,24 @@ impl Pool {
         slot.restarts += 1;
         let exp = slot.failures.saturating_sub(1).min(30);
         let delay = restart.delay.0.saturating_mul(1u32 << exp).min(restart.max_delay.0);
-        slot.not_before = Some(now + delay);
+        slot.not_before = Some(later(now, delay));
         self.restarts_total += 1;
+        self.failures_since_ready = self.failures_since_ready.saturating_add(1);
         self.crashes.push_back(now);
         while self.crashes.front().is_some_and(|t| now.saturating_duration_since(*t) > restart.window.0) {
             self.crashes.pop_front();
         }
         if aborts_reload {
             self.abort_reload(reason, out);
-        } else if self.crashes.len() > restart.max_restarts as usize && self.ready_count() == 0 {
+        } else if self.ready_count() == 0 && self.failures_since_ready > restart.max_restarts {
+            // Whatever the backoff: every failure counts, so a pool that never gets a worker
+            // ready always gives up, and systemd's Restart=/OnFailure= take over.
+            tracing::error!(
+                "giving up: {} failed starts in a row and no worker is ready (last: {reason})",
+                self.failures_since_ready
+            );
+            self.begin_stop(now, 1, out);
+        } else if self.ready_count() == 0 && self.crashes.len() > restart.max_restarts as usize {
             tracing::error!(
                 "giving up: {} restarts within {} and no worker is ready (last: {reason})",
                 self.crashes.len(),

@@ -29,7 +29,7 @@ use std::time::{Duration, Instant};
 
 use nix::unistd::Pid;
 
-use crate::config::{Config, ReadyMode};
+use crate::config::{Config, ReadyMode, MAX_INSTANCES};
 
 mod lifecycle;
 mod reconcile;
@@ -69,6 +69,9 @@ pub struct Pool {
     phase: Phase,
     announced_ready: bool,
     crashes: VecDeque<Instant>,
+    /// Failed starts and crashes since a worker was last ready (or since start): the give-up
+    /// count, like systemd's `StartLimitBurst=` counts starts.
+    failures_since_ready: u32,
     restarts_total: u64,
     restarts_by_reason: BTreeMap<RestartReason, u64>,
     reloads: (u64, u64),
@@ -94,6 +97,7 @@ impl Pool {
             phase: Phase::Running,
             announced_ready: false,
             crashes: VecDeque::new(),
+            failures_since_ready: 0,
             restarts_total: 0,
             restarts_by_reason: BTreeMap::new(),
             reloads: (0, 0),

@@ -18,7 +18,7 @@ impl Pool {
             }
         }
         let longest = self.workers.iter().map(|w| self.configs[&w.generation].stop.timeout.0).max().unwrap_or_default();
-        out.push(Action::Notify(vec![Notify::Stopping, Notify::ExtendTimeout(longest + EXTEND_MARGIN)]));
+        out.push(Action::Notify(vec![Notify::Stopping, Notify::ExtendTimeout(longest.saturating_add(EXTEND_MARGIN))]));
         for i in 0..self.workers.len() {
             if self.workers[i].is_live() {
                 self.stop_worker(now, i, StopReason::Shutdown, out);
@@ -47,7 +47,7 @@ impl Pool {
         match w.pid {
             Some(pid) => {
                 out.push(Action::Signal { pid, signal: stop.signal.0 });
-                w.state = WorkerState::Stopping { reason, kill_at: Some(now + stop.timeout.0) };
+                w.state = WorkerState::Stopping { reason, kill_at: Some(later(now, stop.timeout.0)) };
             }
             // Not forked yet: it will be stopped the moment it is (see `on_spawned`).
             None => w.state = WorkerState::Stopping { reason, kill_at: Some(now) },

@@ -95,13 +95,19 @@ impl Pool {
             Err("the pool is stopping".to_string())
         } else {
             let n = match request {
-                ScaleRequest::Set(n) => n as i64,
-                ScaleRequest::Add(d) => self.desired as i64 + d,
+                ScaleRequest::Set(n) => i64::try_from(n).unwrap_or(i64::MAX),
+                ScaleRequest::Add(d) => i64::try_from(self.desired).unwrap_or(i64::MAX).saturating_add(d),
             };
-            let n = n.clamp(1, 4096) as usize;
-            tracing::info!("scaling from {} to {n} workers", self.desired);
-            self.desired = n;
-            Ok(format!("scaled to {n} workers"))
+            let max = MAX_INSTANCES as i64;
+            if n > max {
+                Err(format!("a pool runs at most {max} workers: {n} refused, still {} workers", self.desired))
+            } else {
+                // Shrinking below one worker stops at one (`-1` on a single worker is a no-op).
+                let n = n.max(1) as usize;
+                tracing::info!("scaling from {} to {n} workers", self.desired);
+                self.desired = n;
+                Ok(format!("scaled to {n} workers"))
+            }
         };
         if let Some(to) = reply {
             out.push(Action::Reply { to, result });

@@ -214,17 +214,56 @@ fn does_not_give_up_while_another_worker_is_ready() {
 }
 
 #[test]
-fn failures_outside_the_window_are_forgotten() {
+fn failures_outside_the_window_are_forgotten_once_a_worker_was_ready() {
     let mut sim = Sim::new(config(&BASE.replace("instances = 2", "instances = 1")));
     sim.step(0, Event::Start);
     let mut pid = 100;
     for i in 0..20u64 {
-        // One failure every 20s: never more than 3 in a 60s window.
+        // One crash every 20s of a worker that was ready: never more than 3 in a 60s window,
+        // and each readiness starts the count of failed starts afresh.
         let t = i * 20_000;
+        sim.step(t + 5, ready(pid));
         assert!(!sim.step(t + 10, exited(pid, 1)).contains(&"exit 1".to_string()));
         sim.step(t + 5_000, Event::Tick);
         pid = sim.next_pid - 1;
     }
+}
+
+#[test]
+fn a_pool_that_is_never_ready_gives_up_however_slowly_it_fails() {
+    // One failure every 20s never fills the 60s window, yet max_restarts (5) failed starts in a
+    // row with no worker ever ready is a crash loop: the 6th failure gives up.
+    let mut sim = Sim::new(config(&BASE.replace("instances = 2", "instances = 1")));
+    sim.step(0, Event::Start);
+    let mut pid = 100;
+    for i in 0..6u64 {
+        let t = i * 20_000;
+        let got = sim.step(t + 10, exited(pid, 1));
+        assert_eq!(got.contains(&"exit 1".to_string()), i == 5, "failure {} at {t}ms: {got:?}", i + 1);
+        sim.step(t + 5_000, Event::Tick);
+        pid = sim.next_pid - 1;
+    }
+}
+
+#[test]
+fn give_up_with_the_default_restart_settings_within_about_a_minute() {
+    let mut sim = Sim::new(config("command = [\"worker\"]\n"));
+    sim.step(0, Event::Start);
+    let mut now = 0;
+    for failure in 1..=100 {
+        // The worker exits 10ms after each start; the next start comes at the slot's deadline.
+        let pid = sim.next_pid - 1;
+        let got = sim.step(now + 10, exited(pid, 1));
+        if got.contains(&"exit 1".to_string()) {
+            assert_eq!(failure, 11, "defaults: max_restarts = 10, so the 11th failure gives up");
+            assert!(now < 60_000, "gave up only after {now}ms");
+            return;
+        }
+        let next = sim.pool.next_deadline().expect("a restart is due");
+        now = next.duration_since(sim.t0).as_millis() as u64;
+        sim.step(now, Event::Tick);
+    }
+    panic!("never gave up");
 }
 
 #[test]
@@ -627,4 +666,135 @@ fn reload_counts_are_kept() {
     sim.step(1_200, ready(103));
     sim.step(2_000, Event::Reload { config: Err("bad".into()), reply: None });
     assert_eq!(sim.pool.reload_counts(), (1, 1));
+}
+
+/// A duration as a config may spell it: ordinary, at the bounds, and far beyond them.
+fn any_duration() -> impl Strategy<Value = String> {
+    prop_oneof![
+        Just("0s".to_string()),
+        Just("1ns".to_string()),
+        Just("10ms".to_string()),
+        Just("100ms".to_string()),
+        Just("5s".to_string()),
+        Just("366d".to_string()),
+        Just("367d".to_string()),
+        Just("18446744073709551615s".to_string()),
+        Just("584542046090y".to_string()),
+        (0u64..u64::MAX, prop::sample::select(vec!["ns", "ms", "s", "m", "h", "d"]))
+            .prop_map(|(n, u)| format!("{n}{u}")),
+        (0u64..100_000, prop::sample::select(vec!["ms", "s"])).prop_map(|(n, u)| format!("{n}{u}")),
+    ]
+}
+
+fn any_count() -> impl Strategy<Value = String> {
+    prop_oneof![
+        8 => (0i64..12).prop_map(|n| n.to_string()),
+        1 => prop::sample::select(vec![1024i64, 1025, 100_000]).prop_map(|n| n.to_string()),
+        1 => Just(i64::MAX.to_string()),
+        1 => Just("\"max\"".to_string()),
+        1 => Just("\"max-3\"".to_string()),
+        2 => (0u32..150).prop_map(|p| format!("\"{p}%\"")),
+    ]
+}
+
+/// Config texts: every duration and count setting drawn from `any_duration`/`any_count`.
+fn any_config() -> impl Strategy<Value = String> {
+    (
+        any_count(),
+        prop::sample::select(vec!["notify", "spawn", "delay"]),
+        prop::collection::vec(any_duration(), 11),
+        any_count(),
+        (0u32..40, any::<bool>(), any::<bool>()),
+    )
+        .prop_map(|(instances, mode, d, batch, (max_restarts, watchdog, recycle))| {
+            let mut text = format!(
+                "command = [\"w\"]\ninstances = {instances}\n[ready]\nmode = \"{mode}\"\ntimeout = \"{}\"\ndelay = \"{}\"\n\
+                 [stop]\ntimeout = \"{}\"\n[restart]\ndelay = \"{}\"\nmax_delay = \"{}\"\nmin_uptime = \"{}\"\n\
+                 max_restarts = {max_restarts}\nwindow = \"{}\"\n[reload]\nbatch = {batch}\n[limits]\ninterval = \"{}\"\n",
+                d[0], d[1], d[2], d[3], d[4], d[5], d[6], d[7]
+            );
+            if watchdog {
+                text += &format!("[watchdog]\ntimeout = \"{}\"\n", d[8]);
+            }
+            if recycle {
+                text += &format!("[recycle]\nafter = \"{}\"\njitter = \"{}\"\n", d[9], d[10]);
+            }
+            text
+        })
+}
+
+impl Sim {
+    /// Jump to the pool's next deadline (if any) and tick; at most `n` times.
+    fn tick_through(&mut self, n: usize) -> u64 {
+        let mut now = 0;
+        for _ in 0..n {
+            let Some(next) = self.pool.next_deadline() else { break };
+            now = next.saturating_duration_since(self.t0).as_millis() as u64 + 1;
+            self.step(now, Event::Tick);
+        }
+        now
+    }
+
+    fn ready_all(&mut self, ms: u64) {
+        for pid in self.alive.clone() {
+            self.step(ms, ready(pid));
+        }
+    }
+
+    fn exit_all(&mut self, ms: u64) {
+        for pid in self.alive.clone() {
+            self.step(ms, exited(pid, 0));
+        }
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+    /// Whatever `corral check` accepts, the pool runs: start, crash, deadlines, a reload into
+    /// another accepted config, scale, stop. A panic (an overflow, say) fails the test.
+    #[test]
+    fn every_config_check_accepts_runs(first in any_config(), second in any_config()) {
+        let parse = |t: &str| Config::parse(Path::new("/etc/corral/p.toml"), t, 4).map(Arc::new);
+        let Ok(config) = parse(&first) else { return Ok(()) };
+        let mut sim = Sim::new(config);
+        sim.step(0, Event::Start);
+        sim.ready_all(1);
+        if let Some(pid) = sim.alive.iter().next().copied() {
+            sim.step(2, exited(pid, 1));
+        }
+        let mut now = sim.tick_through(5).max(3);
+        sim.ready_all(now);
+        let reload = parse(&second).map_err(|e| e.to_string());
+        now += 1;
+        sim.step(now, Event::Reload { config: reload, reply: Some(1) });
+        sim.ready_all(now);
+        now = now.max(sim.tick_through(5));
+        sim.ready_all(now);
+        sim.step(now, Event::Scale { request: ScaleRequest::Add(i64::MAX), reply: None });
+        sim.step(now, Event::Scale { request: ScaleRequest::Add(i64::MIN), reply: None });
+        sim.step(now, Event::Stop);
+        sim.tick_through(3);
+        let later = sim.tick_through(1).max(now) + 1;
+        sim.exit_all(later);
+        prop_assert!(sim.pool.workers().is_empty());
+    }
+}
+
+#[test]
+fn scale_requests_saturate_and_refuse_what_is_over_the_limit() {
+    let mut sim = started();
+    let got = sim.step(1_000, Event::Scale { request: ScaleRequest::Add(i64::MAX), reply: Some(1) });
+    assert_eq!(got[0], "reply 1 err: a pool runs at most 1024 workers: 9223372036854775807 refused, still 2 workers");
+    assert_eq!(sim.pool.desired(), 2, "nothing changed");
+    let got = sim.step(1_000, Event::Scale { request: ScaleRequest::Set(usize::MAX), reply: Some(2) });
+    assert!(got[0].starts_with("reply 2 err: a pool runs at most 1024 workers"), "{got:?}");
+    let got = sim.step(1_000, Event::Scale { request: ScaleRequest::Add(i64::MIN), reply: Some(3) });
+    assert!(got.contains(&"reply 3 ok".to_string()), "{got:?}");
+    assert_eq!(sim.pool.desired(), 1, "shrinking stops at one worker");
+    let got = sim.step(1_000, Event::Scale { request: ScaleRequest::Set(1025), reply: Some(4) });
+    assert!(got[0].starts_with("reply 4 err: a pool runs at most 1024 workers: 1025 refused"), "{got:?}");
+    let got = sim.step(1_000, Event::Scale { request: ScaleRequest::Set(8), reply: Some(5) });
+    assert!(got.contains(&"reply 5 ok".to_string()), "{got:?}");
+    assert_eq!(sim.pool.desired(), 8);
 }

@@ -221,6 +221,13 @@ impl Worker {
     }
 }
 
+/// `now + d`, for every deadline the pool sets. Config durations are bounded
+/// ([`crate::config::MAX_DURATION`]), so this cannot overflow with a checked config; should it
+/// ever, the deadline is as far as a bounded one could be rather than a panic.
+pub(super) fn later(now: Instant, d: Duration) -> Instant {
+    now.checked_add(d).or_else(|| now.checked_add(crate::config::MAX_DURATION)).unwrap_or(now)
+}
+
 /// A deterministic number in [0, 1) from a worker id (splitmix64), so `recycle.jitter` spreads
 /// workers without the pool needing a random source.
 pub(super) fn spread(id: WorkerId) -> f64 {

@@ -2,14 +2,18 @@
 # Build (once, cached) a minimal Debian root filesystem with systemd for the E2E tests, and print
 # its path. Usage: image.sh [bookworm|trixie] (bookworm: systemd 252; trixie: 257, which has
 # Type=notify-reload). The image has a oneshot unit that runs /e2e/run (bind-mounted by the
-# test) and powers the container off when it is done. See ../shared/E2E.md.
+# test) and powers the container off when it is done. See tests/e2e/README.md.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 need=()
 command -v mmdebstrap >/dev/null || need+=(mmdebstrap)
 command -v systemd-nspawn >/dev/null || need+=(systemd-container)
 if [ ${#need[@]} -gt 0 ]; then
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${need[@]}" >&2
+  # scripts/test.sh installs these up front; this is for `cargo test --test e2e` on its own.
+  # Both E2E tests may get here at once: wait for dpkg's lock rather than fail on it.
+  apt=(apt-get -q -o DPkg::Lock::Timeout=300)
+  "${apt[@]}" update >&2
+  DEBIAN_FRONTEND=noninteractive "${apt[@]}" install -y --no-install-recommends "${need[@]}" >&2
 fi
 suite=${1:-bookworm}
 key=$(sha256sum "$here/image.sh" | cut -c1-12)
