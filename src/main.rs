@@ -117,7 +117,9 @@ fn main() -> ExitCode {
 }
 
 fn ask(name: &str, request: &Request, timeout: Duration) -> Result<Reply, control::ClientError> {
-    control::call(name, &corral::runtime::control_socket(name), request, timeout)
+    let path = corral::runtime::control_socket(name)
+        .map_err(|error| control::ClientError::Io { name: name.to_string(), error })?;
+    control::call(name, &path, request, timeout)
 }
 
 /// Print a reply's message (stdout) or error (stderr); exit 0 or 1 accordingly.
@@ -148,6 +150,7 @@ fn status(name: Option<&str>, json: bool) -> ExitCode {
                     d.flatten()
                         .filter(|e| e.path().join("control.sock").exists())
                         .filter_map(|e| e.file_name().into_string().ok())
+                        .filter(|n| config::check_pool_name(n).is_ok())
                         .collect()
                 })
                 .unwrap_or_default();

@@ -1,8 +1,17 @@
 //! Where a pool keeps its sockets: the runtime directory (workers' notify socket, the control
 //! socket, and a lock that refuses a second master for the same pool), and where the CLI finds it.
+//!
+//! The directories are created and opened the way ssh-agent, tmux and systemd do it: never
+//! through a symbolic link (`openat` with `O_NOFOLLOW | O_DIRECTORY`, relative to the already
+//! checked parent), and never used when another user owns them or may write to them. So another
+//! user cannot redirect the pool's sockets, or plant a control socket the CLI would trust, by
+//! creating `/tmp/corral-UID` or a link inside it first.
 
-use std::os::unix::fs::PermissionsExt;
-use std::path::PathBuf;
+use std::os::fd::{AsFd, OwnedFd};
+use std::path::{Path, PathBuf};
+
+use nix::fcntl::{openat, OFlag};
+use nix::sys::stat::{fchmod, fstat, mkdirat, Mode};
 
 /// The pool's private directory: the workers' notify socket and a lock against a second master.
 pub struct RuntimeDir {
@@ -13,39 +22,53 @@ pub struct RuntimeDir {
 impl RuntimeDir {
     /// `$RUNTIME_DIRECTORY` under systemd, else `ROOT/NAME` (see [`runtime_root`]).
     pub fn locate(name: &str) -> PathBuf {
-        if let Some(dir) = std::env::var_os("RUNTIME_DIRECTORY").filter(|d| !d.is_empty()) {
-            let first = dir.to_string_lossy().split(':').next().unwrap_or_default().to_string();
-            return PathBuf::from(first);
-        }
-        runtime_root().join(name)
+        systemd_runtime_directory().unwrap_or_else(|| runtime_root().join(name))
     }
 
     /// Create the directory (0700, or 0710 with the workers' group so they can reach the notify
-    /// socket) and take its lock.
+    /// socket), check it is ours alone, and take its lock.
     pub fn create(name: &str, worker_gid: Option<u32>) -> Result<RuntimeDir, String> {
-        let path = Self::locate(name);
-        std::fs::create_dir_all(&path)
-            .map_err(|e| format!("cannot create runtime directory {}: {e}", path.display()))?;
-        let mode = if worker_gid.is_some() { 0o710 } else { 0o700 };
-        if std::env::var_os("RUNTIME_DIRECTORY").is_none() {
-            if let Some(gid) = worker_gid {
-                let _ = nix::unistd::chown(&path, None, Some(nix::unistd::Gid::from_raw(gid)));
+        let (path, dir) = match systemd_runtime_directory() {
+            // systemd made it for this service (RuntimeDirectory=): check it, leave its mode.
+            Some(path) => {
+                let dir = open_dir(&path, None).and_then(|d| check_dir(&path, &d, Owner::Me).map(|_| d))?;
+                (path, dir)
             }
-            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode))
-                .map_err(|e| format!("cannot set permissions on {}: {e}", path.display()))?;
-        }
+            None => {
+                let root = runtime_root();
+                let root_fd = ensure_root(&root)?;
+                let path = root.join(name);
+                let dir = ensure_dir(&root_fd, &path, Owner::Me)?;
+                let mode = if worker_gid.is_some() { 0o710 } else { 0o700 };
+                if let Some(gid) = worker_gid {
+                    nix::unistd::fchown(&dir, None, Some(nix::unistd::Gid::from_raw(gid)))
+                        .map_err(|e| format!("cannot give {} to the workers' group: {e}", path.display()))?;
+                }
+                fchmod(&dir, Mode::from_bits_truncate(mode))
+                    .map_err(|e| format!("cannot set permissions on {}: {e}", path.display()))?;
+                (path, dir)
+            }
+        };
         let lock_path = path.join("master.lock");
-        let file = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&lock_path)
-            .map_err(|e| format!("cannot open {}: {e}", lock_path.display()))?;
+        let file = openat(
+            &dir,
+            "master.lock",
+            OFlag::O_CREAT | OFlag::O_WRONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+            Mode::from_bits_truncate(0o600),
+        )
+        .map(std::fs::File::from)
+        .map_err(|e| format!("cannot open {}: {e}", lock_path.display()))?;
         let lock = nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock).map_err(|_| {
             format!("another corral master is already running pool {name:?} (lock {} is held)", lock_path.display())
         })?;
         Ok(RuntimeDir { path, _lock: lock })
     }
+}
+
+fn systemd_runtime_directory() -> Option<PathBuf> {
+    let dir = std::env::var_os("RUNTIME_DIRECTORY").filter(|d| !d.is_empty())?;
+    let first = dir.to_string_lossy().split(':').next().unwrap_or_default().to_string();
+    Some(PathBuf::from(first))
 }
 
 /// Where pools keep their runtime directories (and where `corral status` looks for them):
@@ -65,7 +88,124 @@ pub fn runtime_root() -> PathBuf {
     }
 }
 
-/// The control socket of pool `name`, as the CLI finds it.
-pub fn control_socket(name: &str) -> PathBuf {
-    runtime_root().join(name).join("control.sock")
+/// The control socket of pool `name`, as the CLI finds it, once the directories on the way are
+/// known to be safe to trust (see [`check_path`]).
+pub fn control_socket(name: &str) -> Result<PathBuf, String> {
+    let root = runtime_root();
+    let dir = root.join(name);
+    check_path(&root, Owner::MeOrRoot)?;
+    check_path(&dir, Owner::Me)?;
+    Ok(dir.join("control.sock"))
+}
+
+/// Who may own a directory we use.
+#[derive(Clone, Copy)]
+enum Owner {
+    /// This process's effective uid.
+    Me,
+    /// This uid or root (`/run/corral` made by root, used by a pool that runs as a user).
+    MeOrRoot,
+}
+
+/// The runtime root: its parents are created as needed (they are the administrator's or the
+/// environment's choice), the root itself without following a link.
+fn ensure_root(root: &Path) -> Result<OwnedFd, String> {
+    let parent = root.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("/"));
+    std::fs::create_dir_all(parent).map_err(|e| format!("cannot create {}: {e}", parent.display()))?;
+    let parent_fd = open_dir(parent, None)?;
+    ensure_dir(&parent_fd, root, Owner::MeOrRoot)
+}
+
+/// Create `path`'s last component under `parent` (0700) unless it exists, open it without
+/// following a link, and check it.
+fn ensure_dir(parent: &OwnedFd, path: &Path, owner: Owner) -> Result<OwnedFd, String> {
+    let leaf = path.file_name().ok_or_else(|| format!("{} is not a directory name", path.display()))?;
+    match mkdirat(parent, leaf, Mode::from_bits_truncate(0o700)) {
+        Ok(()) | Err(nix::errno::Errno::EEXIST) => {}
+        Err(e) => return Err(format!("cannot create {}: {e}", path.display())),
+    }
+    let dir = open_dir(path, Some(parent))?;
+    check_dir(path, &dir, owner)?;
+    Ok(dir)
+}
+
+/// Open a directory; with `parent`, only `path`'s last component, relative to it and never
+/// through a symbolic link.
+fn open_dir(path: &Path, parent: Option<&OwnedFd>) -> Result<OwnedFd, String> {
+    let flags = OFlag::O_DIRECTORY | OFlag::O_RDONLY | OFlag::O_CLOEXEC | OFlag::O_NOFOLLOW;
+    let result = match parent {
+        Some(p) => openat(p, path.file_name().unwrap_or(path.as_os_str()), flags, Mode::empty()),
+        None => nix::fcntl::open(path, flags, Mode::empty()),
+    };
+    result.map_err(|e| match e {
+        nix::errno::Errno::ELOOP | nix::errno::Errno::ENOTDIR => format!(
+            "refusing to use {}: it is a symbolic link or not a directory (remove it; corral creates it)",
+            path.display()
+        ),
+        e => format!("cannot open {}: {e}", path.display()),
+    })
+}
+
+/// A directory is usable when its owner is trusted and nobody else may write to it.
+fn check_dir(path: &Path, dir: impl AsFd, owner: Owner) -> Result<(), String> {
+    let st = fstat(dir.as_fd()).map_err(|e| format!("cannot inspect {}: {e}", path.display()))?;
+    judge(path, st.st_uid, st.st_mode, owner)
+}
+
+fn judge(path: &Path, uid: u32, mode: u32, owner: Owner) -> Result<(), String> {
+    let me = nix::unistd::geteuid().as_raw();
+    let trusted = match owner {
+        Owner::Me => uid == me,
+        Owner::MeOrRoot => uid == me || uid == 0,
+    };
+    if !trusted {
+        return Err(format!(
+            "refusing to use {}: it belongs to uid {uid}, not to you (uid {me}); remove it, or set \
+             $XDG_RUNTIME_DIR or $CORRAL_RUNTIME_ROOT to a directory of your own",
+            path.display()
+        ));
+    }
+    if mode & 0o022 != 0 {
+        return Err(format!(
+            "refusing to use {}: others may write to it (mode {:o}); remove it and let corral create it",
+            path.display(),
+            mode & 0o7777
+        ));
+    }
+    Ok(())
+}
+
+/// The client's check of an existing directory: no link, trusted owner, not writable by others.
+fn check_path(path: &Path, owner: Owner) -> Result<(), String> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = match std::fs::symlink_metadata(path) {
+        Ok(m) => m,
+        // Nothing there: the caller reports "not running" when it tries to connect.
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(format!("cannot inspect {}: {e}", path.display())),
+    };
+    if !meta.file_type().is_dir() {
+        return Err(format!("refusing to use {}: it is a symbolic link or not a directory", path.display()));
+    }
+    judge(path, meta.uid(), meta.mode(), owner)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn judges_owner_and_mode() {
+        let me = nix::unistd::geteuid().as_raw();
+        let p = Path::new("/x");
+        assert!(judge(p, me, 0o40700, Owner::Me).is_ok());
+        assert!(judge(p, me, 0o40755, Owner::Me).is_ok());
+        assert!(judge(p, me, 0o40777, Owner::Me).unwrap_err().contains("others may write"));
+        assert!(judge(p, me, 0o41777, Owner::MeOrRoot).unwrap_err().contains("others may write"));
+        assert!(judge(p, me, 0o40770, Owner::Me).is_err());
+        let other = if me == 1 { 2 } else { 1 };
+        assert!(judge(p, other, 0o40700, Owner::Me).unwrap_err().contains("belongs to uid"));
+        assert!(judge(p, other, 0o40700, Owner::MeOrRoot).is_err());
+        assert!(judge(p, 0, 0o40755, Owner::MeOrRoot).is_ok());
+    }
 }

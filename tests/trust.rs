@@ -1,0 +1,211 @@
+//! Trust: what `corral check` accepts runs, bad input never takes a running pool down, runtime
+//! directories are never followed through links nor trusted when someone else owns them, and
+//! counts and names are bounded. Each test here failed on the code before the fix it guards.
+
+mod common;
+
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::process::{Command, Stdio};
+
+use common::*;
+
+/// `corral ARGS` against this test's runtime root.
+fn cli(m: &Master, args: &[&str]) -> (Option<i32>, String, String) {
+    let out = Command::new(CORRAL)
+        .args(args)
+        .env("CORRAL_RUNTIME_ROOT", m.dir.join("run"))
+        .env("NO_COLOR", "1")
+        .output()
+        .expect("run corral");
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn pool(tag: &str, extra: &str) -> (Master, std::net::SocketAddr) {
+    let port = free_port();
+    let cfg =
+        format!("command = [\"python3\", \"{{worker}}\"]\nlisten = [\"127.0.0.1:{port}\"]\ninstances = 2\n{extra}");
+    let mut m = Master::start(tag, &cfg, Options::default());
+    m.systemd().wait("READY=1");
+    (m, format!("127.0.0.1:{port}").parse().unwrap())
+}
+
+/// Run `corral run -c CONFIG` with `root` as its runtime root, expecting it to refuse to start.
+fn refused_start(dir: &TempDir, root: &std::path::Path, wrapper: &[&str]) -> (Option<i32>, String) {
+    let cfg = dir.join("pool.toml");
+    std::fs::write(&cfg, format!("command = [\"python3\", \"{}\"]\nlisten = [\"127.0.0.1:0\"]\n", worker_py()))
+        .unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let mut argv: Vec<&str> = wrapper.to_vec();
+    argv.push(CORRAL);
+    let mut child = Command::new(argv[0])
+        .args(&argv[1..])
+        .args(["run", "-c", cfg.to_str().unwrap()])
+        .env("CORRAL_RUNTIME_ROOT", root)
+        .env_remove("NOTIFY_SOCKET")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .spawn()
+        .unwrap();
+    let status = wait_for("the master to refuse to start", TIMEOUT, || child.try_wait().ok().flatten());
+    let mut err = String::new();
+    std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut err).unwrap();
+    (status.code(), err)
+}
+
+use std::os::unix::process::CommandExt;
+
+#[test]
+fn a_symlinked_runtime_directory_is_refused_and_its_target_untouched() {
+    let dir = TempDir::new("symlink");
+    let root = dir.join("run");
+    let target = dir.join("elsewhere");
+    std::fs::create_dir_all(&root).unwrap();
+    std::fs::set_permissions(&root, std::fs::Permissions::from_mode(0o700)).unwrap();
+    std::fs::create_dir_all(&target).unwrap();
+    std::fs::set_permissions(&target, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::os::unix::fs::symlink(&target, root.join("pool")).unwrap();
+    let (code, err) = refused_start(&dir, &root, &[]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("refusing to use") && err.contains("symbolic link"), "{err}");
+    assert_eq!(std::fs::metadata(&target).unwrap().mode() & 0o777, 0o755, "the link's target was chmod'ed");
+    assert_eq!(std::fs::read_dir(&target).unwrap().count(), 0, "sockets were created behind the link");
+
+    // The runtime root itself as a link is refused too.
+    let root2 = dir.join("run2");
+    std::os::unix::fs::symlink(&target, &root2).unwrap();
+    let (code, err) = refused_start(&dir, &root2, &[]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("symbolic link"), "{err}");
+}
+
+#[test]
+fn a_runtime_root_someone_else_owns_or_may_write_is_refused() {
+    let dir = TempDir::new("foreign");
+    // Root made it world-writable (like a pre-created /tmp/corral-UID): a user's master refuses.
+    let open_root = dir.join("open");
+    std::fs::create_dir_all(&open_root).unwrap();
+    std::fs::set_permissions(&open_root, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let (code, err) =
+        refused_start(&dir, &open_root, &["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups"]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("others may write to it"), "{err}");
+    assert!(std::fs::read_dir(&open_root).unwrap().next().is_none(), "something was created in it");
+
+    // Owned by another user (daemon, uid 1), private: not ours, refused.
+    let theirs = dir.join("theirs");
+    std::fs::create_dir_all(&theirs).unwrap();
+    std::fs::set_permissions(&theirs, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::create_dir_all(theirs.join("pool")).unwrap();
+    nix::unistd::chown(&theirs.join("pool"), Some(nix::unistd::Uid::from_raw(1)), None).unwrap();
+    let (code, err) = refused_start(&dir, &theirs, &[]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("belongs to uid 1"), "{err}");
+
+    // The CLI does not talk to a control socket in a directory it cannot trust either.
+    let out = Command::new(CORRAL).args(["status", "pool"]).env("CORRAL_RUNTIME_ROOT", &theirs).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("belongs to uid 1"), "{:?}", out);
+}
+
+#[test]
+fn unsafe_pool_names_are_refused_everywhere() {
+    for name in ["..", ".", "a/b", ".hidden"] {
+        for args in [vec!["status", name], vec!["reload", name], vec!["scale", name, "2"], vec!["check", name]] {
+            let out = corral(&args);
+            assert_eq!(out.status.code(), Some(2), "{args:?}: {out:?}");
+            assert!(String::from_utf8_lossy(&out.stderr).contains("invalid pool name"), "{args:?}: {out:?}");
+        }
+        let dir = TempDir::new("initname");
+        let out = corral(&["init", name, "--listen", "3000", "--root", dir.path().to_str().unwrap(), "--", "x"]);
+        assert_eq!(out.status.code(), Some(2), "{out:?}");
+    }
+    let dir = TempDir::new("dotdot");
+    let cfg = dir.join("c.toml");
+    std::fs::write(&cfg, "name = \"..\"\ncommand = [\"x\"]\n").unwrap();
+    let out = corral(&["check", "-c", cfg.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(78));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("c.toml:1:8: invalid pool name \"..\""), "{out:?}");
+}
+
+#[test]
+fn check_refuses_a_fifo_a_device_and_a_huge_file_without_hanging() {
+    let dir = TempDir::new("fifo");
+    let fifo = dir.join("cfg.toml");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+    let huge = dir.join("huge.toml");
+    std::fs::write(&huge, vec![b'#'; 2 * 1024 * 1024]).unwrap();
+    for (path, want) in [
+        (fifo.to_str().unwrap(), "not a regular file"),
+        ("/dev/urandom", "not a regular file"),
+        ("/dev/zero", "not a regular file"),
+        (huge.to_str().unwrap(), "more than the 1048576 a config may have"),
+    ] {
+        let mut child = Command::new(CORRAL)
+            .args(["check", "-c", path])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let status = wait_for(&format!("check -c {path} to return"), TIMEOUT, || child.try_wait().ok().flatten());
+        let mut err = String::new();
+        std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut err).unwrap();
+        assert_eq!(status.code(), Some(78), "{path}: {err}");
+        assert!(err.contains(want), "{path}: {err}");
+    }
+}
+
+#[test]
+fn a_reload_into_a_config_the_runtime_cannot_represent_keeps_the_pool_serving() {
+    let (m, addr) = pool("hugereload", "");
+    let pids = m.wait_workers(2);
+    for (table, key) in [("ready", "timeout"), ("stop", "timeout"), ("restart", "max_delay"), ("recycle", "after")] {
+        let text = std::fs::read_to_string(&m.config).unwrap();
+        let bad = format!("{text}[{table}]\n{key} = \"18446744073709551615s\"\n");
+        std::fs::write(m.dir.join("bad.toml"), &bad).unwrap();
+        let out = corral(&["check", "-c", m.dir.join("bad.toml").to_str().unwrap()]);
+        assert_eq!(out.status.code(), Some(78), "check accepted [{table}] {key}: {out:?}");
+        std::fs::write(&m.config, &bad).unwrap();
+        let (code, _, err) = cli(&m, &["reload", "pool"]);
+        assert_eq!(code, Some(1), "{err}");
+        assert!(err.contains("is too long"), "{err}");
+        std::fs::write(&m.config, text).unwrap();
+        assert!(get(addr).is_ok(), "the pool stopped answering after a reload into [{table}] {key}");
+    }
+    assert_eq!(m.wait_workers(2), pids, "the workers were touched");
+}
+
+#[test]
+fn scale_past_the_limit_is_refused_and_changes_nothing() {
+    let (m, _) = pool("scalehuge", "");
+    m.wait_workers(2);
+    let (code, _, err) = cli(&m, &["scale", "pool", "+9223372036854775807"]);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("a pool runs at most 1024 workers"), "{err}");
+    let (code, _, err) = cli(&m, &["scale", "pool", "5000"]);
+    assert_eq!(code, Some(1), "{err}");
+    let (code, out, err) = cli(&m, &["status", "pool", "--json"]);
+    assert_eq!(code, Some(0), "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["desired"], 2);
+}
+
+#[test]
+fn a_pool_that_never_gets_ready_gives_up_with_the_default_settings() {
+    // Defaults for [restart]: the worker exits at once, every time. Give-up must come (exit 1)
+    // so systemd's Restart=/OnFailure= take over; with the defaults, within about a minute.
+    let cfg = format!("command = [\"sh\", \"-c\", \"exit 3\"]\nlisten = [\"127.0.0.1:{}\"]\n", free_port());
+    let mut m = Master::start("giveup", &cfg, Options::default());
+    let t = std::time::Instant::now();
+    let status =
+        wait_for("the pool to give up", std::time::Duration::from_secs(120), || m.child.try_wait().ok().flatten());
+    m.exit = Some(status);
+    assert_eq!(status.code(), Some(1), "{}", m.log_text());
+    assert!(m.log_text().contains("giving up: 11 failed starts in a row and no worker is ready"), "{}", m.log_text());
+    eprintln!("gave up after {:?}", t.elapsed());
+}
