@@ -118,7 +118,8 @@ impl Sink {
 }
 
 fn write_stderr(origin: &Origin, rec: &Record<'_>) {
-    let line = format!("{}[{}]: {}\n", origin.name, origin.slot, rec.message);
+    // A log line is text for a terminal or a file: no escape sequence of the worker's gets through.
+    let line = format!("{}[{}]: {}\n", origin.name, origin.slot, crate::status::escape_terminal(rec.message));
     let _ = std::io::stderr().lock().write_all(line.as_bytes());
 }
 

@@ -128,6 +128,26 @@ fn human_bytes(b: u64) -> String {
     bytesize::ByteSize(b).display().iec().to_string()
 }
 
+/// Text from outside (a worker's `STATUS=`, its output, an error that quotes it) made safe for a
+/// terminal, as `systemctl` and `journalctl` do: control characters (C0 but tab, DEL, C1) become
+/// visible `\xNN` escapes, so no worker can move the cursor, retitle the window or hide text.
+/// Machine output (JSON, journald fields) keeps the exact text.
+pub fn escape_terminal(s: &str) -> std::borrow::Cow<'_, str> {
+    let bad = |c: char| (c.is_control() && c != '\t') || c == '\u{7f}';
+    if !s.chars().any(bad) {
+        return std::borrow::Cow::Borrowed(s);
+    }
+    let mut out = String::with_capacity(s.len() + 8);
+    for c in s.chars() {
+        if bad(c) {
+            let _ = write!(out, "\\x{:02x}", c as u32);
+        } else {
+            out.push(c);
+        }
+    }
+    std::borrow::Cow::Owned(out)
+}
+
 /// The pool line and worker table, like `pm2 ls`. `color`: ANSI colours (only on a TTY).
 pub fn render(pools: &[PoolStatus], color: bool) -> String {
     let paint = |code: &str, s: &str| if color { format!("\x1b[{code}m{s}\x1b[0m") } else { s.to_string() };
@@ -146,7 +166,7 @@ pub fn render(pools: &[PoolStatus], color: bool) -> String {
         let _ = write!(
             out,
             "{} · {} · generation {} · {} restart{} · master pid {} · up {}",
-            paint("1", &p.name),
+            paint("1", &escape_terminal(&p.name)),
             paint(health, &format!("{}/{} ready", p.ready, p.desired)),
             p.generation,
             p.restarts,
@@ -162,7 +182,8 @@ pub fn render(pools: &[PoolStatus], color: bool) -> String {
                 let _ = write!(out, " · last reload ok (generation {g})");
             }
             Some(LastReload { ok: false, error, .. }) => {
-                let msg = format!(" · last reload failed: {}", error.as_deref().unwrap_or("unknown error"));
+                let error = escape_terminal(error.as_deref().unwrap_or("unknown error"));
+                let msg = format!(" · last reload failed: {error}");
                 out.push_str(&paint("31", &msg));
             }
             _ => {}
@@ -184,7 +205,7 @@ pub fn render(pools: &[PoolStatus], color: bool) -> String {
                 w.restarts.to_string(),
                 w.rss_bytes.map_or("-".into(), human_bytes),
                 w.cpu_percent.map_or("-".into(), |c| format!("{c:.1}%")),
-                w.status.clone().unwrap_or_default(),
+                w.status.as_deref().map(escape_terminal).unwrap_or_default().into_owned(),
             ]);
         }
         let widths: Vec<usize> = (0..9).map(|c| rows.iter().map(|r| r[c].chars().count()).max().unwrap_or(0)).collect();
@@ -269,5 +290,12 @@ SLOT  PID   GEN  STATE     UPTIME  RESTARTS  RSS       CPU   STATUS
 1     1001  2    starting  2m 5s   0         45.0 MiB  1.2%
 ";
         assert_eq!(text, want);
+    }
+
+    #[test]
+    fn terminal_escapes_are_made_visible() {
+        assert_eq!(escape_terminal("plain\ttext ✓"), "plain\ttext ✓");
+        assert_eq!(escape_terminal("\x1b]0;owned\x07\x1b[2J"), "\\x1b]0;owned\\x07\\x1b[2J");
+        assert_eq!(escape_terminal("a\rb\nc\u{9b}d\u{7f}"), "a\\x0db\\x0ac\\x9bd\\x7f");
     }
 }

@@ -284,7 +284,9 @@ max_restarts = 100
     let raw = std::fs::read(&m.log).unwrap();
     let text = String::from_utf8_lossy(&raw);
     assert!(text.contains("pool[0]: before\n"), "{text}");
-    // Invalid UTF-8 becomes U+FFFD, the rest of the line (and the line without a newline) arrives.
-    assert!(text.contains("\u{fffd}\u{fffd}\0junk") && text.contains("after-no-newline"), "{text}");
+    // Invalid UTF-8 becomes U+FFFD, control characters (an escape sequence among them) are made
+    // visible rather than sent to the operator's terminal, and the line without a newline arrives.
+    assert!(text.contains("\u{fffd}\u{fffd}\\x00junk\\x1b[31m\\x01after-no-newline"), "{text}");
+    assert!(!text.contains('\x1b'), "a raw escape reached the master's stderr: {text}");
     assert!(m.running());
 }

@@ -209,3 +209,25 @@ fn a_pool_that_never_gets_ready_gives_up_with_the_default_settings() {
     assert!(m.log_text().contains("giving up: 11 failed starts in a row and no worker is ready"), "{}", m.log_text());
     eprintln!("gave up after {:?}", t.elapsed());
 }
+
+#[test]
+fn a_workers_status_text_cannot_drive_the_operators_terminal() {
+    let evil = "\\u001b]0;owned\\u0007\\u001b[2Jhidden";
+    let port = free_port();
+    let cfg = format!(
+        "command = [\"python3\", \"{{worker}}\", \"--status\", \"{evil}\"]\nlisten = [\"127.0.0.1:{port}\"]\n"
+    );
+    let mut m = Master::start("escapes", &cfg, Options::default());
+    m.systemd().wait("READY=1");
+    m.wait_workers(1);
+    let table = wait_for("the worker's STATUS= in the table", TIMEOUT, || {
+        let (code, out, _) = cli(&m, &["status", "pool"]);
+        (code == Some(0) && out.contains("hidden")).then_some(out)
+    });
+    assert!(!table.contains('\x1b') && !table.contains('\x07'), "raw control characters: {table:?}");
+    assert!(table.contains("\\x1b]0;owned\\x07\\x1b[2Jhidden"), "{table}");
+    // JSON keeps the exact text.
+    let (_, json, _) = cli(&m, &["status", "pool", "--json"]);
+    let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(v["workers"][0]["status"], "\x1b]0;owned\x07\x1b[2Jhidden");
+}

@@ -164,6 +164,7 @@ def main() -> int:
     p.add_argument("--leak-after", type=int, default=0)
     p.add_argument("--watchdog", action="store_true")
     p.add_argument("--stop-pinging-after", type=int)
+    p.add_argument("--status", help="STATUS= text sent with READY=1")
     a = p.parse_args()
 
     if a.report:
@@ -204,7 +205,7 @@ def main() -> int:
     if a.ready_after:
         time.sleep(a.ready_after / 1000)
     if not a.never_ready:
-        notify(f"READY=1\nSTATUS=serving as pid {os.getpid()}")
+        notify(f"READY=1\nSTATUS={a.status if a.status is not None else f'serving as pid {os.getpid()}'}")
     ready_at = time.monotonic()
     leaked = None
     ping_every = int(os.environ.get("WATCHDOG_USEC", "0")) / 4e6
