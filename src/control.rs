@@ -67,6 +67,7 @@ pub struct Incoming {
 pub struct ControlServer {
     listener: tokio::net::UnixListener,
     path: PathBuf,
+    gate: crate::accept::Gate,
 }
 
 impl ControlServer {
@@ -80,16 +81,25 @@ impl ControlServer {
         let listener = std::os::unix::net::UnixListener::bind(path)?;
         std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
         listener.set_nonblocking(true)?;
-        Ok(ControlServer { listener: tokio::net::UnixListener::from_std(listener)?, path: path.to_owned() })
+        Ok(ControlServer {
+            listener: tokio::net::UnixListener::from_std(listener)?,
+            path: path.to_owned(),
+            gate: crate::accept::Gate::new("control socket"),
+        })
     }
 
-    /// Accept one connection and serve it in its own task; requests reach `to_driver`.
+    /// Accept one connection and serve it in its own task; requests reach `to_driver`. At most
+    /// [`crate::accept::MAX_CONNECTIONS`] are served at once; accept errors pause, never spin.
     pub async fn accept(&self, to_driver: mpsc::UnboundedSender<Incoming>) {
+        let permit = self.gate.admit().await;
         match self.listener.accept().await {
             Ok((stream, _)) => {
-                tokio::spawn(serve(stream, to_driver));
+                tokio::spawn(async move {
+                    serve(stream, to_driver).await;
+                    drop(permit);
+                });
             }
-            Err(e) => tracing::warn!("control socket: {e}"),
+            Err(e) => self.gate.failed(&e),
         }
     }
 }

@@ -20,6 +20,7 @@
 //!   `scale`; status snapshots and /proc sampling; Prometheus `/metrics` and `/health`.
 //! - [`init`]: `corral init`, which writes a pool's config and systemd units.
 
+pub mod accept;
 pub mod cli;
 pub mod config;
 pub mod control;

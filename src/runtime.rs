@@ -38,7 +38,7 @@ impl RuntimeDir {
                 let root = runtime_root();
                 let root_fd = ensure_root(&root)?;
                 let path = root.join(name);
-                let dir = ensure_dir(&root_fd, &path, Owner::Me)?;
+                let dir = ensure_dir(&root_fd, &path, 0o700, Owner::Me)?;
                 let mode = if worker_gid.is_some() { 0o710 } else { 0o700 };
                 if let Some(gid) = worker_gid {
                     nix::unistd::fchown(&dir, None, Some(nix::unistd::Gid::from_raw(gid)))
@@ -93,8 +93,9 @@ pub fn runtime_root() -> PathBuf {
 pub fn control_socket(name: &str) -> Result<PathBuf, String> {
     let root = runtime_root();
     let dir = root.join(name);
+    // Root's directories are as trusted as our own: root could do anything to us anyway.
     check_path(&root, Owner::MeOrRoot)?;
-    check_path(&dir, Owner::Me)?;
+    check_path(&dir, Owner::MeOrRoot)?;
     Ok(dir.join("control.sock"))
 }
 
@@ -113,14 +114,16 @@ fn ensure_root(root: &Path) -> Result<OwnedFd, String> {
     let parent = root.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("/"));
     std::fs::create_dir_all(parent).map_err(|e| format!("cannot create {}: {e}", parent.display()))?;
     let parent_fd = open_dir(parent, None)?;
-    ensure_dir(&parent_fd, root, Owner::MeOrRoot)
+    // 0755 like systemd's /run/corral: workers of another user reach their pool's notify
+    // socket through it; the pool directories inside are private.
+    ensure_dir(&parent_fd, root, 0o755, Owner::MeOrRoot)
 }
 
-/// Create `path`'s last component under `parent` (0700) unless it exists, open it without
+/// Create `path`'s last component under `parent` (with `mode`, less the umask) unless it exists, open it without
 /// following a link, and check it.
-fn ensure_dir(parent: &OwnedFd, path: &Path, owner: Owner) -> Result<OwnedFd, String> {
+fn ensure_dir(parent: &OwnedFd, path: &Path, mode: u32, owner: Owner) -> Result<OwnedFd, String> {
     let leaf = path.file_name().ok_or_else(|| format!("{} is not a directory name", path.display()))?;
-    match mkdirat(parent, leaf, Mode::from_bits_truncate(0o700)) {
+    match mkdirat(parent, leaf, Mode::from_bits_truncate(mode)) {
         Ok(()) | Err(nix::errno::Errno::EEXIST) => {}
         Err(e) => return Err(format!("cannot create {}: {e}", path.display())),
     }

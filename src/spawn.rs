@@ -100,6 +100,23 @@ impl Step {
     }
 }
 
+/// The master's `RLIMIT_NOFILE` (soft, hard) as it was started, once [`raise_nofile_limit`] ran.
+static ORIGINAL_NOFILE: std::sync::OnceLock<(libc::rlim_t, libc::rlim_t)> = std::sync::OnceLock::new();
+
+/// Raise the master's soft descriptor limit to the hard one, as systemd does for itself: the
+/// master holds a few descriptors per worker and per connection, and must not run out under a
+/// flood of connections. Workers get the original limit back (see `child_main`).
+pub fn raise_nofile_limit() {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) else { return };
+    let _ = ORIGINAL_NOFILE.set((soft, hard));
+    if soft < hard {
+        if let Err(e) = setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+            tracing::debug!("cannot raise the descriptor limit from {soft} to {hard}: {e}");
+        }
+    }
+}
+
 /// Find `program` the way `execvp` would, but before `fork`: a name without `/` is searched in
 /// `path` (the worker's `PATH`). Names with a `/` are used as they are (relative to the workdir).
 pub fn resolve_program(program: &str, path: Option<&OsStr>) -> Result<PathBuf, String> {
@@ -138,6 +155,8 @@ struct Prepared {
     scratch: Vec<RawFd>,
     credentials: Option<Credentials>,
     master: libc::pid_t,
+    /// The descriptor limit the master was started with, given back to the worker.
+    nofile: Option<libc::rlimit>,
 }
 
 const PID_DIGITS: usize = 20;
@@ -198,6 +217,7 @@ impl Prepared {
             scratch: vec![-1; req.listen_fds.len()],
             credentials: req.credentials.cloned(),
             master: std::process::id() as libc::pid_t,
+            nofile: ORIGINAL_NOFILE.get().map(|&(soft, hard)| libc::rlimit { rlim_cur: soft, rlim_max: hard }),
         })
     }
 }
@@ -389,6 +409,12 @@ unsafe fn child_main(p: &mut Prepared, fds: ChildFds) -> ! {
             if libc::chdir(dir.as_ptr()) != 0 {
                 fail(status, Step::Chdir);
             }
+        }
+        // The master raised its own soft limit; workers start with the one it was given, as
+        // systemd's services do (select() users break above 1024). Failure leaves it higher,
+        // which harms nothing.
+        if let Some(limit) = &p.nofile {
+            libc::setrlimit(libc::RLIMIT_NOFILE, limit);
         }
         let pid = libc::getpid() as u64;
         for i in 0..p.pid_digits.len() {

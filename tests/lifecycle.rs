@@ -49,7 +49,7 @@ fn gives_up_after_too_many_restarts_without_a_ready_worker() {
     );
     let mut m = Master::start("giveup", &cfg, Options::default());
     assert_eq!(m.wait_exit(), Some(1), "exits non-zero so systemd's Restart= takes over");
-    assert!(m.log_text().contains("giving up: 4 restarts within 1m"), "{}", m.log_text());
+    assert!(m.log_text().contains("giving up: 4 failed starts in a row and no worker is ready"), "{}", m.log_text());
     assert_eq!(m.systemd().count("STOPPING=1"), 1);
     assert!(descendants(m.pid()).is_empty());
 }

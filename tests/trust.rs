@@ -214,9 +214,8 @@ fn a_pool_that_never_gets_ready_gives_up_with_the_default_settings() {
 fn a_workers_status_text_cannot_drive_the_operators_terminal() {
     let evil = "\\u001b]0;owned\\u0007\\u001b[2Jhidden";
     let port = free_port();
-    let cfg = format!(
-        "command = [\"python3\", \"{{worker}}\", \"--status\", \"{evil}\"]\nlisten = [\"127.0.0.1:{port}\"]\n"
-    );
+    let cfg =
+        format!("command = [\"python3\", \"{{worker}}\", \"--status\", \"{evil}\"]\nlisten = [\"127.0.0.1:{port}\"]\n");
     let mut m = Master::start("escapes", &cfg, Options::default());
     m.systemd().wait("READY=1");
     m.wait_workers(1);
@@ -230,4 +229,97 @@ fn a_workers_status_text_cannot_drive_the_operators_terminal() {
     let (_, json, _) = cli(&m, &["status", "pool", "--json"]);
     let v: serde_json::Value = serde_json::from_str(&json).unwrap();
     assert_eq!(v["workers"][0]["status"], "\x1b]0;owned\x07\x1b[2Jhidden");
+}
+
+/// Utime + stime of `pid`, in clock ticks.
+fn cpu_ticks(pid: i32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    f.get(11).and_then(|u| u.parse::<u64>().ok()).unwrap_or(0)
+        + f.get(12).and_then(|s| s.parse::<u64>().ok()).unwrap_or(0)
+}
+
+fn soft_nofile(pid: i32) -> u64 {
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
+    let line = limits.lines().find(|l| l.starts_with("Max open files")).unwrap();
+    line.split_whitespace().nth(3).unwrap().parse().unwrap()
+}
+
+/// Raise this test process's own soft descriptor limit so it can hold many connections.
+fn raise_own_nofile() {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    let (_, hard) = getrlimit(Resource::RLIMIT_NOFILE).unwrap();
+    setrlimit(Resource::RLIMIT_NOFILE, hard, hard).unwrap();
+}
+
+#[test]
+fn a_flood_of_idle_connections_does_not_stop_supervision() {
+    raise_own_nofile();
+    let (port, mport) = (free_port(), free_port());
+    let cfg = format!(
+        "command = [\"python3\", \"{{worker}}\", \"--report\", \"{{dir}}/report-{{slot}}.json\"]\nlisten = [\"127.0.0.1:{port}\"]\ninstances = 2\n[metrics]\nlisten = \"127.0.0.1:{mport}\"\n"
+    );
+    // systemd's default soft limit for services is 1024; here lower still, with room above it.
+    let opts = Options { wrapper: vec!["prlimit".into(), "--nofile=256:8192".into()], ..Options::default() };
+    let mut m = Master::start("fdflood", &cfg, opts);
+    m.systemd().wait("READY=1");
+    let pids = m.wait_workers(2);
+    assert_eq!(soft_nofile(m.pid()), 8192, "the master raises its soft limit to the hard one");
+    let report = read_report(&m.dir.join("report-0.json"));
+    assert_eq!(report["nofile"], serde_json::json!([256, 8192]), "workers get the original limit back");
+
+    // More idle connections than the master's original limit, to both listeners.
+    let mut held = Vec::new();
+    for _ in 0..600 {
+        if let Ok(s) = std::net::TcpStream::connect(("127.0.0.1", mport)) {
+            held.push(s);
+        }
+    }
+    let control = m.dir.join("run/pool/control.sock");
+    let mut held_unix = Vec::new();
+    for _ in 0..300 {
+        if let Ok(s) = std::os::unix::net::UnixStream::connect(&control) {
+            held_unix.push(s);
+        }
+    }
+    assert!(held.len() >= 300, "only {} connections", held.len());
+    // A killed worker is still replaced, and the CLI still gets answers.
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pids[0]), nix::sys::signal::Signal::SIGKILL).unwrap();
+    wait_until("the killed worker replaced", TIMEOUT, || {
+        let now = m.workers();
+        now.len() == 2 && !now.contains(&pids[0])
+    });
+    drop(held_unix);
+    let (code, _, err) = cli(&m, &["status", "pool"]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(!m.log_text().contains("Too many open files"), "{}", m.log_text());
+}
+
+#[test]
+fn out_of_descriptors_the_master_pauses_accepting_instead_of_spinning() {
+    raise_own_nofile();
+    let (port, mport) = (free_port(), free_port());
+    let cfg = format!(
+        "command = [\"python3\", \"{{worker}}\"]\nlisten = [\"127.0.0.1:{port}\"]\n[metrics]\nlisten = \"127.0.0.1:{mport}\"\n"
+    );
+    // A hard limit the connections can exhaust: accept() fails with EMFILE.
+    let opts = Options { wrapper: vec!["prlimit".into(), "--nofile=48:48".into()], ..Options::default() };
+    let mut m = Master::start("emfile", &cfg, opts);
+    m.systemd().wait("READY=1");
+    let mut held = Vec::new();
+    for _ in 0..120 {
+        if let Ok(s) = std::net::TcpStream::connect(("127.0.0.1", mport)) {
+            held.push(s);
+        }
+    }
+    m.wait_log("metrics listener: cannot accept a connection: Too many open files");
+    let (ticks, t) = (cpu_ticks(m.pid()), std::time::Instant::now());
+    wait_until("3s of holding the connections", TIMEOUT, || t.elapsed() > std::time::Duration::from_secs(3));
+    let used = cpu_ticks(m.pid()) - ticks;
+    let warnings = m.log_text().matches("cannot accept").count();
+    drop(held);
+    assert!(used < 100, "the master spun: {used} ticks of CPU in 3s");
+    assert!(warnings <= 2, "{warnings} warnings: not rate-limited");
+    assert!(m.running());
 }

@@ -22,6 +22,7 @@ generation) and can be told to misbehave through its arguments:
 import argparse
 import http.server
 import json
+import resource
 import os
 import signal
 import socket
@@ -70,6 +71,7 @@ def report(path: str, initial_fds) -> None:
         "env": dict(os.environ),
         "sigpipe_default": signal.getsignal(signal.SIGPIPE) == signal.SIG_DFL,
         "blocked": sorted(int(s) for s in signal.pthread_sigmask(signal.SIG_BLOCK, [])),
+        "nofile": list(resource.getrlimit(resource.RLIMIT_NOFILE)),
     }
     tmp = path + ".tmp"
     with open(tmp, "w") as f:

@@ -76,7 +76,7 @@ pub struct Driver {
     exit: Option<i32>,
     events: VecDeque<Event>,
     control: ControlServer,
-    metrics: Option<tokio::net::TcpListener>,
+    metrics: Option<(tokio::net::TcpListener, crate::accept::Gate)>,
     replies: HashMap<ReplyId, oneshot::Sender<Reply>>,
     next_reply: ReplyId,
     started: Instant,
@@ -104,6 +104,7 @@ impl Driver {
         if let Err(e) = nix::sys::prctl::set_child_subreaper(true) {
             tracing::warn!("cannot become a child subreaper: {e}");
         }
+        spawn::raise_nofile_limit();
         let resolved = ListenSockets::resolve(ListenSockets::from_systemd()?, &config.listen)?;
         let sockets = resolved.sockets;
         let mut systemd = SystemdNotifier::from_env();
@@ -141,7 +142,7 @@ impl Driver {
                     .and_then(tokio::net::TcpListener::from_std)
                     .map_err(|e| StartError::Other(format!("cannot listen for metrics on {}: {e}", m.listen)))?;
                 tracing::info!("metrics on http://{}/metrics and /health", m.listen);
-                Some(l)
+                Some((l, crate::accept::Gate::new("metrics listener")))
             }
         };
         let sink = Arc::new(log_sink(config.logs.target));
@@ -225,11 +226,19 @@ impl Driver {
                 },
                 () = self.control.accept(control_tx.clone()) => {}
                 Some(incoming) = control_rx.recv() => self.on_control(incoming),
-                accepted = accept_metrics(self.metrics.as_ref()) => match accepted {
+                (accepted, permit) = accept_metrics(self.metrics.as_ref()) => match accepted {
                     Ok(stream) => {
-                        tokio::spawn(crate::metrics::serve(stream, metrics_tx.clone()));
+                        let to_driver = metrics_tx.clone();
+                        tokio::spawn(async move {
+                            crate::metrics::serve(stream, to_driver).await;
+                            drop(permit);
+                        });
                     }
-                    Err(e) => tracing::warn!("metrics listener: {e}"),
+                    Err(e) => {
+                        if let Some((_, gate)) = &self.metrics {
+                            gate.failed(&e);
+                        }
+                    }
                 },
                 Some(SnapshotRequest(reply)) = metrics_rx.recv() => {
                     let _ = reply.send(self.snapshot());
@@ -338,10 +347,15 @@ impl Driver {
     }
 }
 
-/// Accept on the metrics listener, or never when there is none.
-async fn accept_metrics(listener: Option<&tokio::net::TcpListener>) -> std::io::Result<tokio::net::TcpStream> {
+/// Accept on the metrics listener once its gate admits a connection, or never when there is none.
+async fn accept_metrics(
+    listener: Option<&(tokio::net::TcpListener, crate::accept::Gate)>,
+) -> (std::io::Result<tokio::net::TcpStream>, tokio::sync::OwnedSemaphorePermit) {
     match listener {
-        Some(l) => l.accept().await.map(|(s, _)| s),
+        Some((l, gate)) => {
+            let permit = gate.admit().await;
+            (l.accept().await.map(|(s, _)| s), permit)
+        }
         None => std::future::pending().await,
     }
 }
