@@ -96,7 +96,7 @@ impl Sink {
 
     pub async fn write(&self, origin: &Origin, rec: &Record<'_>) {
         match self {
-            Sink::Stderr => write_stderr(origin, rec),
+            Sink::Stderr => write_stderr(origin, rec).await,
             Sink::Journal(sock) => {
                 let msg = journal_message(origin, rec);
                 match sock.send(&msg).await {
@@ -104,12 +104,12 @@ impl Sink {
                     Err(e) if e.raw_os_error() == Some(libc::EMSGSIZE) => {
                         if let Err(e) = send_memfd(sock, &msg) {
                             tracing::warn!(slot = origin.slot, "cannot send a large record to journald: {e}");
-                            write_stderr(origin, rec);
+                            write_stderr(origin, rec).await;
                         }
                     }
                     Err(e) => {
                         tracing::debug!("journald send failed ({e}); writing to stderr");
-                        write_stderr(origin, rec);
+                        write_stderr(origin, rec).await;
                     }
                 }
             }
@@ -117,10 +117,11 @@ impl Sink {
     }
 }
 
-fn write_stderr(origin: &Origin, rec: &Record<'_>) {
+/// Without blocking the loop: a slow stderr reader slows this worker's pipe, nothing else.
+async fn write_stderr(origin: &Origin, rec: &Record<'_>) {
     // A log line is text for a terminal or a file: no escape sequence of the worker's gets through.
     let line = format!("{}[{}]: {}\n", origin.name, origin.slot, crate::status::escape_terminal(rec.message));
-    let _ = std::io::stderr().lock().write_all(line.as_bytes());
+    crate::stderr::write_waiting(line.as_bytes()).await;
 }
 
 /// One journal entry in the native protocol: `KEY=value` lines, or for values containing a

@@ -35,3 +35,4 @@ pub mod runtime;
 pub mod sockets;
 pub mod spawn;
 pub mod status;
+pub mod stderr;

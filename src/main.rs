@@ -20,6 +20,7 @@ fn main() -> ExitCode {
     let env_config = std::env::var("CORRAL_CONFIG").ok();
     match cli.command {
         Command::Run { config } => {
+            corral::stderr::init();
             let path = config::locate(config.as_deref(), env_config.as_deref(), None);
             let config = match Config::load(&path) {
                 Ok(c) => c,
@@ -30,13 +31,15 @@ fn main() -> ExitCode {
                 }
             };
             init_logging(config.logs.target);
-            match driver::run(config) {
+            let code = match driver::run(config) {
                 Ok(code) => ExitCode::from(u8::try_from(code).unwrap_or(1)),
                 Err(e) => {
                     tracing::error!("{e}");
                     ExitCode::from(1)
                 }
-            }
+            };
+            corral::stderr::flush_before_exit(Duration::from_secs(1));
+            code
         }
         Command::Check { config, name } => {
             let path = config::locate(config.as_deref(), env_config.as_deref(), name.as_deref());
@@ -238,7 +241,7 @@ fn init_logging(target: LogTarget) {
     }
     let tty = std::io::stderr().is_terminal();
     let fmt = tracing_subscriber::fmt::layer()
-        .with_writer(std::io::stderr)
+        .with_writer(|| corral::stderr::LogWriter)
         .with_target(false)
         .with_ansi(tty && std::env::var_os("NO_COLOR").is_none());
     tracing_subscriber::registry().with(filter).with(fmt).init();

@@ -66,6 +66,14 @@ pub fn render(p: &PoolStatus) -> String {
     reloads.get_or_create(&ResultLabel { result: "failure".into() }).inc_by(p.reloads_failed);
     reg.register("reloads", "Rolling reloads, by result", reloads);
 
+    let dropped = Counter::<u64>::default();
+    dropped.inc_by(p.log_messages_dropped);
+    reg.register(
+        "log_messages_dropped",
+        "The master's own log messages dropped because its stderr was not read fast enough",
+        dropped,
+    );
+
     let rss = Family::<SlotLabel, Gauge>::default();
     let cpu = Family::<SlotLabel, Counter<f64>>::default();
     for w in p.workers.iter().filter(|w| w.state != "stopping") {

@@ -28,6 +28,9 @@ pub struct PoolStatus {
     pub restarts_by_reason: BTreeMap<String, u64>,
     pub reloads_succeeded: u64,
     pub reloads_failed: u64,
+    /// The master's own log messages dropped because its stderr's reader did not keep up.
+    #[serde(default)]
+    pub log_messages_dropped: u64,
     pub workers: Vec<WorkerStatus>,
 }
 
@@ -177,6 +180,10 @@ pub fn render(pools: &[PoolStatus], color: bool) -> String {
         if p.reloading {
             out.push_str(&paint("33", " · reloading"));
         }
+        if p.log_messages_dropped > 0 {
+            let msg = format!(" · {} log messages dropped (stderr not read)", p.log_messages_dropped);
+            out.push_str(&paint("33", &msg));
+        }
         match &p.last_reload {
             Some(LastReload { ok: true, generation: Some(g), .. }) => {
                 let _ = write!(out, " · last reload ok (generation {g})");
@@ -280,6 +287,7 @@ mod tests {
             restarts_by_reason: BTreeMap::new(),
             reloads_succeeded: 1,
             reloads_failed: 0,
+            log_messages_dropped: 0,
             workers: vec![w(0, "ready"), w(1, "starting")],
         };
         let text = render(&[p], false);

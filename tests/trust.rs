@@ -323,3 +323,49 @@ fn out_of_descriptors_the_master_pauses_accepting_instead_of_spinning() {
     assert!(warnings <= 2, "{warnings} warnings: not rate-limited");
     assert!(m.running());
 }
+
+#[test]
+fn a_stalled_stderr_reader_does_not_stall_the_master() {
+    // The master's stderr is a pipe nobody reads; a worker floods its output into it.
+    let (read_end, write_end) = nix::unistd::pipe().unwrap();
+    let port = free_port();
+    let cfg = format!(
+        "command = [\"sh\", \"-c\", \"if [ \\\"$CORRAL_WORKER\\\" = 0 ]; then exec yes flooding-the-master-stderr; else exec python3 {{worker}}; fi\"]\nlisten = [\"127.0.0.1:{port}\"]\ninstances = 2\n[ready]\nmode = \"spawn\"\n[logs]\ntarget = \"stderr\"\n"
+    );
+    let opts = Options { stderr: Some(write_end), ..Options::default() };
+    let mut m = Master::start("stderrstall", &cfg, opts);
+    m.systemd().wait("READY=1");
+    let pids = m.wait_workers(2);
+    // The pipe is full (64 KiB) and the master's buffer behind it too; the loop goes on.
+    wait_until("the pipe to fill", TIMEOUT, || {
+        let mut fds = [nix::poll::PollFd::new(std::os::fd::AsFd::as_fd(&read_end), nix::poll::PollFlags::POLLIN)];
+        nix::poll::poll(&mut fds, 0u16).unwrap_or(0) > 0
+    });
+    let (code, out, err) = cli(&m, &["status", "pool", "--json"]);
+    assert_eq!(code, Some(0), "status got no answer: {err}");
+    assert!(out.contains("\"log_messages_dropped\""), "{out}");
+    // A killed worker is replaced while stderr stays stalled, and the master's own messages
+    // about it are dropped and counted rather than waited for.
+    let python = *pids.iter().max_by_key(|p| comm(**p) == "python3").unwrap();
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(python), nix::sys::signal::Signal::SIGKILL).unwrap();
+    wait_until("the killed worker replaced", TIMEOUT, || {
+        let now = m.workers();
+        now.len() == 2 && !now.contains(&python)
+    });
+    let dropped = wait_for("dropped messages counted", TIMEOUT, || {
+        let (_, out, _) = cli(&m, &["status", "pool", "--json"]);
+        let v: serde_json::Value = serde_json::from_str(&out).ok()?;
+        v["log_messages_dropped"].as_u64().filter(|n| *n > 0)
+    });
+    eprintln!("{dropped} messages dropped while stderr was stalled");
+    // Reading again: the stream resumes.
+    let mut reader = std::fs::File::from(read_end);
+    let mut buf = vec![0u8; 1 << 20];
+    let n = std::io::Read::read(&mut reader, &mut buf).unwrap();
+    assert!(n > 0);
+    m.signal(nix::sys::signal::Signal::SIGTERM);
+    // Keep draining so the master can finish; it exits 0.
+    let t = std::thread::spawn(move || while std::io::Read::read(&mut reader, &mut buf).is_ok_and(|n| n > 0) {});
+    assert_eq!(m.wait_exit(), Some(0));
+    let _ = t.join();
+}

@@ -208,6 +208,7 @@ impl Driver {
         let mut sampler = tokio::time::interval_at(tokio::time::Instant::now() + sample_every, sample_every);
         sampler.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
 
+        let flusher = tokio::spawn(crate::stderr::flusher());
         self.dispatch(Event::Start);
         while self.exit.is_none() {
             let deadline = self.pool.next_deadline().map(tokio::time::Instant::from_std);
@@ -259,6 +260,7 @@ impl Driver {
         }
         // Workers' output tasks finish on their own at EOF; give them the chance to flush.
         tokio::task::yield_now().await;
+        flusher.abort();
         self.exit.unwrap_or(1)
     }
 

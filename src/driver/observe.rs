@@ -89,6 +89,7 @@ impl Driver {
                 .collect(),
             reloads_succeeded,
             reloads_failed,
+            log_messages_dropped: crate::stderr::dropped(),
             workers,
         }
     }

@@ -167,11 +167,21 @@ pub struct Options {
     pub wrapper: Vec<String>,
     /// Discard the master's stderr (for tests that flood it).
     pub discard_log: bool,
+    /// The master's stderr goes here instead of `master.log` (a pipe the test controls, say).
+    pub stderr: Option<std::os::fd::OwnedFd>,
 }
 
 impl Default for Options {
     fn default() -> Self {
-        Options { activate: vec![], fdnames: vec![], notify: true, env: vec![], wrapper: vec![], discard_log: false }
+        Options {
+            activate: vec![],
+            fdnames: vec![],
+            notify: true,
+            env: vec![],
+            wrapper: vec![],
+            discard_log: false,
+            stderr: None,
+        }
     }
 }
 
@@ -188,7 +198,7 @@ pub struct Master {
 
 impl Master {
     /// Write `config` (with `{worker}` and `{dir}` replaced) and start `corral run` on it.
-    pub fn start(tag: &str, config: &str, opts: Options) -> Master {
+    pub fn start(tag: &str, config: &str, mut opts: Options) -> Master {
         let dir = TempDir::new(tag);
         let text = config.replace("{worker}", &worker_py()).replace("{dir}", &dir.0.to_string_lossy());
         let config = dir.join("pool.toml");
@@ -221,7 +231,9 @@ impl Master {
             .current_dir(dir.path())
             .stdin(Stdio::null())
             .stdout(std::fs::File::create(dir.join("master.out")).expect("stdout file"))
-            .stderr(if opts.discard_log {
+            .stderr(if let Some(fd) = opts.stderr.take() {
+                Stdio::from(fd)
+            } else if opts.discard_log {
                 Stdio::null()
             } else {
                 Stdio::from(std::fs::File::create(&log).expect("log file"))
