@@ -87,6 +87,22 @@ impl NotifyServer {
     }
 }
 
+impl NotifyServer {
+    /// A message already waiting in the socket, without waiting for one. Used to take in every
+    /// queued `WATCHDOG=1`/`READY=1` before deadlines are judged.
+    pub fn try_recv(&self) -> io::Result<Option<Message>> {
+        let fd = self.socket.as_raw_fd();
+        loop {
+            match self.socket.try_io(tokio::io::Interest::READABLE, || receive(fd)) {
+                Ok(Some(msg)) => return Ok(Some(msg)),
+                Ok(None) => continue,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(None),
+                Err(e) => return Err(e),
+            }
+        }
+    }
+}
+
 impl Drop for NotifyServer {
     fn drop(&mut self) {
         let _ = std::fs::remove_file(&self.path);

@@ -369,3 +369,25 @@ fn a_stalled_stderr_reader_does_not_stall_the_master() {
     assert_eq!(m.wait_exit(), Some(0));
     let _ = t.join();
 }
+
+#[test]
+fn a_master_stopped_longer_than_the_watchdog_keeps_its_healthy_workers() {
+    let port = free_port();
+    let cfg = format!(
+        "command = [\"python3\", \"{{worker}}\", \"--watchdog\"]\nlisten = [\"127.0.0.1:{port}\"]\ninstances = 2\n[watchdog]\ntimeout = \"500ms\"\n"
+    );
+    let mut m = Master::start("sigstop", &cfg, Options::default());
+    m.systemd().wait("READY=1");
+    let pids = m.wait_workers(2);
+    m.signal(nix::sys::signal::Signal::SIGSTOP);
+    wait_until("the master stopped", TIMEOUT, || proc_state(m.pid()) == Some('T'));
+    let t = std::time::Instant::now();
+    wait_until("4 watchdog timeouts of stop", TIMEOUT, || t.elapsed() > std::time::Duration::from_secs(2));
+    m.signal(nix::sys::signal::Signal::SIGCONT);
+    let t = std::time::Instant::now();
+    wait_until("4 more watchdog timeouts of running", TIMEOUT, || t.elapsed() > std::time::Duration::from_secs(2));
+    assert_eq!(m.wait_workers(2), pids, "healthy workers were killed after the master resumed");
+    let (_, out, _) = cli(&m, &["status", "pool", "--json"]);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["restarts_by_reason"]["watchdog"], 0, "{out}");
+}

@@ -37,6 +37,9 @@ mod observe;
 mod requests;
 mod workers;
 
+/// A timer this late means the master itself did not run (SIGSTOP, starved of CPU).
+const STALL: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// Variables of the master's own environment that belong to the master only.
 const PRIVATE_ENV: &[&str] =
     &["LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES", "NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "JOURNAL_STREAM"];
@@ -244,7 +247,16 @@ impl Driver {
                 Some(SnapshotRequest(reply)) = metrics_rx.recv() => {
                     let _ = reply.send(self.snapshot());
                 }
-                _ = sleep, if deadline.is_some() => self.dispatch(Event::Tick),
+                _ = sleep, if deadline.is_some() => {
+                    // Take in every READY=1 and WATCHDOG=1 already waiting before judging
+                    // deadlines: after the master was stopped they are all queued there.
+                    self.drain_notify();
+                    let late = deadline.map(|d| tokio::time::Instant::now().saturating_duration_since(d));
+                    if let Some(late) = late.filter(|l| *l >= STALL) {
+                        self.dispatch(Event::Stalled { duration: late });
+                    }
+                    self.dispatch(Event::Tick);
+                }
                 _ = sampler.tick() => {
                     self.sample();
                     // A reload may have changed the interval.

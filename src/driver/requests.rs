@@ -51,6 +51,21 @@ impl Driver {
         self.dispatch(Event::Reload { config, reply });
     }
 
+    /// Handle every notification already waiting in the socket.
+    pub(super) fn drain_notify(&mut self) {
+        // Bounded: a worker flooding the socket cannot keep the loop here.
+        for _ in 0..4096 {
+            match self.notify.try_recv() {
+                Ok(Some(msg)) => self.on_notify(msg),
+                Ok(None) => return,
+                Err(e) => {
+                    tracing::warn!("notify socket: {e}");
+                    return;
+                }
+            }
+        }
+    }
+
     pub(super) fn on_notify(&mut self, msg: crate::notify::Message) {
         // A worker's own children (e.g. `npm start` → node) may speak for it if they stayed in
         // its process group, like systemd's NotifyAccess=all within the cgroup.

@@ -1,7 +1,7 @@
 //! How the pool reacts to what happens to workers: spawned, ready, exited, late for a deadline,
 //! over their memory limit or silent to the watchdog.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
 use nix::unistd::Pid;
@@ -181,6 +181,25 @@ impl Pool {
                     self.workers[i].state = WorkerState::Stopping { reason, kill_at: None };
                 }
                 _ => {}
+            }
+        }
+    }
+
+    /// The master did not run for (at least) `stalled`: the pause is not held against workers.
+    /// Each watchdog starts a full period afresh (pings sent meanwhile may have been lost to a
+    /// full socket queue, and when the master stopped is unknown), and ready deadlines move by
+    /// the pause.
+    pub(super) fn on_stalled(&mut self, now: Instant, stalled: Duration) {
+        tracing::warn!(
+            "the master did not run for {} or more (stopped or starved of CPU): workers' deadlines start afresh",
+            humantime::format_duration(Duration::from_millis(stalled.as_millis() as u64))
+        );
+        for w in &mut self.workers {
+            if w.is_ready() {
+                w.last_ping = Some(now);
+            }
+            if let WorkerState::Starting { timeout_at: Some(t), ready_at } = w.state {
+                w.state = WorkerState::Starting { timeout_at: Some(later(t, stalled)), ready_at };
             }
         }
     }

@@ -194,6 +194,7 @@ impl Pool {
             }
             Event::MemorySample { pid, rss } => self.on_memory(pid, rss),
             Event::Tick => self.on_tick(now, &mut out),
+            Event::Stalled { duration } => self.on_stalled(now, duration),
             Event::Reload { config, reply } => self.on_reload(config, reply, &mut out),
             Event::Scale { request, reply } => self.on_scale(request, reply, &mut out),
             Event::Stop => match self.phase {

@@ -798,3 +798,34 @@ fn scale_requests_saturate_and_refuse_what_is_over_the_limit() {
     assert!(got.contains(&"reply 5 ok".to_string()), "{got:?}");
     assert_eq!(sim.pool.desired(), 8);
 }
+
+#[test]
+fn time_the_master_was_stopped_is_not_held_against_its_workers() {
+    let mut sim = Sim::new(config(&format!("{BASE}\n[watchdog]\ntimeout = \"1s\"\n")));
+    let stalled = |ms| Event::Stalled { duration: Duration::from_millis(ms) };
+    sim.run(&[
+        (0, Event::Start, &["spawn 0 g1 = 100", "spawn 1 g1 = 101"]),
+        (10, ready(100), &[]),
+        (10, ready(101), &["READY"]),
+        (800, ping(100), &[]),
+        (900, ping(101), &[]),
+        // The master was stopped from 950ms to 60s: the workers' pings were queued, but 101's
+        // last one was lost. Neither is killed on resume: the pause does not count.
+        (60_000, ping(100), &[]),
+        (60_000, stalled(59_050), &[]),
+        (60_000, Event::Tick, &[]),
+        // From now on the watchdog counts again: a full period for every worker.
+        (60_999, Event::Tick, &[]),
+        (61_000, Event::Tick, &["kill 100 SIGABRT", "kill 101 SIGABRT"]),
+    ]);
+    // A starting worker's ready timeout moves too.
+    let mut sim = started();
+    sim.run(&[
+        (1_000, exited(100, 1), &[]),
+        (1_100, Event::Tick, &["spawn 0 g1 = 102"]),
+        (30_000, stalled(25_000), &[]),
+        (30_000, Event::Tick, &[]),
+        (36_099, Event::Tick, &[]),
+        (36_100, Event::Tick, &["kill 102 SIGTERM"]),
+    ]);
+}

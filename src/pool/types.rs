@@ -78,6 +78,11 @@ pub enum Event {
     },
     /// A deadline from [`Pool::next_deadline`] has passed.
     Tick,
+    /// The master itself did not run for this long (stopped with SIGSTOP, starved of CPU): time
+    /// that is no evidence against its workers, whose deadlines move by as much.
+    Stalled {
+        duration: Duration,
+    },
     /// Re-read config: the new one, or why it could not be used.
     Reload {
         config: Result<Arc<Config>, String>,
