@@ -391,3 +391,25 @@ fn a_master_stopped_longer_than_the_watchdog_keeps_its_healthy_workers() {
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(v["restarts_by_reason"]["watchdog"], 0, "{out}");
 }
+
+#[test]
+fn a_daemonized_grandchild_is_stopped_with_the_pool() {
+    let port = free_port();
+    // `( setsid sleep & )`: the subshell exits at once, so the sleep is orphaned, in its own
+    // session (out of the worker's process group), holding the listening socket.
+    let cfg = format!(
+        "command = [\"sh\", \"-c\", \"( setsid sleep 300 & ); exec python3 {{worker}}\"]\nlisten = [\"127.0.0.1:{port}\"]\n[stop]\ntimeout = \"2s\"\n"
+    );
+    let mut m = Master::start("daemonized", &cfg, Options::default());
+    m.systemd().wait("READY=1");
+    let stray = wait_for("the daemonized sleep, re-parented to the master", TIMEOUT, || {
+        children(m.pid()).into_iter().find(|p| comm(*p) == "sleep")
+    });
+    assert_ne!(nix::unistd::getpgid(Some(nix::unistd::Pid::from_raw(stray))).unwrap().as_raw(), m.workers()[0]);
+    m.signal(nix::sys::signal::Signal::SIGTERM);
+    assert_eq!(m.wait_exit(), Some(0), "{}", m.log_text());
+    assert!(!alive(stray), "the daemonized grandchild outlived the pool");
+    assert!(m.log_text().contains("processes they left behind still run"), "{}", m.log_text());
+    // The port is free for the next master.
+    std::net::TcpListener::bind(("127.0.0.1", port)).expect("the port is still bound");
+}

@@ -83,6 +83,17 @@ pub struct Driver {
     replies: HashMap<ReplyId, oneshot::Sender<Reply>>,
     next_reply: ReplyId,
     started: Instant,
+    /// Set once the pool has exited while processes its workers left behind (daemonized, so out
+    /// of their process groups, and re-parented to us as subreaper) still run: they are stopped
+    /// like workers (stop signal, SIGKILL at the deadline) before the master exits.
+    strays: Option<Strays>,
+}
+
+/// The last step of a stop: processes left behind by workers.
+struct Strays {
+    exit_code: i32,
+    kill_at: tokio::time::Instant,
+    killed: bool,
 }
 
 /// Run a pool in the foreground until it stops; returns the process exit code.
@@ -179,6 +190,7 @@ impl Driver {
             replies: HashMap::new(),
             next_reply: 0,
             started: Instant::now(),
+            strays: None,
         })
     }
 
@@ -219,8 +231,8 @@ impl Driver {
             tokio::select! {
                 biased;
                 Some(()) = chld.recv() => self.reap(),
-                Some(()) = term.recv() => self.dispatch(Event::Stop),
-                Some(()) = int.recv() => self.dispatch(Event::Stop),
+                Some(()) = term.recv() => self.on_stop_signal(),
+                Some(()) = int.recv() => self.on_stop_signal(),
                 Some(()) = hup.recv() => self.reload(None),
                 Some(()) = ttin.recv() => self.dispatch(Event::Scale { request: ScaleRequest::Add(1), reply: None }),
                 Some(()) = ttou.recv() => self.dispatch(Event::Scale { request: ScaleRequest::Add(-1), reply: None }),
@@ -267,6 +279,7 @@ impl Driver {
                     }
                 }
                 _ = watchdog_timer.tick(), if watchdog.is_some() => self.systemd.send(&[NotifyState::Watchdog]),
+                () = stray_deadline(self.strays.as_ref()) => self.kill_strays(),
                 () = self.systemd.flush(), if self.systemd.pending() => {}
             }
         }
@@ -312,10 +325,7 @@ impl Driver {
                     });
                 }
             }
-            Action::Exit(code) => {
-                tracing::info!("all workers stopped, exiting with {code}");
-                self.exit = Some(code);
-            }
+            Action::Exit(code) => self.finish(code),
         }
     }
 
@@ -356,8 +366,104 @@ impl Driver {
                 self.dispatch(Event::Exited { pid, status });
             } else {
                 tracing::debug!(pid = pid.as_raw(), "reaped a stray process ({status})");
+                if let Some(s) = &self.strays {
+                    if own_children().is_empty() {
+                        tracing::info!("processes left behind by workers are gone, exiting with {}", s.exit_code);
+                        self.exit = Some(s.exit_code);
+                    }
+                }
             }
         }
+    }
+
+    /// The pool has stopped every worker. Processes the workers left behind (a daemonized
+    /// grandchild keeping the port bound, say) are ours as subreaper: stop them too, as
+    /// systemd stops what is left in a unit's cgroup, then exit.
+    fn finish(&mut self, code: i32) {
+        let left = own_children();
+        if left.is_empty() {
+            tracing::info!("all workers stopped, exiting with {code}");
+            self.exit = Some(code);
+            return;
+        }
+        let stop = self.pool.config().stop.clone();
+        tracing::warn!(
+            "all workers stopped; {} processes they left behind still run (pids {left:?}): sending {}, SIGKILL in {}",
+            left.len(),
+            stop.signal.0.as_str(),
+            humantime::format_duration(stop.timeout.0)
+        );
+        for pid in &left {
+            signal_process_and_group(*pid, stop.signal.0);
+        }
+        let kill_at = tokio::time::Instant::now().checked_add(stop.timeout.0).unwrap_or_else(tokio::time::Instant::now);
+        self.strays = Some(Strays { exit_code: code, kill_at, killed: false });
+    }
+
+    /// SIGTERM/SIGINT: a graceful stop, or, when one is under way, stop now.
+    fn on_stop_signal(&mut self) {
+        if self.strays.is_some() {
+            self.kill_strays();
+        } else {
+            self.dispatch(Event::Stop);
+        }
+    }
+
+    fn kill_strays(&mut self) {
+        let left = own_children();
+        tracing::warn!("processes left behind by workers did not stop in time: SIGKILL to {left:?}");
+        for pid in &left {
+            signal_process_and_group(*pid, Signal::SIGKILL);
+        }
+        if let Some(s) = &mut self.strays {
+            s.killed = true;
+            if left.is_empty() {
+                self.exit = Some(s.exit_code);
+            }
+        }
+    }
+}
+
+/// Signal a process and, when it leads one, its process group (a daemon that called setsid).
+fn signal_process_and_group(pid: Pid, signal: Signal) {
+    if nix::unistd::getpgid(Some(pid)) == Ok(pid) {
+        let _ = killpg(pid, signal);
+    }
+    let _ = nix::sys::signal::kill(pid, signal);
+}
+
+/// Our own live children, from the kernel's list (`/proc/self/task/*/children`), or by scanning
+/// /proc where that list is not compiled in.
+fn own_children() -> Vec<Pid> {
+    let me = std::process::id();
+    let mut out = Vec::new();
+    let listed = std::fs::read_to_string(format!("/proc/{me}/task/{me}/children"));
+    match listed {
+        Ok(text) => out.extend(text.split_whitespace().filter_map(|p| p.parse().ok()).map(Pid::from_raw)),
+        Err(_) => {
+            for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+                let Some(pid) = entry.file_name().to_str().and_then(|p| p.parse::<i32>().ok()) else { continue };
+                let stat = std::fs::read_to_string(entry.path().join("stat")).unwrap_or_default();
+                let ppid = stat.rsplit_once(')').and_then(|(_, r)| r.split_whitespace().nth(1)?.parse::<u32>().ok());
+                if ppid == Some(me) {
+                    out.push(Pid::from_raw(pid));
+                }
+            }
+        }
+    }
+    // Zombies are only waiting to be reaped.
+    out.retain(|p| {
+        let stat = std::fs::read_to_string(format!("/proc/{p}/stat")).unwrap_or_default();
+        !matches!(stat.rsplit_once(')').and_then(|(_, r)| r.split_whitespace().next()), Some("Z") | None)
+    });
+    out
+}
+
+/// The moment left-behind processes get SIGKILL, or never.
+async fn stray_deadline(strays: Option<&Strays>) {
+    match strays {
+        Some(s) if !s.killed => tokio::time::sleep_until(s.kill_at).await,
+        _ => std::future::pending().await,
     }
 }
 
