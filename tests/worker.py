@@ -167,6 +167,7 @@ def main() -> int:
     p.add_argument("--watchdog", action="store_true")
     p.add_argument("--stop-pinging-after", type=int)
     p.add_argument("--status", help="STATUS= text sent with READY=1")
+    p.add_argument("--any-listen-pid", action="store_true", help="take fd 3 whatever LISTEN_PID says (as Node does)")
     a = p.parse_args()
 
     if a.report:
@@ -186,7 +187,8 @@ def main() -> int:
         subprocess.Popen(["sleep", "300"])
 
     server = None
-    if int(os.environ.get("LISTEN_FDS", "0")) >= 1 and os.environ.get("LISTEN_PID") == str(os.getpid()):
+    ours = a.any_listen_pid or os.environ.get("LISTEN_PID") == str(os.getpid())
+    if int(os.environ.get("LISTEN_FDS", "0")) >= 1 and ours:
         sock = socket.socket(fileno=3)
         # The socket is shared with the other workers: a wakeup does not mean this worker gets
         # the connection, so accept() must not block.

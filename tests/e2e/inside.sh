@@ -66,4 +66,21 @@ bad=$(grep -vc '^200$' /tmp/codes)
 journalctl -u corral@store -o cat | grep -q "kept across the restart by systemd's fd store" && ok "socket came back from the fd store" || fail "fd store not used"
 systemctl stop corral@store.service
 
+# kill -9 of the master: a worker started through a wrapper that does not exec (`npm start`
+# style) escapes PR_SET_PDEATHSIG, but not the unit's cgroup: with KillMode=mixed systemd kills
+# what is left (here after a short TimeoutStopSec; with the shipped unit after at most 45 s).
+printf 'command = ["sh", "-c", "python3 /srv/worker.py --any-listen-pid; true"]\ninstances = 1\nlisten = ["127.0.0.1:3200"]\n' > /etc/corral/wrapped.toml
+mkdir -p /etc/systemd/system/corral@wrapped.service.d
+printf '[Service]\nTimeoutStopSec=3\n' > /etc/systemd/system/corral@wrapped.service.d/short.conf
+systemctl daemon-reload
+systemctl start corral@wrapped.service && ok "corral@wrapped started" || fail "corral@wrapped start"
+wait_for "corral@wrapped answers" curl -sf --max-time 5 http://127.0.0.1:3200/
+wrapped_main=$(systemctl show corral@wrapped -p MainPID --value)
+wrapped_worker=$(curl -sf --max-time 5 http://127.0.0.1:3200/ | awk '{print $2}')
+[ -n "$wrapped_worker" ] && [ "$(cat /proc/"$wrapped_worker"/comm 2>/dev/null)" = python3 ] \
+  && ok "the wrapped worker is python3 pid $wrapped_worker, not the master's child" || fail "no wrapped worker pid ($wrapped_worker)"
+kill -9 "$wrapped_main"
+wait_for "the wrapped worker ended with its killed master's cgroup" sh -c "! kill -0 $wrapped_worker"
+systemctl stop corral@wrapped.service
+
 [ $failed = 0 ] && echo "E2E PASSED" || echo "E2E FAILED"
