@@ -154,7 +154,19 @@ async fn read_request(stream: &mut tokio::net::UnixStream) -> Result<Request, St
         Ok(Ok(_)) if buf.len() as u64 > MAX_REQUEST => return Err("request too large".into()),
         Ok(Ok(_)) => {}
     }
-    serde_json::from_slice(&buf).map_err(|e| format!("invalid request: {e}"))
+    parse_request(&buf)
+}
+
+/// A request as the control socket receives it (at most [`MAX_REQUEST`] bytes of JSON).
+pub fn parse_request(bytes: &[u8]) -> Result<Request, String> {
+    if bytes.len() as u64 > MAX_REQUEST {
+        return Err("request too large".into());
+    }
+    let request: Request = serde_json::from_slice(bytes).map_err(|e| format!("invalid request: {e}"))?;
+    if let Request::Scale { to } = &request {
+        parse_scale(to)?;
+    }
+    Ok(request)
 }
 
 /// Client side: why a pool could not be asked.

@@ -117,6 +117,15 @@ pub fn health(p: &PoolStatus) -> (u16, String) {
     (code, format!("{body}\n"))
 }
 
+/// Method and path (without the query) of an HTTP request head; empty strings when absent.
+pub fn request_line(head: &[u8]) -> (String, String) {
+    let line = String::from_utf8_lossy(head.split(|b| *b == b'\n').next().unwrap_or_default()).into_owned();
+    let mut parts = line.split_whitespace();
+    let method = parts.next().unwrap_or("").to_string();
+    let path = parts.next().unwrap_or("").split('?').next().unwrap_or("").to_string();
+    (method, path)
+}
+
 /// What the HTTP side asks the driver for.
 pub struct SnapshotRequest(pub oneshot::Sender<PoolStatus>);
 
@@ -139,10 +148,8 @@ pub async fn serve(mut stream: tokio::net::TcpStream, driver: mpsc::UnboundedSen
     if !matches!(tokio::time::timeout(Duration::from_secs(5), read_head).await, Ok(true)) {
         return;
     }
-    let line = String::from_utf8_lossy(head.split(|b| *b == b'\n').next().unwrap_or_default()).into_owned();
-    let mut parts = line.split_whitespace();
-    let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
-    let path = path.split('?').next().unwrap_or("");
+    let (method, path) = request_line(&head);
+    let (method, path) = (method.as_str(), path.as_str());
     let (code, kind, body) = if method != "GET" && method != "HEAD" {
         (405, "text/plain", "only GET\n".to_string())
     } else if path != "/metrics" && path != "/health" {
