@@ -250,7 +250,12 @@ pub fn spawn(req: &SpawnRequest<'_>) -> Result<Child, String> {
     // makes async-signal-safe calls on memory prepared before this point, then execs or _exits.
     let pid = unsafe { libc::fork() };
     if pid < 0 {
-        return Err(format!("cannot fork: {}", Errno::last()));
+        return Err(match Errno::last() {
+            Errno::EAGAIN => "cannot fork: the process limit is reached (RLIMIT_NPROC of the user, or the \
+                              system's pid or thread limit); retrying with backoff"
+                .to_string(),
+            e => format!("cannot fork: {}", e.desc()),
+        });
     }
     if pid == 0 {
         let fds = ChildFds {

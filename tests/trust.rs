@@ -108,9 +108,17 @@ fn a_runtime_root_someone_else_owns_or_may_write_is_refused() {
     assert!(err.contains("belongs to uid 1"), "{err}");
 
     // The CLI does not talk to a control socket in a directory it cannot trust either.
+    std::fs::set_permissions(&theirs, std::fs::Permissions::from_mode(0o777)).unwrap();
     let out = Command::new(CORRAL).args(["status", "pool"]).env("CORRAL_RUNTIME_ROOT", &theirs).output().unwrap();
     assert_eq!(out.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("belongs to uid 1"), "{:?}", out);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("others may write to it"), "{:?}", out);
+    let out = Command::new("setpriv")
+        .args(["--reuid=nobody", "--regid=nogroup", "--clear-groups", CORRAL, "status", "pool"])
+        .env("CORRAL_RUNTIME_ROOT", &open_root)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("others may write to it"), "{:?}", out);
 }
 
 #[test]
@@ -412,4 +420,51 @@ fn a_daemonized_grandchild_is_stopped_with_the_pool() {
     assert!(m.log_text().contains("processes they left behind still run"), "{}", m.log_text());
     // The port is free for the next master.
     std::net::TcpListener::bind(("127.0.0.1", port)).expect("the port is still bound");
+}
+
+#[test]
+fn when_forks_fail_the_master_backs_off_and_keeps_answering() {
+    // RLIMIT_NPROC counts the processes of the master's (real) user: as nobody with room for
+    // three more processes, most of the six forks fail with EAGAIN.
+    let dir = TempDir::new("eagain");
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+    let port = free_port();
+    let cfg = format!(
+        "command = [\"sleep\", \"1000\"]\nlisten = [\"127.0.0.1:{port}\"]\ninstances = 6\n[ready]\nmode = \"spawn\"\n"
+    );
+    let path = dir.join("pool.toml");
+    std::fs::write(&path, cfg).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let root = dir.join("run");
+    let log = dir.join("master.log");
+    let mut child = Command::new("setpriv")
+        .args(["--reuid=nobody", "--regid=nogroup", "--clear-groups", "prlimit", "--nproc=4", CORRAL, "run", "-c"])
+        .arg(&path)
+        .env("CORRAL_RUNTIME_ROOT", &root)
+        .env_remove("NOTIFY_SOCKET")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .process_group(0)
+        .spawn()
+        .unwrap();
+    let _guard = KillGroup(child.id() as i32);
+    let text = || std::fs::read_to_string(&log).unwrap_or_default();
+    wait_until("a fork refused with EAGAIN", TIMEOUT, || text().contains("cannot fork: the process limit is reached"));
+    // The master backs off (no fork storm in the log) and answers.
+    let out =
+        Command::new(CORRAL).args(["status", "pool", "--json"]).env("CORRAL_RUNTIME_ROOT", &root).output().unwrap();
+    assert!(out.status.success(), "{out:?}\n{}", text());
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(v["restarts_by_reason"]["spawn_failed"].as_u64().unwrap() >= 1, "{v}");
+    assert!(v["restarts_by_reason"]["spawn_failed"].as_u64().unwrap() < 100, "no backoff: {v}");
+    assert!(child.try_wait().unwrap().is_none(), "{}", text());
+}
+
+/// Kills a process group on drop.
+struct KillGroup(i32);
+impl Drop for KillGroup {
+    fn drop(&mut self) {
+        let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(self.0), nix::sys::signal::Signal::SIGKILL);
+    }
 }
