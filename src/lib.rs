@@ -12,13 +12,16 @@
 //!   out, no IO and no clock.
 //! - [`driver`]: the single-threaded tokio loop that turns signals, child exits, notify datagrams
 //!   and timers into events and executes the pool's actions.
-//! - [`spawn`]: fork/exec of one worker, the only `unsafe` code (`LISTEN_PID` is written into a
-//!   reserved envp buffer between fork and exec).
+//! - [`os`]: fork/exec of one worker and the descriptors systemd hands over, the only `unsafe`
+//!   code (`#![deny(unsafe_code)]` everywhere else; `LISTEN_PID` is written into a reserved envp
+//!   buffer between fork and exec).
 //! - [`sockets`], [`notify`], [`journal`]: listening sockets, sd_notify in both directions, and
 //!   worker output (journald's native protocol with per-worker fields, or stderr).
 //! - [`control`], [`status`], [`metrics`]: the control socket behind `corral status`, `reload` and
 //!   `scale`; status snapshots and /proc sampling; Prometheus `/metrics` and `/health`.
 //! - [`init`]: `corral init`, which writes a pool's config and systemd units.
+
+#![deny(unsafe_code)]
 
 pub mod accept;
 pub mod cli;
@@ -30,9 +33,9 @@ pub mod journal;
 pub mod manpages;
 pub mod metrics;
 pub mod notify;
+pub mod os;
 pub mod pool;
 pub mod runtime;
 pub mod sockets;
-pub mod spawn;
 pub mod status;
 pub mod stderr;

@@ -69,7 +69,7 @@ impl ListenSockets {
 
     /// Sockets systemd passed to this process, if any (`LISTEN_PID` must be ours).
     pub fn from_systemd() -> Result<Option<ListenSockets>, SocketError> {
-        let fds = crate::spawn::take_inherited_fds().map_err(|e| SocketError::BadEnvironment(e.to_string()))?;
+        let fds = crate::os::fds::take_inherited_fds().map_err(|e| SocketError::BadEnvironment(e.to_string()))?;
         if fds.is_empty() {
             return Ok(None);
         }

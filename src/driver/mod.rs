@@ -27,10 +27,10 @@ use crate::control::{self, ControlServer, Incoming, Reply, Request};
 use crate::journal::{self, Origin, Sink, Stream};
 use crate::metrics::SnapshotRequest;
 use crate::notify::{NotifyServer, SystemdNotifier};
+use crate::os::spawn::{self, Credentials, SpawnError, SpawnRequest};
 use crate::pool::{Action, Event, ExitStatus, Notify, Pool, ReloadResult, ReplyId, ScaleRequest, WorkerState};
 use crate::runtime::RuntimeDir;
 use crate::sockets::ListenSockets;
-use crate::spawn::{self, Credentials, SpawnRequest};
 use crate::status::{self, LastReload, PoolStatus, WorkerStatus};
 
 mod observe;
@@ -44,12 +44,22 @@ const STALL: std::time::Duration = std::time::Duration::from_secs(1);
 const PRIVATE_ENV: &[&str] =
     &["LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES", "NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "JOURNAL_STREAM"];
 
+/// Why a pool could not start (exit status 1).
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
     #[error(transparent)]
     Sockets(#[from] crate::sockets::SocketError),
+    #[error("cannot start the event loop: {0}")]
+    EventLoop(std::io::Error),
+    #[error(transparent)]
+    User(SpawnError),
+    /// The runtime directory is unsafe, someone else's, or locked by another master.
     #[error("{0}")]
-    Other(String),
+    RuntimeDir(String),
+    #[error("cannot bind the {what} socket {path}: {source}")]
+    Bind { what: &'static str, path: PathBuf, source: std::io::Error },
+    #[error("cannot listen for metrics on {addr}: {source}")]
+    Metrics { addr: std::net::SocketAddr, source: std::io::Error },
 }
 
 /// What the driver knows about a live worker process.
@@ -104,7 +114,7 @@ pub fn run(config: Config) -> Result<i32, StartError> {
         .enable_io()
         .enable_time()
         .build()
-        .map_err(|e| StartError::Other(format!("cannot start the event loop: {e}")))?;
+        .map_err(StartError::EventLoop)?;
     rt.block_on(async move {
         let mut driver = Driver::start(&config_path, config)?;
         Ok(driver.run().await)
@@ -132,21 +142,26 @@ impl Driver {
         }
         let worker_gid = match &config.user {
             Some(user) if nix::unistd::geteuid().is_root() => {
-                Some(Credentials::lookup(user).map_err(StartError::Other)?.gid)
+                Some(Credentials::lookup(user).map_err(StartError::User)?.gid)
             }
             _ => None,
         };
-        let runtime = RuntimeDir::create(&config.name, worker_gid).map_err(StartError::Other)?;
+        let runtime = RuntimeDir::create(&config.name, worker_gid).map_err(StartError::RuntimeDir)?;
         let mode = if worker_gid.is_some() { 0o660 } else { 0o600 };
         let notify_path = runtime.path.join("notify.sock");
-        let notify = NotifyServer::bind(&notify_path, mode)
-            .map_err(|e| StartError::Other(format!("cannot bind the notify socket {}: {e}", notify_path.display())))?;
+        let notify = NotifyServer::bind(&notify_path, mode).map_err(|source| StartError::Bind {
+            what: "notify",
+            path: notify_path.clone(),
+            source,
+        })?;
         if let Some(gid) = worker_gid {
             let _ = nix::unistd::chown(&notify_path, None, Some(nix::unistd::Gid::from_raw(gid)));
         }
         let control_path = runtime.path.join("control.sock");
-        let control = ControlServer::bind(&control_path).map_err(|e| {
-            StartError::Other(format!("cannot bind the control socket {}: {e}", control_path.display()))
+        let control = ControlServer::bind(&control_path).map_err(|source| StartError::Bind {
+            what: "control",
+            path: control_path.clone(),
+            source,
         })?;
         let metrics = match &config.metrics {
             None => None,
@@ -154,7 +169,7 @@ impl Driver {
                 let l = std::net::TcpListener::bind(m.listen)
                     .and_then(|l| l.set_nonblocking(true).map(|_| l))
                     .and_then(tokio::net::TcpListener::from_std)
-                    .map_err(|e| StartError::Other(format!("cannot listen for metrics on {}: {e}", m.listen)))?;
+                    .map_err(|source| StartError::Metrics { addr: m.listen, source })?;
                 tracing::info!("metrics on http://{}/metrics and /health", m.listen);
                 Some((l, crate::accept::Gate::new("metrics listener")))
             }
@@ -305,7 +320,7 @@ impl Driver {
             Action::Spawn { id, slot, generation, config } => {
                 let event = match self.spawn_worker(slot, generation, &config) {
                     Ok(pid) => Event::Spawned { id, pid },
-                    Err(error) => Event::SpawnFailed { id, error },
+                    Err(error) => Event::SpawnFailed { id, error: error.to_string() },
                 };
                 self.events.push_back(event);
             }

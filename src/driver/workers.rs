@@ -4,7 +4,7 @@
 use super::*;
 
 impl Driver {
-    pub(super) fn spawn_worker(&mut self, slot: usize, generation: u64, config: &Config) -> Result<Pid, String> {
+    pub(super) fn spawn_worker(&mut self, slot: usize, generation: u64, config: &Config) -> Result<Pid, SpawnError> {
         let credentials = match &config.user {
             None => None,
             Some(user) => {
@@ -14,10 +14,7 @@ impl Driver {
                 } else if c.uid == nix::unistd::geteuid().as_raw() {
                     None
                 } else {
-                    return Err(format!(
-                        "user = {user:?} needs corral to run as root (it runs as uid {})",
-                        nix::unistd::geteuid()
-                    ));
+                    return Err(SpawnError::NeedsRoot { user: user.clone(), uid: nix::unistd::geteuid().as_raw() });
                 }
             }
         };

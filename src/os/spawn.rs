@@ -1,4 +1,4 @@
-//! Fork and exec one worker: the only `unsafe` code in corral.
+//! Fork and exec one worker.
 //!
 //! Everything the child needs is prepared before `fork` ([`Prepared`]): argv and envp as
 //! NUL-terminated byte buffers with pointer arrays, the fd plan, uid/gid/groups, workdir. Between
@@ -12,12 +12,53 @@
 //! `_exit(127)`s; the parent reads that pipe: EOF means `execve` succeeded.
 
 use std::ffi::{CString, OsStr};
-use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
 use nix::errno::Errno;
+
+use super::fds::unsafe_free_borrow;
 use nix::unistd::Pid;
+
+/// Why a worker could not be started. Each message says what failed, on what, and what to do.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SpawnError {
+    #[error("cannot look up user {user:?}: {error}")]
+    UserLookup { user: String, error: String },
+    #[error("user {0:?} does not exist (create it, or change `user` in the config)")]
+    NoSuchUser(String),
+    #[error("user = {user:?} needs corral to run as root (it runs as uid {uid})")]
+    NeedsRoot { user: String, uid: u32 },
+    #[error("cannot list the groups of {user:?}: {error}")]
+    Groups { user: String, error: String },
+    #[error("cannot find `{program}` in PATH ({path}): install it or give its full path in `command`")]
+    NotFound { program: String, path: String },
+    #[error("{0} contains a NUL byte")]
+    Nul(String),
+    /// A pipe, a duplicate, /dev/null: the master's own resources.
+    #[error("cannot {what}: {error}")]
+    Resources { what: String, error: String },
+    #[error(
+        "cannot fork: the process limit is reached (RLIMIT_NPROC of the user, or the system's pid or thread \
+         limit); retrying with backoff"
+    )]
+    ForkLimit,
+    #[error("cannot fork: {0}")]
+    Fork(String),
+    #[error("cannot execute {program}{resolved}{as_user}: {error}")]
+    Exec { program: String, resolved: String, as_user: String, error: String },
+    #[error("cannot chdir to {dir}: {error}")]
+    Chdir { dir: String, error: String },
+    /// A step between fork and exec: setpgid, the parent-death signal, fds, groups, gid, uid.
+    #[error("cannot {step} for {program}: {error}")]
+    Setup { step: &'static str, program: String, error: String },
+}
+
+fn resources(what: impl Into<String>) -> impl FnOnce(Errno) -> SpawnError {
+    let what = what.into();
+    move |e| SpawnError::Resources { what, error: e.desc().to_string() }
+}
 
 /// Who the worker runs as, resolved before `fork`.
 #[derive(Debug, Clone)]
@@ -32,17 +73,16 @@ pub struct Credentials {
 
 impl Credentials {
     /// Look up `user` (a name or a numeric uid) with its primary and supplementary groups.
-    pub fn lookup(user: &str) -> Result<Credentials, String> {
+    pub fn lookup(user: &str) -> Result<Credentials, SpawnError> {
         let found = match user.parse::<u32>() {
             Ok(uid) => nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid)),
             Err(_) => nix::unistd::User::from_name(user),
         }
-        .map_err(|e| format!("cannot look up user {user:?}: {e}"))?;
-        let u =
-            found.ok_or_else(|| format!("user {user:?} does not exist (create it, or change `user` in the config)"))?;
-        let cname = CString::new(u.name.as_bytes()).map_err(|_| format!("invalid user name {user:?}"))?;
+        .map_err(|e| SpawnError::UserLookup { user: user.into(), error: e.desc().into() })?;
+        let u = found.ok_or_else(|| SpawnError::NoSuchUser(user.into()))?;
+        let cname = CString::new(u.name.as_bytes()).map_err(|_| SpawnError::Nul(format!("user name {user:?}")))?;
         let groups = nix::unistd::getgrouplist(&cname, u.gid)
-            .map_err(|e| format!("cannot list the groups of {user:?}: {e}"))?
+            .map_err(|e| SpawnError::Groups { user: user.into(), error: e.desc().into() })?
             .into_iter()
             .map(|g| g.as_raw())
             .collect();
@@ -119,7 +159,7 @@ pub fn raise_nofile_limit() {
 
 /// Find `program` the way `execvp` would, but before `fork`: a name without `/` is searched in
 /// `path` (the worker's `PATH`). Names with a `/` are used as they are (relative to the workdir).
-pub fn resolve_program(program: &str, path: Option<&OsStr>) -> Result<PathBuf, String> {
+pub fn resolve_program(program: &str, path: Option<&OsStr>) -> Result<PathBuf, SpawnError> {
     if program.contains('/') {
         return Ok(PathBuf::from(program));
     }
@@ -133,10 +173,7 @@ pub fn resolve_program(program: &str, path: Option<&OsStr>) -> Result<PathBuf, S
             }
         }
     }
-    Err(format!(
-        "cannot find `{program}` in PATH ({}): install it or give its full path in `command`",
-        path.to_string_lossy()
-    ))
+    Err(SpawnError::NotFound { program: program.into(), path: path.to_string_lossy().into_owned() })
 }
 
 /// Buffers the child uses, allocated before `fork`.
@@ -161,12 +198,12 @@ struct Prepared {
 
 const PID_DIGITS: usize = 20;
 
-fn cstring(s: &[u8], what: &str) -> Result<CString, String> {
-    CString::new(s).map_err(|_| format!("{what} contains a NUL byte"))
+fn cstring(s: &[u8], what: &str) -> Result<CString, SpawnError> {
+    CString::new(s).map_err(|_| SpawnError::Nul(what.into()))
 }
 
 impl Prepared {
-    fn new(req: &SpawnRequest<'_>) -> Result<Prepared, String> {
+    fn new(req: &SpawnRequest<'_>) -> Result<Prepared, SpawnError> {
         let program = cstring(req.program.as_os_str().as_bytes(), "program path")?;
         let argv: Vec<CString> =
             req.argv.iter().map(|a| cstring(a.as_bytes(), "an argument")).collect::<Result<_, _>>()?;
@@ -179,7 +216,7 @@ impl Prepared {
             e.push(b'=');
             e.extend_from_slice(v.as_bytes());
             if e.contains(&0) {
-                return Err(format!("environment variable {k} contains a NUL byte"));
+                return Err(SpawnError::Nul(format!("environment variable {k}")));
             }
             e.push(0);
             env.push(e);
@@ -222,18 +259,18 @@ impl Prepared {
     }
 }
 
-fn pipe() -> Result<(OwnedFd, OwnedFd), String> {
-    nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| format!("cannot create a pipe: {e}"))
+fn pipe() -> Result<(OwnedFd, OwnedFd), SpawnError> {
+    nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(resources("create a pipe"))
 }
 
 /// Start one worker. On success the child has exec'd `program`.
-pub fn spawn(req: &SpawnRequest<'_>) -> Result<Child, String> {
+pub fn spawn(req: &SpawnRequest<'_>) -> Result<Child, SpawnError> {
     let mut prep = Prepared::new(req)?;
-    let output = |fd: i32| -> Result<(Option<OwnedFd>, OwnedFd), String> {
+    let output = |fd: i32| -> Result<(Option<OwnedFd>, OwnedFd), SpawnError> {
         if req.inherit_output {
-            let own = nix::unistd::dup(unsafe_free_borrow(fd)).map_err(|e| format!("cannot duplicate fd {fd}: {e}"))?;
+            let own = nix::unistd::dup(unsafe_free_borrow(fd)).map_err(resources(format!("duplicate fd {fd}")))?;
             nix::fcntl::fcntl(&own, nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC))
-                .map_err(|e| format!("cannot set close-on-exec: {e}"))?;
+                .map_err(resources("set close-on-exec"))?;
             Ok((None, own))
         } else {
             let (r, w) = pipe()?;
@@ -243,7 +280,8 @@ pub fn spawn(req: &SpawnRequest<'_>) -> Result<Child, String> {
     let (out_r, out_w) = output(1)?;
     let (err_r, err_w) = output(2)?;
     let (status_r, status_w) = pipe()?;
-    let devnull = std::fs::File::open("/dev/null").map_err(|e| format!("cannot open /dev/null: {e}"))?;
+    let devnull = std::fs::File::open("/dev/null")
+        .map_err(|e| SpawnError::Resources { what: "open /dev/null".into(), error: e.to_string() })?;
 
     // SAFETY: corral's master is single-threaded (tokio current_thread runtime, no blocking pool),
     // so no other thread can hold a lock the child would need; and the child branch below only
@@ -251,10 +289,8 @@ pub fn spawn(req: &SpawnRequest<'_>) -> Result<Child, String> {
     let pid = unsafe { libc::fork() };
     if pid < 0 {
         return Err(match Errno::last() {
-            Errno::EAGAIN => "cannot fork: the process limit is reached (RLIMIT_NPROC of the user, or the \
-                              system's pid or thread limit); retrying with backoff"
-                .to_string(),
-            e => format!("cannot fork: {}", e.desc()),
+            Errno::EAGAIN => SpawnError::ForkLimit,
+            e => SpawnError::Fork(e.desc().into()),
         });
     }
     if pid == 0 {
@@ -277,7 +313,7 @@ pub fn spawn(req: &SpawnRequest<'_>) -> Result<Child, String> {
             Ok(0) => break,
             Ok(n) => got += n,
             Err(Errno::EINTR) => continue,
-            Err(e) => return Err(format!("cannot read the status of worker {pid}: {e}")),
+            Err(e) => return Err(resources(format!("read the status of worker {pid}"))(e)),
         }
     }
     drop(prep);
@@ -291,16 +327,13 @@ pub fn spawn(req: &SpawnRequest<'_>) -> Result<Child, String> {
     let as_user = req.credentials.map(|c| format!(" as uid {}", c.uid)).unwrap_or_default();
     let resolved =
         if req.program.as_os_str() == program { String::new() } else { format!(" ({})", req.program.display()) };
+    let error = errno.desc().to_string();
     Err(match buf[0] {
-        s if s == Step::Exec as u8 => format!("cannot execute {program}{resolved}{as_user}: {}", errno.desc()),
+        s if s == Step::Exec as u8 => SpawnError::Exec { program: program.into(), resolved, as_user, error },
         s if s == Step::Chdir as u8 => {
-            format!(
-                "cannot chdir to {}: {}",
-                req.workdir.map(|w| w.display().to_string()).unwrap_or_default(),
-                errno.desc()
-            )
+            SpawnError::Chdir { dir: req.workdir.map(|w| w.display().to_string()).unwrap_or_default(), error }
         }
-        s => format!("cannot {} for {program}: {}", Step::describe(s), errno.desc()),
+        s => SpawnError::Setup { step: Step::describe(s), program: program.into(), error },
     })
 }
 
@@ -451,34 +484,6 @@ unsafe fn write_decimal(dst: *mut u8, mut n: u64) {
     unsafe { *dst.add(len) = 0 };
 }
 
-/// The sockets systemd passed to this process (fd 3.., `LISTEN_PID` checked), as owned fds with
-/// their `LISTEN_FDNAMES` names, marked close-on-exec. Returns them once per process; later calls
-/// get nothing, which is what makes taking ownership of the raw fds sound.
-pub fn take_inherited_fds() -> std::io::Result<Vec<(OwnedFd, String)>> {
-    static TAKEN: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
-    if TAKEN.swap(true, std::sync::atomic::Ordering::SeqCst) {
-        return Ok(Vec::new());
-    }
-    let mut out = Vec::new();
-    for (raw, name) in sd_notify::listen_fds_with_names()? {
-        if nix::fcntl::fcntl(unsafe_free_borrow(raw), nix::fcntl::FcntlArg::F_GETFD).is_err() {
-            return Err(std::io::Error::other(format!("LISTEN_FDS names fd {raw}, which is not open")));
-        }
-        // SAFETY: `listen_fds_with_names` verified LISTEN_PID is this process, so fds 3.. were
-        // handed to us by the service manager; the fd is open (checked above), and the swap of
-        // TAKEN guarantees this runs once, so no other OwnedFd for it exists.
-        out.push((unsafe { OwnedFd::from_raw_fd(raw) }, name));
-    }
-    Ok(out)
-}
-
-/// Borrow a raw fd number for one call that only inspects or duplicates it (`F_GETFD`, `dup`).
-fn unsafe_free_borrow(raw: RawFd) -> BorrowedFd<'static> {
-    // SAFETY: used only for fcntl(F_GETFD) and dup(2), which are harmless on any integer (a
-    // closed fd gives EBADF) and do not outlive the call; nothing is closed through it.
-    unsafe { BorrowedFd::borrow_raw(raw) }
-}
-
 /// The digits written for `n`, for tests of the no-alloc formatter.
 #[cfg(test)]
 fn decimal(n: u64) -> String {
@@ -503,7 +508,7 @@ mod tests {
     fn program_resolution() {
         assert_eq!(resolve_program("./server", None).unwrap(), PathBuf::from("./server"));
         assert_eq!(resolve_program("sh", Some(OsStr::new("/nonexistent:/bin"))).unwrap(), PathBuf::from("/bin/sh"));
-        let err = resolve_program("no-such-program-x", Some(OsStr::new("/bin"))).unwrap_err();
+        let err = resolve_program("no-such-program-x", Some(OsStr::new("/bin"))).unwrap_err().to_string();
         assert!(err.contains("cannot find `no-such-program-x` in PATH (/bin)"), "{err}");
     }
 
@@ -520,10 +525,11 @@ mod tests {
             inherit_output: false,
         };
         let err = spawn(&req).unwrap_err();
-        assert_eq!(err, "cannot execute program (/nonexistent/program): No such file or directory");
+        assert!(matches!(err, SpawnError::Exec { .. }));
+        assert_eq!(err.to_string(), "cannot execute program (/nonexistent/program): No such file or directory");
         let req = SpawnRequest { program: Path::new("/bin/true"), workdir: Some(Path::new("/nonexistent")), ..req };
         let err = spawn(&req).unwrap_err();
-        assert_eq!(err, "cannot chdir to /nonexistent: No such file or directory");
+        assert_eq!(err.to_string(), "cannot chdir to /nonexistent: No such file or directory");
     }
 
     #[test]

@@ -1,0 +1,11 @@
+//! The operating-system edge: the only code where `unsafe` is allowed (the crate root denies it,
+//! so the compiler holds the rule). Every `unsafe` block here carries a `// SAFETY:` note.
+//!
+//! - [`spawn`]: fork and exec of one worker; between the two only async-signal-safe system calls,
+//!   with `LISTEN_PID` written into a reserved envp buffer.
+//! - [`fds`]: taking ownership of the descriptors systemd handed over (`LISTEN_FDS`).
+
+#![allow(unsafe_code)]
+
+pub mod fds;
+pub mod spawn;
