@@ -7,23 +7,28 @@
 //!
 //! The lifecycle, in the order a newcomer should read the modules:
 //! - [`config`]: the TOML file becomes a validated [`config::Config`] (errors as `file:line:col`).
-//! - [`pool`]: the pure state machine that decides everything: which slot to (re)start, crash
+//! - `pool`: the pure state machine that decides everything: which slot to (re)start, crash
 //!   backoff, rolling reloads and their rollback, scaling, stop escalation. Events in, actions
-//!   out, no IO and no clock.
+//!   and notices out, no IO, no clock, no logging; one file per story (converge, rollout, crash,
+//!   shutdown) and one place where a worker's state changes.
 //! - [`driver`]: the single-threaded tokio loop that turns signals, child exits, notify datagrams
 //!   and timers into events and executes the pool's actions.
-//! - [`os`]: fork/exec of one worker and the descriptors systemd hands over, the only `unsafe`
+//! - `os`: fork/exec of one worker and the descriptors systemd hands over, the only `unsafe`
 //!   code (`#![deny(unsafe_code)]` everywhere else; `LISTEN_PID` is written into a reserved envp
 //!   buffer between fork and exec).
-//! - [`sockets`], [`notify`], [`journal`]: listening sockets, sd_notify in both directions, and
-//!   worker output (journald's native protocol with per-worker fields, or stderr).
-//! - [`control`], [`status`], [`metrics`]: the control socket behind `corral status`, `reload` and
-//!   `scale`; status snapshots and /proc sampling; Prometheus `/metrics` and `/health`.
+//! - `sockets`, [`notify`], [`journal`], [`stderr`]: listening sockets, sd_notify in both
+//!   directions, worker output (journald's native protocol with per-worker fields, or stderr),
+//!   and the master's own stderr, written without ever blocking the loop.
+//! - [`control`], [`status`], [`metrics`], `accept`: the control socket behind `corral status`,
+//!   `reload` and `scale`; status snapshots and /proc sampling; Prometheus `/metrics` and
+//!   `/health`; the connection limits and accept back-off both listeners share.
+//! - [`runtime`]: the pool's runtime directory, created and checked without following links.
 //! - [`init`]: `corral init`, which writes a pool's config and systemd units.
+//! - [`cli`], [`manpages`]: the command line, and the man pages and completions it generates.
 
 #![deny(unsafe_code)]
 
-pub mod accept;
+pub(crate) mod accept;
 pub mod cli;
 pub mod config;
 pub mod control;
@@ -33,9 +38,9 @@ pub mod journal;
 pub mod manpages;
 pub mod metrics;
 pub mod notify;
-pub mod os;
-pub mod pool;
+pub(crate) mod os;
+pub(crate) mod pool;
 pub mod runtime;
-pub mod sockets;
+pub(crate) mod sockets;
 pub mod status;
 pub mod stderr;

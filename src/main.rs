@@ -151,7 +151,7 @@ fn status(name: Option<&str>, json: bool) -> ExitCode {
             let mut found: Vec<String> = std::fs::read_dir(&root)
                 .map(|d| {
                     d.flatten()
-                        .filter(|e| e.path().join("control.sock").exists())
+                        .filter(|e| e.path().join(corral::runtime::CONTROL_SOCKET).exists())
                         .filter_map(|e| e.file_name().into_string().ok())
                         .filter(|n| config::check_pool_name(n).is_ok())
                         .collect()

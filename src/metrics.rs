@@ -49,9 +49,9 @@ pub fn render(p: &PoolStatus) -> String {
     reg.register("desired_workers", "Number of workers the pool runs", desired);
 
     let workers = Family::<StateLabel, Gauge>::default();
-    for state in ["starting", "ready", "stopping"] {
-        let n = p.workers.iter().filter(|w| w.state == state).count();
-        workers.get_or_create(&StateLabel { state: state.into() }).set(n as i64);
+    for phase in crate::pool::WorkerPhase::ALL {
+        let n = p.workers.iter().filter(|w| w.state == phase).count();
+        workers.get_or_create(&StateLabel { state: phase.as_str().into() }).set(n as i64);
     }
     reg.register("workers", "Worker processes by state", workers);
 
@@ -76,7 +76,7 @@ pub fn render(p: &PoolStatus) -> String {
 
     let rss = Family::<SlotLabel, Gauge>::default();
     let cpu = Family::<SlotLabel, Counter<f64>>::default();
-    for w in p.workers.iter().filter(|w| w.state != "stopping") {
+    for w in p.workers.iter().filter(|w| w.state != crate::pool::WorkerPhase::Stopping) {
         let slot = SlotLabel { slot: w.slot.to_string() };
         if let Some(b) = w.rss_bytes {
             rss.get_or_create(&slot).set(b as i64);

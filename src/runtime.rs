@@ -13,6 +13,11 @@ use std::path::{Path, PathBuf};
 use nix::fcntl::{openat, OFlag};
 use nix::sys::stat::{fchmod, fstat, mkdirat, Mode};
 
+/// The control socket's file name in a pool's runtime directory.
+pub const CONTROL_SOCKET: &str = "control.sock";
+/// The workers' notify socket's file name in a pool's runtime directory.
+pub const NOTIFY_SOCKET: &str = "notify.sock";
+
 /// The pool's private directory: the workers' notify socket and a lock against a second master.
 pub struct RuntimeDir {
     pub path: PathBuf,
@@ -98,7 +103,7 @@ pub fn control_socket(name: &str) -> Result<PathBuf, String> {
     let owner = if nix::unistd::geteuid().is_root() { Owner::Anyone } else { Owner::MeOrRoot };
     check_path(&root, owner)?;
     check_path(&dir, owner)?;
-    Ok(dir.join("control.sock"))
+    Ok(dir.join(CONTROL_SOCKET))
 }
 
 /// Who may own a directory we use.

@@ -48,7 +48,8 @@ pub struct WorkerStatus {
     pub pid: Option<i32>,
     pub generation: u64,
     /// `starting`, `ready` or `stopping`.
-    pub state: String,
+    /// `starting`, `ready` or `stopping`.
+    pub state: crate::pool::WorkerPhase,
     pub uptime_seconds: f64,
     /// Restarts of this slot.
     pub restarts: u64,
@@ -201,7 +202,7 @@ pub fn render(pools: &[PoolStatus], color: bool) -> String {
         for w in &p.workers {
             let state = match &w.replacing {
                 Some(why) => format!("{} ({why})", w.state),
-                None => w.state.clone(),
+                None => w.state.to_string(),
             };
             rows.push([
                 w.slot.to_string(),
@@ -261,11 +262,11 @@ mod tests {
 
     #[test]
     fn renders_an_aligned_table() {
-        let w = |slot, state: &str| WorkerStatus {
+        let w = |slot, state: crate::pool::WorkerPhase| WorkerStatus {
             slot,
             pid: Some(1000 + slot as i32),
             generation: 2,
-            state: state.into(),
+            state,
             uptime_seconds: 125.0,
             restarts: 0,
             rss_bytes: Some(45 * 1024 * 1024),
@@ -288,7 +289,7 @@ mod tests {
             reloads_succeeded: 1,
             reloads_failed: 0,
             log_messages_dropped: 0,
-            workers: vec![w(0, "ready"), w(1, "starting")],
+            workers: vec![w(0, crate::pool::WorkerPhase::Ready), w(1, crate::pool::WorkerPhase::Starting)],
         };
         let text = render(&[p], false);
         let want = "\

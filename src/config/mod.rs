@@ -276,8 +276,9 @@ pub fn check_pool_name(name: &str) -> Result<String, String> {
     }
 }
 
-/// Variables corral sets itself; a config may not override them.
-const RESERVED_ENV: &[&str] =
+/// Variables corral sets itself for each worker (and keeps from the master's own environment);
+/// a config may not override them.
+pub(crate) const RESERVED_ENV: &[&str] =
     &["LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES", "NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID"];
 
 impl Config {

@@ -28,7 +28,7 @@ use crate::journal::{self, Origin, Sink, Stream};
 use crate::metrics::SnapshotRequest;
 use crate::notify::{NotifyServer, SystemdNotifier};
 use crate::os::spawn::{self, Credentials, SpawnError, SpawnRequest};
-use crate::pool::{Action, Event, ExitStatus, Notify, Pool, ReloadResult, ReplyId, ScaleRequest, WorkerState};
+use crate::pool::{Action, Event, ExitStatus, Notice, Notify, Pool, ReloadResult, ReplyId, ScaleRequest, Severity};
 use crate::runtime::RuntimeDir;
 use crate::sockets::ListenSockets;
 use crate::status::{self, LastReload, PoolStatus, WorkerStatus};
@@ -39,10 +39,6 @@ mod workers;
 
 /// A timer this late means the master itself did not run (SIGSTOP, starved of CPU).
 const STALL: std::time::Duration = std::time::Duration::from_secs(1);
-
-/// Variables of the master's own environment that belong to the master only.
-const PRIVATE_ENV: &[&str] =
-    &["LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES", "NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "JOURNAL_STREAM"];
 
 /// Why a pool could not start (exit status 1).
 #[derive(Debug, thiserror::Error)]
@@ -75,23 +71,41 @@ struct WorkerMeta {
     cpu_percent: Option<f64>,
 }
 
+/// The master's event loop and everything it owns.
 pub struct Driver {
+    /// The decisions: the driver feeds it events and executes its actions.
     pool: Pool,
+    /// Read again at every reload (a `current` symlink in it is followed anew).
     config_path: PathBuf,
+    /// The pool's name, shared with every output task.
     name: Arc<str>,
+    /// The listening sockets every worker inherits at fd 3...
     sockets: ListenSockets,
+    /// The workers' `NOTIFY_SOCKET` (credentials checked).
     notify: NotifyServer,
+    /// The master's own channel to systemd (`READY=1`, `STATUS=`, `WATCHDOG=1`, fd store).
     systemd: SystemdNotifier,
+    /// Held for its lock (and so its sockets stay where the CLI looks).
     _runtime: RuntimeDir,
+    /// What the driver knows of each live worker process beyond the pool's view.
     workers: HashMap<Pid, WorkerMeta>,
+    /// The master's environment minus what belongs to it alone: every worker's starting point.
     base_env: Vec<(String, String)>,
+    /// Where worker output goes (journald or stderr).
     sink: Arc<Sink>,
+    /// Set when the loop is to end, with the exit status.
     exit: Option<i32>,
+    /// Events caused by executing actions (a spawn's result), handled before anything else.
     events: VecDeque<Event>,
+    /// `corral status`/`reload`/`scale` come in here.
     control: ControlServer,
+    /// `/metrics` and `/health`, when configured, with its connection limit.
     metrics: Option<(tokio::net::TcpListener, crate::accept::Gate)>,
+    /// Control clients waiting for an outcome (a reload, a scale), by the id the pool knows.
     replies: HashMap<ReplyId, oneshot::Sender<Reply>>,
+    /// Source of those ids.
     next_reply: ReplyId,
+    /// When the master started (its uptime in status).
     started: Instant,
     /// Set once the pool has exited while processes its workers left behind (daemonized, so out
     /// of their process groups, and re-parented to us as subreaper) still run: they are stopped
@@ -101,8 +115,11 @@ pub struct Driver {
 
 /// The last step of a stop: processes left behind by workers.
 struct Strays {
+    /// The pool's exit status, used once they are gone.
     exit_code: i32,
+    /// When they get SIGKILL.
     kill_at: tokio::time::Instant,
+    /// SIGKILL was sent.
     killed: bool,
 }
 
@@ -148,7 +165,7 @@ impl Driver {
         };
         let runtime = RuntimeDir::create(&config.name, worker_gid).map_err(StartError::RuntimeDir)?;
         let mode = if worker_gid.is_some() { 0o660 } else { 0o600 };
-        let notify_path = runtime.path.join("notify.sock");
+        let notify_path = runtime.path.join(crate::runtime::NOTIFY_SOCKET);
         let notify = NotifyServer::bind(&notify_path, mode).map_err(|source| StartError::Bind {
             what: "notify",
             path: notify_path.clone(),
@@ -157,7 +174,7 @@ impl Driver {
         if let Some(gid) = worker_gid {
             let _ = nix::unistd::chown(&notify_path, None, Some(nix::unistd::Gid::from_raw(gid)));
         }
-        let control_path = runtime.path.join("control.sock");
+        let control_path = runtime.path.join(crate::runtime::CONTROL_SOCKET);
         let control = ControlServer::bind(&control_path).map_err(|source| StartError::Bind {
             what: "control",
             path: control_path.clone(),
@@ -177,7 +194,8 @@ impl Driver {
         let sink = Arc::new(log_sink(config.logs.target));
         let base_env = std::env::vars_os()
             .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
-            .filter(|(k, _)| !PRIVATE_ENV.contains(&k.as_str()))
+            // What systemd set for the master alone: corral sets its own for each worker.
+            .filter(|(k, _)| !crate::config::RESERVED_ENV.contains(&k.as_str()) && k != "JOURNAL_STREAM")
             .collect();
         for s in &sockets.sockets {
             tracing::info!(
@@ -309,6 +327,9 @@ impl Driver {
         self.events.push_back(event);
         while let Some(event) = self.events.pop_front() {
             let actions = self.pool.handle(Instant::now(), event);
+            for notice in self.pool.take_notices() {
+                log_notice(&notice);
+            }
             for action in actions {
                 self.execute(action);
             }
@@ -472,6 +493,22 @@ fn own_children() -> Vec<Pid> {
         !matches!(stat.rsplit_once(')').and_then(|(_, r)| r.split_whitespace().next()), Some("Z") | None)
     });
     out
+}
+
+/// A pool notice as a log line, inside a span naming the worker it is about.
+fn log_notice(notice: &Notice) {
+    let span = match notice.worker() {
+        Some(w) => {
+            tracing::info_span!("worker", slot = w.slot, pid = w.pid.map(Pid::as_raw), generation = w.generation)
+        }
+        None => tracing::Span::none(),
+    };
+    let _in = span.enter();
+    match notice.severity() {
+        Severity::Error => tracing::error!("{notice}"),
+        Severity::Warning => tracing::warn!("{notice}"),
+        Severity::Info => tracing::info!("{notice}"),
+    }
 }
 
 /// The moment left-behind processes get SIGKILL, or never.

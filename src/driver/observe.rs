@@ -49,12 +49,7 @@ impl Driver {
                     slot: w.slot,
                     pid: w.pid.map(Pid::as_raw),
                     generation: w.generation,
-                    state: match w.state {
-                        WorkerState::Spawning | WorkerState::Starting { .. } => "starting",
-                        WorkerState::Ready => "ready",
-                        WorkerState::Stopping { .. } => "stopping",
-                    }
-                    .to_string(),
+                    state: w.state.phase(),
                     uptime_seconds: now.saturating_duration_since(w.started).as_secs_f64(),
                     restarts: self.pool.slot_info(w.slot).map_or(0, |s| s.restarts),
                     rss_bytes: meta.and_then(|m| m.rss),

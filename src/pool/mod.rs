@@ -2,41 +2,69 @@
 //!
 //! The driver feeds [`Event`]s in (a worker was spawned, became ready, exited; a timer is due; a
 //! reload, scale or stop was asked for) together with the current time, and executes the
-//! [`Action`]s that come out (spawn, signal, tell systemd, reply, exit). This module never
-//! performs IO and never reads a clock: time is an argument, and [`Pool::next_deadline`] tells the
-//! driver when to send the next [`Event::Tick`]. That is what makes backoff, timeouts and rolling
-//! reloads testable with tables instead of sleeps.
+//! [`Action`]s that come out (spawn, signal, tell systemd, reply, exit); it logs the [`Notice`]s
+//! ([`Pool::take_notices`]) that say what happened. This module never performs IO, never reads a
+//! clock and never logs: time is an argument, and [`Pool::next_deadline`] tells the driver when to
+//! send the next [`Event::Tick`]. That is what makes backoff, timeouts and rolling reloads
+//! testable with tables instead of sleeps.
 //!
 //! # The model
 //! The pool owns `desired` *slots* (0..N-1, what `CORRAL_WORKER` says). Each worker lives in one
 //! slot and belongs to one *generation* (a config; a reload creates the next one). The pool has a
-//! *target* generation, and after every event [`Pool::reconcile`] converges the actual workers
-//! onto it, like gunicorn's `manage_workers`:
+//! *target* generation, and after every event it converges the actual workers onto it.
 //!
-//! - an empty slot gets a target worker, once its crash backoff has passed;
-//! - a slot whose ready worker is of another generation gets a target replacement (at most
-//!   `reload.batch` replacements in flight), and once the replacement is ready the old worker is
-//!   stopped gracefully; a starting worker of another generation is stopped at once;
-//! - workers in slots beyond `desired` are stopped gracefully (scale down).
+//! # Where things are
+//! - `worker.rs`: a [`Worker`], its [`WorkerState`] (each state with the timer that ends it), and
+//!   [`Pool::enter`], the only code that changes a worker's state.
+//! - `converge.rs`: filling slots, batched replacement, scale-down; scale and memory requests.
+//! - `rollout.rs`: a reload from request to done or rollback.
+//! - `crash.rs`: exits, failed starts, timeouts; backoff and giving up.
+//! - `shutdown.rs`: stop, stop now, exit.
+//! - `notice.rs`, `types.rs`: what the pool says and its vocabulary.
 //!
-//! A reload only moves the target. If a worker of the new generation exits or is not ready in
-//! time, the reload is aborted by moving the target back, and the same reconciliation stops the
-//! half-started workers and rolls back any slot already replaced: the old generation keeps serving.
+//! # How a reload flows
+//! 1. [`Pool::handle`] gets [`Event::Reload`] with the new config and calls `on_reload`
+//!    (rollout.rs): `Notify::Reloading` goes to systemd and `start_reload` makes generation
+//!    `to = from + 1` the target. Nothing else changes yet.
+//! 2. `settle` (below) runs after every event and calls `converge` (converge.rs): each slot
+//!    whose ready worker is of the old generation is *outdated*; up to `reload.batch` of them get
+//!    a worker of the target (`spawn` → [`Action::Spawn`]).
+//! 3. The driver forks; [`Event::Spawned`] reaches [`Pool::enter`] with `Enter::Running`
+//!    (worker.rs): the new worker is `Starting` with its ready deadline.
+//! 4. `READY=1` → [`Event::Ready`] → `on_ready` → `enter(Enter::Ready)`. `converge` now sees the
+//!    slot with a ready target worker *and* a ready old one, and stops the old one
+//!    (`enter(Enter::Stop(Replaced))` → its stop signal, SIGKILL at `stop.timeout`), then starts
+//!    the next outdated slot.
+//! 5. When every slot has a ready worker of the target and no old worker is live, `conclude`
+//!    (rollout.rs) calls `finish_reload`: the waiting `corral reload` gets its reply,
+//!    `Notify::Ready` goes to systemd, and a queued reload, if any, starts (back to step 1).
+//! 6. If instead a worker of the target exits or misses its ready deadline, `on_exited` or
+//!    `not_ready_in_time` (crash.rs) reaches `on_failure`, which calls `abort_reload`
+//!    (rollout.rs): the target moves back to `from`, the reply says why, and the next `converge`
+//!    stops the half-started workers and replaces already-replaced slots with the old
+//!    generation again. The old generation never stopped serving.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use nix::unistd::Pid;
-
 use crate::config::{Config, ReadyMode, MAX_INSTANCES};
 
-mod lifecycle;
-mod reconcile;
-mod reload;
+mod converge;
+mod crash;
+mod notice;
+mod rollout;
+mod shutdown;
 mod types;
+mod worker;
+/// Workers are named by their pid in events.
+pub use nix::unistd::Pid;
+pub use notice::*;
 pub use types::*;
+use worker::{Due, Enter};
+pub use worker::{Worker, WorkerPhase, WorkerState};
 
+/// A reload in progress: from which generation to which, and who waits for its outcome.
 #[derive(Debug, Clone)]
 struct ReloadRun {
     from: Generation,
@@ -44,6 +72,7 @@ struct ReloadRun {
     replies: Vec<ReplyId>,
 }
 
+/// A reload asked for during a reload; later requests replace its config and add their replies.
 #[derive(Debug, Clone)]
 struct QueuedReload {
     config: Arc<Config>,
@@ -53,30 +82,51 @@ struct QueuedReload {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Phase {
     Running,
-    Stopping { exit_code: i32 },
+    /// Stopping every worker; then exit with `exit_code`.
+    Stopping {
+        exit_code: i32,
+    },
     Exited,
 }
 
 pub struct Pool {
+    /// The config of every generation still needed: the target, a reload's origin, and any
+    /// generation a worker still runs.
     configs: BTreeMap<Generation, Arc<Config>>,
+    /// The generation the pool converges to. A reload moves it forward; an aborted reload back.
     target: Generation,
+    /// How many slots to keep filled (`instances`, changed by scaling and by reloads).
     desired: usize,
+    /// Every worker from the moment it is asked for until it is reaped, in start order.
     workers: Vec<Worker>,
+    /// Crash bookkeeping per slot (index = slot): backoff and restart counts.
     slots: Vec<SlotInfo>,
+    /// Source of [`WorkerId`]s.
     next_id: u64,
+    /// The reload in progress.
     reload: Option<ReloadRun>,
+    /// The reload that follows the current one.
     queued: Option<QueuedReload>,
     phase: Phase,
+    /// `READY=1` was sent to systemd (once, for the first generation).
     announced_ready: bool,
+    /// When recent failures happened, for the `restart.window` give-up rule.
     crashes: VecDeque<Instant>,
     /// Failed starts and crashes since a worker was last ready (or since start): the give-up
     /// count, like systemd's `StartLimitBurst=` counts starts.
     failures_since_ready: u32,
+    /// Failures that led to a restart, of every kind.
     restarts_total: u64,
+    /// Restarts and replacements by reason, for status and metrics.
     restarts_by_reason: BTreeMap<RestartReason, u64>,
+    /// (succeeded, failed) reloads.
     reloads: (u64, u64),
+    /// The outcome of the last reload, for status.
     last_reload: Option<ReloadResult>,
+    /// The last `STATUS=` sent to systemd, so only changes are sent.
     last_status: String,
+    /// What happened since the driver last asked ([`Pool::take_notices`]).
+    notices: Vec<Notice>,
 }
 
 /// Margin added to our own stop timeout when asking systemd to wait longer.
@@ -103,7 +153,89 @@ impl Pool {
             reloads: (0, 0),
             last_reload: None,
             last_status: String::new(),
+            notices: Vec::new(),
         }
+    }
+
+    /// Handle one event at time `now`; returns what the driver must do, in order.
+    pub fn handle(&mut self, now: Instant, event: Event) -> Vec<Action> {
+        let mut out = Vec::new();
+        if self.phase == Phase::Exited {
+            return out;
+        }
+        match event {
+            Event::Start => {}
+            Event::Spawned { id, pid } => {
+                if let Some(i) = self.index_of(id) {
+                    self.enter(now, i, Enter::Running(pid), &mut out);
+                }
+            }
+            Event::SpawnFailed { id, error } => self.on_spawn_failed(now, id, error, &mut out),
+            Event::Ready { pid } => self.on_ready(now, pid, &mut out),
+            Event::Exited { pid, status } => self.on_exited(now, pid, status, &mut out),
+            Event::WatchdogPing { pid } => self.on_ping(now, pid),
+            Event::MemorySample { pid, rss } => self.on_memory(pid, rss),
+            Event::Tick => self.on_tick(now, &mut out),
+            Event::Stalled { duration } => self.on_stalled(now, duration),
+            Event::Reload { config, reply } => self.on_reload(config, reply, &mut out),
+            Event::Scale { request, reply } => self.on_scale(request, reply, &mut out),
+            Event::Stop => self.on_stop(now, &mut out),
+            Event::StopNow => self.on_stop_now(now, &mut out),
+        }
+        self.settle(now, &mut out);
+        out
+    }
+
+    /// After every event: converge, conclude what is done, tell systemd what changed, exit when
+    /// stopped. A concluded reload may start the queued one, which is converged onto in turn;
+    /// that empties the queue, so this runs at most twice.
+    fn settle(&mut self, now: Instant, out: &mut Vec<Action>) {
+        loop {
+            let target = self.target;
+            self.converge(now, out);
+            self.conclude(out);
+            if self.target == target {
+                break;
+            }
+        }
+        let status = self.status_line();
+        if status != self.last_status {
+            self.last_status = status.clone();
+            out.push(Action::Notify(vec![Notify::Status(status)]));
+        }
+        self.finish_stop(out);
+    }
+
+    /// A timer is due: each worker whose state waited for this moment moves on.
+    fn on_tick(&mut self, now: Instant, out: &mut Vec<Action>) {
+        for i in 0..self.workers.len() {
+            match self.due(&self.workers[i], now) {
+                Some(Due::Ready) => self.enter(now, i, Enter::Ready, out),
+                Some(Due::ReadyTimeout) => self.not_ready_in_time(now, i, out),
+                Some(Due::Watchdog) => self.watchdog_expired(now, i, out),
+                Some(Due::Recycle) => self.recycle(i),
+                Some(Due::Kill) => {
+                    self.notices.push(Notice::KilledAfterTimeout(self.workers[i].who()));
+                    self.enter(now, i, Enter::Kill, out);
+                }
+                None => {}
+            }
+        }
+    }
+
+    /// The earliest time at which a [`Event::Tick`] has something to do.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        let workers = self.workers.iter().flat_map(|w| self.deadlines(w));
+        let restarts = (0..self.desired)
+            .filter(|_| self.phase == Phase::Running)
+            .filter(|slot| !self.workers.iter().any(|w| w.slot == *slot && w.is_live()))
+            .filter_map(|slot| self.slots.get(slot).and_then(|s| s.not_before));
+        workers.chain(restarts).min()
+    }
+
+    /// What happened since the last call, oldest first, for the driver to log.
+    pub fn take_notices(&mut self) -> Vec<Notice> {
+        std::mem::take(&mut self.notices)
     }
 
     pub fn workers(&self) -> &[Worker] {
@@ -132,10 +264,6 @@ impl Pool {
         self.reloads
     }
 
-    fn count(&mut self, reason: RestartReason) {
-        *self.restarts_by_reason.entry(reason).or_default() += 1;
-    }
-
     pub fn slot_info(&self, slot: SlotId) -> Option<&SlotInfo> {
         self.slots.get(slot)
     }
@@ -152,139 +280,13 @@ impl Pool {
         &self.configs[&self.target]
     }
 
-    pub fn worker_by_pid(&self, pid: Pid) -> Option<&Worker> {
-        self.workers.iter().find(|w| w.pid == Some(pid))
-    }
-
     /// Slots (of the desired ones) that have a ready worker: what "4/4 ready" counts.
     pub fn ready_slots(&self) -> usize {
         (0..self.desired).filter(|slot| self.workers.iter().any(|w| w.slot == *slot && w.is_ready())).count()
     }
+
     pub fn ready_count(&self) -> usize {
         self.workers.iter().filter(|w| w.is_ready()).count()
-    }
-
-    /// Handle one event at time `now`; returns what the driver must do, in order.
-    pub fn handle(&mut self, now: Instant, event: Event) -> Vec<Action> {
-        let mut out = Vec::new();
-        if self.phase == Phase::Exited {
-            return out;
-        }
-        match event {
-            Event::Start => {}
-            Event::Spawned { id, pid } => self.on_spawned(now, id, pid, &mut out),
-            Event::SpawnFailed { id, error } => {
-                if let Some(i) = self.index_of(id) {
-                    let w = self.workers.remove(i);
-                    tracing::error!(slot = w.slot, generation = w.generation, "cannot start worker: {error}");
-                    let reason = format!("worker {} of generation {} could not start: {error}", w.slot, w.generation);
-                    self.on_failure(now, &w, RestartReason::SpawnFailed, reason, &mut out);
-                }
-            }
-            Event::Ready { pid } => {
-                if let Some(i) = self.workers.iter().position(|w| w.pid == Some(pid) && w.is_starting()) {
-                    self.mark_ready(now, i);
-                }
-            }
-            Event::Exited { pid, status } => self.on_exited(now, pid, status, &mut out),
-            Event::WatchdogPing { pid } => {
-                if let Some(w) = self.workers.iter_mut().find(|w| w.pid == Some(pid)) {
-                    w.last_ping = Some(now);
-                }
-            }
-            Event::MemorySample { pid, rss } => self.on_memory(pid, rss),
-            Event::Tick => self.on_tick(now, &mut out),
-            Event::Stalled { duration } => self.on_stalled(now, duration),
-            Event::Reload { config, reply } => self.on_reload(config, reply, &mut out),
-            Event::Scale { request, reply } => self.on_scale(request, reply, &mut out),
-            Event::Stop => match self.phase {
-                Phase::Running => self.begin_stop(now, 0, &mut out),
-                _ => self.stop_now(&mut out),
-            },
-            Event::StopNow => {
-                if self.phase == Phase::Running {
-                    self.begin_stop(now, 0, &mut out);
-                }
-                self.stop_now(&mut out);
-            }
-        }
-        // A finished reload may start a queued one, which needs reconciling in turn.
-        for _ in 0..3 {
-            let target = self.target;
-            self.reconcile(now, &mut out);
-            self.report(&mut out);
-            if self.target == target {
-                break;
-            }
-        }
-        out
-    }
-
-    /// The earliest time at which a [`Event::Tick`] has something to do.
-    pub fn next_deadline(&self) -> Option<Instant> {
-        let mut times = Vec::new();
-        for w in &self.workers {
-            match w.state {
-                WorkerState::Starting { timeout_at, ready_at } => times.extend(timeout_at.into_iter().chain(ready_at)),
-                WorkerState::Stopping { kill_at, .. } => times.extend(kill_at),
-                WorkerState::Ready => {
-                    times.extend(self.watchdog_due(w));
-                    if w.replace.is_none() {
-                        times.extend(w.recycle_at);
-                    }
-                }
-                WorkerState::Spawning => {}
-            }
-        }
-        if self.phase == Phase::Running {
-            for slot in 0..self.desired {
-                if !self.workers.iter().any(|w| w.slot == slot && w.is_live()) {
-                    times.extend(self.slots.get(slot).and_then(|s| s.not_before));
-                }
-            }
-        }
-        times.into_iter().min()
-    }
-
-    fn index_of(&self, id: WorkerId) -> Option<usize> {
-        self.workers.iter().position(|w| w.id == id)
-    }
-
-    fn slot_mut(&mut self, slot: SlotId) -> &mut SlotInfo {
-        if self.slots.len() <= slot {
-            self.slots.resize(slot + 1, SlotInfo::default());
-        }
-        &mut self.slots[slot]
-    }
-
-    /// After every event: finish reloads, tell systemd what changed, exit when all is done.
-    fn report(&mut self, out: &mut Vec<Action>) {
-        if self.phase == Phase::Running && self.all_slots_ready_on_target() {
-            if !self.announced_ready {
-                self.announced_ready = true;
-                tracing::info!("generation {}: all {} workers ready", self.target, self.desired);
-                out.push(Action::Notify(vec![Notify::Ready]));
-            }
-            if let Some(run) = &self.reload {
-                let no_old = !self.workers.iter().any(|w| w.is_live() && w.generation != self.target);
-                if no_old {
-                    let msg = format!("generation {} serving with {} workers", run.to, self.desired);
-                    tracing::info!("reload done: {msg}");
-                    self.finish_reload(Ok(msg), out);
-                }
-            }
-        }
-        let status = self.status_line();
-        if status != self.last_status {
-            self.last_status = status.clone();
-            out.push(Action::Notify(vec![Notify::Status(status)]));
-        }
-        if let Phase::Stopping { exit_code } = self.phase {
-            if self.workers.is_empty() {
-                self.phase = Phase::Exited;
-                out.push(Action::Exit(exit_code));
-            }
-        }
     }
 
     /// The line systemd shows as `Status:`.
@@ -304,6 +306,21 @@ impl Pool {
             s.push_str(&format!(" · last reload failed: {e}"));
         }
         s
+    }
+
+    fn count(&mut self, reason: RestartReason) {
+        *self.restarts_by_reason.entry(reason).or_default() += 1;
+    }
+
+    fn index_of(&self, id: WorkerId) -> Option<usize> {
+        self.workers.iter().position(|w| w.id == id)
+    }
+
+    fn slot_mut(&mut self, slot: SlotId) -> &mut SlotInfo {
+        if self.slots.len() <= slot {
+            self.slots.resize(slot + 1, SlotInfo::default());
+        }
+        &mut self.slots[slot]
     }
 }
 

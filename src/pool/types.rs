@@ -1,12 +1,13 @@
 //! The pool's vocabulary: what goes in ([`Event`]), what comes out ([`Action`], [`Notify`]),
-//! and what a worker is ([`Worker`], [`WorkerState`]). Plain data; the decisions are in `mod.rs`.
+//! why workers stop and restart, and the per-slot bookkeeping. Plain data; the decisions are in
+//! the story files.
 
 use std::fmt;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use super::Pid;
 use nix::sys::signal::Signal;
-use nix::unistd::Pid;
 
 use crate::config::Config;
 
@@ -92,8 +93,11 @@ pub enum Event {
         request: ScaleRequest,
         reply: Option<ReplyId>,
     },
-    /// Graceful stop (SIGTERM/SIGINT). A second one means [`Event::StopNow`].
+    /// Graceful stop (SIGTERM/SIGINT). A second one stops at once, as [`Event::StopNow`] does.
     Stop,
+    /// Stop at once: SIGKILL to every worker. The driver gets there with a second `Stop`; the
+    /// tables send it directly.
+    #[cfg_attr(not(test), allow(dead_code))]
     StopNow,
 }
 
@@ -176,56 +180,6 @@ impl RestartReason {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum WorkerState {
-    /// Asked for; the driver has not reported a pid yet.
-    Spawning,
-    /// Running, not ready yet. `timeout_at`: ready deadline; `ready_at`: when `delay` mode says ready.
-    Starting {
-        timeout_at: Option<Instant>,
-        ready_at: Option<Instant>,
-    },
-    Ready,
-    /// Signalled; SIGKILL at `kill_at` (None once killed).
-    Stopping {
-        reason: StopReason,
-        kill_at: Option<Instant>,
-    },
-}
-
-#[derive(Debug, Clone)]
-pub struct Worker {
-    pub id: WorkerId,
-    pub slot: SlotId,
-    pub generation: Generation,
-    pub pid: Option<Pid>,
-    pub state: WorkerState,
-    pub started: Instant,
-    pub ready_since: Option<Instant>,
-    /// Last `WATCHDOG=1` (the watchdog counts from readiness until the first ping).
-    pub last_ping: Option<Instant>,
-    /// Set when this worker is to be replaced without downtime (memory limit, recycle).
-    pub replace: Option<RestartReason>,
-    /// When `[recycle]` replaces it.
-    pub recycle_at: Option<Instant>,
-}
-
-impl Worker {
-    pub(super) fn is_live(&self) -> bool {
-        !matches!(self.state, WorkerState::Stopping { .. })
-    }
-    pub(super) fn is_ready(&self) -> bool {
-        self.state == WorkerState::Ready
-    }
-    pub(super) fn is_starting(&self) -> bool {
-        matches!(self.state, WorkerState::Spawning | WorkerState::Starting { .. })
-    }
-    /// Alive, of the target generation, and not marked for replacement.
-    pub(super) fn is_current(&self, target: Generation) -> bool {
-        self.is_live() && self.generation == target && self.replace.is_none()
-    }
-}
-
 /// `now + d`, for every deadline the pool sets. Config durations are bounded
 /// ([`crate::config::MAX_DURATION`]), so this cannot overflow with a checked config; should it
 /// ever, the deadline is as far as a bounded one could be rather than a panic.
@@ -246,8 +200,11 @@ pub(super) fn spread(id: WorkerId) -> f64 {
 /// Crash bookkeeping of one slot.
 #[derive(Debug, Clone, Default)]
 pub struct SlotInfo {
+    /// Failures in a row (the backoff exponent); reset by `min_uptime` of readiness.
     pub failures: u32,
+    /// No new worker in this slot before then.
     pub not_before: Option<Instant>,
+    /// Restarts of this slot so far (shown per worker by `corral status`).
     pub restarts: u64,
 }
 

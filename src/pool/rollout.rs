@@ -1,9 +1,17 @@
-//! Reload and scale requests: a reload only moves the target generation (coalescing requests that
-//! arrive meanwhile); aborting it moves the target back.
+//! The rollout story: a reload from request to done or rollback.
+//!
+//! A reload only moves the target generation ([`Pool::start_reload`]); converging does the rest,
+//! `reload.batch` slots at a time. The reload is done when every slot has a ready worker of the
+//! target and no older worker is live ([`Pool::conclude`]); it is aborted when a worker of the
+//! new generation fails before it was ready ([`Pool::abort_reload`], called from the crash
+//! story), which moves the target back, so the same converging stops the half-started workers
+//! and rolls back slots already replaced. A reload asked for during a reload is queued (requests
+//! coalesce) and starts when the current one ends. A config that cannot be used changes nothing.
 
 use super::*;
 
 impl Pool {
+    /// SIGHUP or `corral reload`: the new config, or why it could not be read.
     pub(super) fn on_reload(
         &mut self,
         config: Result<Arc<Config>, String>,
@@ -19,7 +27,7 @@ impl Pool {
         let replies: Vec<ReplyId> = reply.into_iter().collect();
         match config {
             Err(error) => {
-                tracing::error!("reload refused, keeping generation {}: {error}", self.target);
+                self.notices.push(Notice::ReloadRefused { keeping: self.target, error: error.clone() });
                 for to in replies {
                     out.push(Action::Reply { to, result: Err(error.clone()) });
                 }
@@ -33,7 +41,7 @@ impl Pool {
             }
             Ok(config) => {
                 if self.reload.is_some() {
-                    tracing::info!("reload requested during a reload: it will follow the current one");
+                    self.notices.push(Notice::ReloadQueued);
                     let queued = self.queued.get_or_insert(QueuedReload { config: config.clone(), replies: vec![] });
                     queued.config = config;
                     queued.replies.extend(replies);
@@ -45,19 +53,41 @@ impl Pool {
         }
     }
 
-    pub(super) fn start_reload(&mut self, config: Arc<Config>, replies: Vec<ReplyId>) {
+    /// Move the target to a new generation running `config`.
+    fn start_reload(&mut self, config: Arc<Config>, replies: Vec<ReplyId>) {
         let from = self.target;
         let to = self.configs.keys().next_back().copied().unwrap_or(from) + 1;
         if config.instances_spec != self.configs[&from].instances_spec {
             self.desired = config.instances;
         }
-        tracing::info!("reloading: generation {from} → {to}, {} workers", self.desired);
+        self.notices.push(Notice::Reloading { from, to, workers: self.desired });
         self.configs.insert(to, config);
         self.target = to;
         self.reload = Some(ReloadRun { from, to, replies });
     }
 
-    pub(super) fn finish_reload(&mut self, result: Result<String, String>, out: &mut Vec<Action>) {
+    /// After converging: tell systemd once the first generation is ready, and finish a reload
+    /// whose new generation serves alone (which may start the queued one).
+    pub(super) fn conclude(&mut self, out: &mut Vec<Action>) {
+        if self.phase != Phase::Running || !self.all_slots_ready_on_target() {
+            return;
+        }
+        if !self.announced_ready {
+            self.announced_ready = true;
+            self.notices.push(Notice::AllReady { generation: self.target, workers: self.desired });
+            out.push(Action::Notify(vec![Notify::Ready]));
+        }
+        if let Some(run) = &self.reload {
+            let no_old = !self.workers.iter().any(|w| w.is_live() && w.generation != self.target);
+            if no_old {
+                let msg = format!("generation {} serving with {} workers", run.to, self.desired);
+                self.notices.push(Notice::ReloadDone(msg.clone()));
+                self.finish_reload(Ok(msg), out);
+            }
+        }
+    }
+
+    fn finish_reload(&mut self, result: Result<String, String>, out: &mut Vec<Action>) {
         let Some(run) = self.reload.take() else {
             return;
         };
@@ -81,36 +111,14 @@ impl Pool {
         }
     }
 
+    /// A worker of the new generation failed: the old generation keeps serving.
     pub(super) fn abort_reload(&mut self, reason: String, out: &mut Vec<Action>) {
         let Some(run) = self.reload.as_ref() else {
             return;
         };
-        tracing::error!("reload to generation {} failed, generation {} keeps serving: {reason}", run.to, run.from);
-        self.target = run.from;
-        self.finish_reload(Err(format!("reload failed, generation {} keeps serving: {reason}", run.from)), out);
-    }
-
-    pub(super) fn on_scale(&mut self, request: ScaleRequest, reply: Option<ReplyId>, out: &mut Vec<Action>) {
-        let result = if self.phase != Phase::Running {
-            Err("the pool is stopping".to_string())
-        } else {
-            let n = match request {
-                ScaleRequest::Set(n) => i64::try_from(n).unwrap_or(i64::MAX),
-                ScaleRequest::Add(d) => i64::try_from(self.desired).unwrap_or(i64::MAX).saturating_add(d),
-            };
-            let max = MAX_INSTANCES as i64;
-            if n > max {
-                Err(format!("a pool runs at most {max} workers: {n} refused, still {} workers", self.desired))
-            } else {
-                // Shrinking below one worker stops at one (`-1` on a single worker is a no-op).
-                let n = n.max(1) as usize;
-                tracing::info!("scaling from {} to {n} workers", self.desired);
-                self.desired = n;
-                Ok(format!("scaled to {n} workers"))
-            }
-        };
-        if let Some(to) = reply {
-            out.push(Action::Reply { to, result });
-        }
+        let (from, to) = (run.from, run.to);
+        self.notices.push(Notice::ReloadFailed { from, to, reason: reason.clone() });
+        self.target = from;
+        self.finish_reload(Err(format!("reload failed, generation {from} keeps serving: {reason}")), out);
     }
 }

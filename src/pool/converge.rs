@@ -1,0 +1,149 @@
+//! The converge story: after every event the workers are moved toward `desired` ready workers of
+//! the target generation, like gunicorn's `manage_workers`. An empty slot gets a worker once its
+//! backoff has passed; a slot whose ready worker is outdated (another generation, or marked for
+//! replacement by the memory limit or recycling) gets a replacement, at most `reload.batch` in
+//! flight, and the old worker is stopped once the replacement is ready; a starting worker of
+//! another generation is stopped at once; slots beyond `desired` are stopped gracefully. Scaling
+//! only changes `desired`.
+
+use std::time::Instant;
+
+use super::Pid;
+
+use super::*;
+
+impl Pool {
+    /// Converge the workers onto `desired` ready workers of the target generation.
+    pub(super) fn converge(&mut self, now: Instant, out: &mut Vec<Action>) {
+        if self.phase != Phase::Running {
+            return;
+        }
+        let target = self.target;
+        // Scale down, and stop starts that are no longer wanted.
+        for i in 0..self.workers.len() {
+            let w = &self.workers[i];
+            if !w.is_live() {
+                continue;
+            }
+            if w.slot >= self.desired {
+                self.enter(now, i, Enter::Stop(StopReason::ScaledDown), out);
+            } else if w.generation != target && w.is_starting() {
+                self.enter(now, i, Enter::Stop(StopReason::Obsolete), out);
+            }
+        }
+        let batch = self.configs[&target].batch(self.desired);
+        let mut in_flight = 0;
+        let mut outdated = Vec::new();
+        let mut empty = Vec::new();
+        for slot in 0..self.desired {
+            let live = |w: &&Worker| w.slot == slot && w.is_live();
+            let has_target = self.workers.iter().filter(live).any(|w| w.is_current(target));
+            let target_ready = self.workers.iter().filter(live).any(|w| w.is_current(target) && w.is_ready());
+            let old_ready = self.workers.iter().filter(live).any(|w| !w.is_current(target) && w.is_ready());
+            if target_ready && old_ready {
+                // The replacement serves: the worker it replaces stops.
+                for i in 0..self.workers.len() {
+                    let w = &self.workers[i];
+                    if w.slot == slot && w.is_live() && !w.is_current(target) {
+                        self.enter(now, i, Enter::Stop(StopReason::Replaced), out);
+                    }
+                }
+            } else if has_target && old_ready {
+                in_flight += 1;
+            } else if !has_target && old_ready {
+                outdated.push(slot);
+            } else if !has_target {
+                empty.push(slot);
+            }
+        }
+        for slot in empty {
+            let due = self.slots.get(slot).and_then(|s| s.not_before).is_none_or(|t| t <= now);
+            if due {
+                self.spawn(now, slot, out);
+            }
+        }
+        for slot in outdated {
+            if in_flight >= batch {
+                break;
+            }
+            in_flight += 1;
+            self.spawn(now, slot, out);
+        }
+        // Generations nobody runs any more are forgotten.
+        let in_use: Vec<Generation> = self.workers.iter().map(|w| w.generation).collect();
+        let keep_from = self.reload.as_ref().map(|r| r.from);
+        self.configs.retain(|g, _| *g == target || Some(*g) == keep_from || in_use.contains(g));
+    }
+
+    /// Ask the driver for a worker of the target generation in `slot`.
+    fn spawn(&mut self, now: Instant, slot: SlotId, out: &mut Vec<Action>) {
+        let id = WorkerId(self.next_id);
+        self.next_id += 1;
+        self.workers.push(Worker {
+            id,
+            slot,
+            generation: self.target,
+            pid: None,
+            state: WorkerState::Spawning,
+            started: now,
+            ready_since: None,
+            last_ping: None,
+            replace: None,
+            recycle_at: None,
+        });
+        out.push(Action::Spawn { id, slot, generation: self.target, config: self.configs[&self.target].clone() });
+    }
+
+    pub(super) fn all_slots_ready_on_target(&self) -> bool {
+        (0..self.desired)
+            .all(|slot| self.workers.iter().any(|w| w.slot == slot && w.generation == self.target && w.is_ready()))
+    }
+
+    /// A memory sample of `pid`'s process group: over `limits.memory`, the worker is marked for
+    /// replacement without downtime.
+    pub(super) fn on_memory(&mut self, pid: Pid, rss: u64) {
+        let target = self.target;
+        let Some(i) = self.workers.iter().position(|w| w.pid == Some(pid)) else { return };
+        let Some(limit) = self.configs[&self.workers[i].generation].limits.memory else { return };
+        let w = &mut self.workers[i];
+        if rss > limit.0 && w.is_ready() && w.is_current(target) && self.phase == Phase::Running {
+            w.replace = Some(RestartReason::Memory);
+            self.notices.push(Notice::OverMemory { worker: w.who(), rss, limit: limit.0 });
+            self.count(RestartReason::Memory);
+        }
+    }
+
+    /// Worker `i` reached its `recycle.after` age: marked for replacement without downtime.
+    pub(super) fn recycle(&mut self, i: usize) {
+        let w = &mut self.workers[i];
+        w.replace = Some(RestartReason::Recycle);
+        w.recycle_at = None;
+        self.notices.push(Notice::RecycleAge(w.who()));
+        self.count(RestartReason::Recycle);
+    }
+
+    /// `corral scale`, SIGTTIN/SIGTTOU: a new `desired`, saturating, at most [`MAX_INSTANCES`].
+    pub(super) fn on_scale(&mut self, request: ScaleRequest, reply: Option<ReplyId>, out: &mut Vec<Action>) {
+        let result = if self.phase != Phase::Running {
+            Err("the pool is stopping".to_string())
+        } else {
+            let n = match request {
+                ScaleRequest::Set(n) => i64::try_from(n).unwrap_or(i64::MAX),
+                ScaleRequest::Add(d) => i64::try_from(self.desired).unwrap_or(i64::MAX).saturating_add(d),
+            };
+            let max = MAX_INSTANCES as i64;
+            if n > max {
+                Err(format!("a pool runs at most {max} workers: {n} refused, still {} workers", self.desired))
+            } else {
+                // Shrinking below one worker stops at one (`-1` on a single worker is a no-op).
+                let n = n.max(1) as usize;
+                self.notices.push(Notice::Scaling { from: self.desired, to: n });
+                self.desired = n;
+                Ok(format!("scaled to {n} workers"))
+            }
+        };
+        if let Some(to) = reply {
+            out.push(Action::Reply { to, result });
+        }
+    }
+}

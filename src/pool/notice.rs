@@ -1,0 +1,189 @@
+//! What happened, as the pool tells it: typed notices the driver turns into log lines, inside a
+//! span that names the worker (`slot`, `pid`, `generation` recorded once). The pool itself never
+//! logs, so each failure is described once, here.
+
+use std::fmt;
+use std::time::Duration;
+
+use super::Pid;
+
+use super::{ExitStatus, Generation, SlotId};
+
+/// Which worker a notice is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WorkerRef {
+    pub slot: SlotId,
+    pub pid: Option<Pid>,
+    pub generation: Generation,
+}
+
+/// How much a notice matters (maps onto log levels).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Severity {
+    Info,
+    Warning,
+    Error,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Notice {
+    Started(WorkerRef),
+    Ready(WorkerRef),
+    /// Exited after it was asked to stop.
+    Stopped(WorkerRef, ExitStatus),
+    ExitedUnexpectedly(WorkerRef, ExitStatus),
+    ExitedBeforeReady(WorkerRef, ExitStatus),
+    CannotStart(WorkerRef, String),
+    NotReadyInTime(WorkerRef, Duration),
+    WatchdogSilent(WorkerRef, Duration),
+    OverMemory {
+        worker: WorkerRef,
+        rss: u64,
+        limit: u64,
+    },
+    RecycleAge(WorkerRef),
+    KilledAfterTimeout(WorkerRef),
+    Restarting(WorkerRef, Duration),
+    /// Gave up: more failed starts in a row than `max_restarts` with no worker ready.
+    GivingUpInARow {
+        failures: u32,
+        last: String,
+    },
+    /// Gave up: more restarts than `max_restarts` within `window` with no worker ready.
+    GivingUpInWindow {
+        restarts: usize,
+        window: Duration,
+        last: String,
+    },
+    Stalled(Duration),
+    Stopping {
+        workers: usize,
+    },
+    StoppingNow,
+    AllReady {
+        generation: Generation,
+        workers: usize,
+    },
+    Reloading {
+        from: Generation,
+        to: Generation,
+        workers: usize,
+    },
+    ReloadQueued,
+    ReloadRefused {
+        keeping: Generation,
+        error: String,
+    },
+    ReloadDone(String),
+    ReloadFailed {
+        from: Generation,
+        to: Generation,
+        reason: String,
+    },
+    Scaling {
+        from: usize,
+        to: usize,
+    },
+}
+
+impl Notice {
+    /// The worker it is about, if any.
+    pub fn worker(&self) -> Option<WorkerRef> {
+        match self {
+            Notice::Started(w)
+            | Notice::Ready(w)
+            | Notice::Stopped(w, _)
+            | Notice::ExitedUnexpectedly(w, _)
+            | Notice::ExitedBeforeReady(w, _)
+            | Notice::CannotStart(w, _)
+            | Notice::NotReadyInTime(w, _)
+            | Notice::WatchdogSilent(w, _)
+            | Notice::OverMemory { worker: w, .. }
+            | Notice::RecycleAge(w)
+            | Notice::KilledAfterTimeout(w)
+            | Notice::Restarting(w, _) => Some(*w),
+            _ => None,
+        }
+    }
+
+    pub fn severity(&self) -> Severity {
+        match self {
+            Notice::CannotStart(..)
+            | Notice::WatchdogSilent(..)
+            | Notice::GivingUpInARow { .. }
+            | Notice::GivingUpInWindow { .. }
+            | Notice::ReloadRefused { .. }
+            | Notice::ReloadFailed { .. } => Severity::Error,
+            Notice::ExitedUnexpectedly(..)
+            | Notice::ExitedBeforeReady(..)
+            | Notice::NotReadyInTime(..)
+            | Notice::OverMemory { .. }
+            | Notice::KilledAfterTimeout(..)
+            | Notice::Stalled(..)
+            | Notice::StoppingNow => Severity::Warning,
+            _ => Severity::Info,
+        }
+    }
+}
+
+fn human(d: Duration) -> humantime::FormattedDuration {
+    // Whole milliseconds: "1s 569ms", not nanoseconds.
+    humantime::format_duration(Duration::from_millis(d.as_millis() as u64))
+}
+
+fn size(b: u64) -> String {
+    bytesize::ByteSize(b).display().iec().to_string()
+}
+
+impl fmt::Display for Notice {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Notice::Started(_) => write!(f, "worker started"),
+            Notice::Ready(_) => write!(f, "worker ready"),
+            Notice::Stopped(_, status) => write!(f, "worker stopped ({status})"),
+            Notice::ExitedUnexpectedly(_, status) => write!(f, "worker exited unexpectedly ({status})"),
+            Notice::ExitedBeforeReady(_, status) => write!(f, "worker exited before it was ready ({status})"),
+            Notice::CannotStart(_, error) => write!(f, "cannot start worker: {error}"),
+            Notice::NotReadyInTime(_, after) => write!(f, "worker not ready after {}", human(*after)),
+            Notice::WatchdogSilent(_, after) => {
+                write!(f, "no WATCHDOG=1 for {}: killing the worker with SIGABRT", human(*after))
+            }
+            Notice::OverMemory { rss, limit, .. } => {
+                write!(f, "worker uses {} of memory, over the {} limit: replacing it", size(*rss), size(*limit))
+            }
+            Notice::RecycleAge(_) => write!(f, "worker reached its recycle age: replacing it"),
+            Notice::KilledAfterTimeout(_) => write!(f, "worker did not stop in time, sending SIGKILL"),
+            Notice::Restarting(_, delay) => write!(f, "restarting worker in {}", human(*delay)),
+            Notice::GivingUpInARow { failures, last } => {
+                write!(f, "giving up: {failures} failed starts in a row and no worker is ready (last: {last})")
+            }
+            Notice::GivingUpInWindow { restarts, window, last } => write!(
+                f,
+                "giving up: {restarts} restarts within {} and no worker is ready (last: {last})",
+                human(*window)
+            ),
+            Notice::Stalled(d) => write!(
+                f,
+                "the master did not run for {} or more (stopped or starved of CPU): workers' deadlines start afresh",
+                human(*d)
+            ),
+            Notice::Stopping { workers } => write!(f, "stopping {workers} workers"),
+            Notice::StoppingNow => write!(f, "stopping now: killing every worker"),
+            Notice::AllReady { generation, workers } => {
+                write!(f, "generation {generation}: all {workers} workers ready")
+            }
+            Notice::Reloading { from, to, workers } => {
+                write!(f, "reloading: generation {from} → {to}, {workers} workers")
+            }
+            Notice::ReloadQueued => write!(f, "reload requested during a reload: it will follow the current one"),
+            Notice::ReloadRefused { keeping, error } => {
+                write!(f, "reload refused, keeping generation {keeping}: {error}")
+            }
+            Notice::ReloadDone(msg) => write!(f, "reload done: {msg}"),
+            Notice::ReloadFailed { from, to, reason } => {
+                write!(f, "reload to generation {to} failed, generation {from} keeps serving: {reason}")
+            }
+            Notice::Scaling { from, to } => write!(f, "scaling from {from} to {to} workers"),
+        }
+    }
+}

@@ -1,0 +1,61 @@
+//! The shutdown story: SIGTERM/SIGINT stop every worker gracefully (`STOPPING=1`, the stop
+//! signal, SIGKILL after `stop.timeout`, and `EXTEND_TIMEOUT_USEC=` so systemd waits long
+//! enough); a second signal kills at once; once the last worker is reaped the pool exits. Giving
+//! up takes the same path with exit status 1.
+
+use std::time::Instant;
+
+use super::*;
+
+impl Pool {
+    /// SIGTERM/SIGINT: a graceful stop, or (the second time) stop now.
+    pub(super) fn on_stop(&mut self, now: Instant, out: &mut Vec<Action>) {
+        match self.phase {
+            Phase::Running => self.begin_stop(now, 0, out),
+            _ => self.stop_now(now, out),
+        }
+    }
+
+    pub(super) fn on_stop_now(&mut self, now: Instant, out: &mut Vec<Action>) {
+        if self.phase == Phase::Running {
+            self.begin_stop(now, 0, out);
+        }
+        self.stop_now(now, out);
+    }
+
+    /// Stop every worker gracefully; the pool exits with `exit_code` once they are gone.
+    pub(super) fn begin_stop(&mut self, now: Instant, exit_code: i32, out: &mut Vec<Action>) {
+        self.notices.push(Notice::Stopping { workers: self.workers.len() });
+        self.phase = Phase::Stopping { exit_code };
+        self.queued = None;
+        if let Some(run) = self.reload.take() {
+            for to in run.replies {
+                out.push(Action::Reply { to, result: Err("the pool is stopping".into()) });
+            }
+        }
+        let longest = self.workers.iter().map(|w| self.configs[&w.generation].stop.timeout.0).max().unwrap_or_default();
+        out.push(Action::Notify(vec![Notify::Stopping, Notify::ExtendTimeout(longest.saturating_add(EXTEND_MARGIN))]));
+        for i in 0..self.workers.len() {
+            if self.workers[i].is_live() {
+                self.enter(now, i, Enter::Stop(StopReason::Shutdown), out);
+            }
+        }
+    }
+
+    fn stop_now(&mut self, now: Instant, out: &mut Vec<Action>) {
+        self.notices.push(Notice::StoppingNow);
+        for i in 0..self.workers.len() {
+            self.enter(now, i, Enter::Kill, out);
+        }
+    }
+
+    /// Stopping with no worker left: exit.
+    pub(super) fn finish_stop(&mut self, out: &mut Vec<Action>) {
+        if let Phase::Stopping { exit_code } = self.phase {
+            if self.workers.is_empty() {
+                self.phase = Phase::Exited;
+                out.push(Action::Exit(exit_code));
+            }
+        }
+    }
+}
