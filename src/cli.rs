@@ -8,7 +8,7 @@ use clap::{Parser, Subcommand};
 /// A systemd-native worker pool: N copies of any command sharing listening sockets, kept alive,
 /// reloaded one by one without a failed request, with readiness and logs reported to systemd.
 #[derive(Debug, Parser)]
-#[command(name = "corral", version, about, long_about = None, propagate_version = true)]
+#[command(name = "corral", version = crate::VERSION, about, long_about = None, propagate_version = true)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,

@@ -28,6 +28,13 @@
 
 #![deny(unsafe_code)]
 
+/// corral's version, as `corral --version`, `corral status` and the packages report it. A build
+/// may set `CORRAL_BUILD_VERSION` (packaging tests build a second version this way).
+pub const VERSION: &str = match option_env!("CORRAL_BUILD_VERSION") {
+    Some(v) => v,
+    None => env!("CARGO_PKG_VERSION"),
+};
+
 pub(crate) mod accept;
 pub mod cli;
 pub mod config;

@@ -14,6 +14,9 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct PoolStatus {
     pub name: String,
+    /// The running master's version (after a package upgrade: which binary serves).
+    #[serde(default)]
+    pub version: String,
     /// The master's pid.
     pub pid: u32,
     pub uptime_seconds: f64,
@@ -169,13 +172,14 @@ pub fn render(pools: &[PoolStatus], color: bool) -> String {
         };
         let _ = write!(
             out,
-            "{} · {} · generation {} · {} restart{} · master pid {} · up {}",
+            "{} · {} · generation {} · {} restart{} · master pid {} (corral {}) · up {}",
             paint("1", &escape_terminal(&p.name)),
             paint(health, &format!("{}/{} ready", p.ready, p.desired)),
             p.generation,
             p.restarts,
             if p.restarts == 1 { "" } else { "s" },
             p.pid,
+            escape_terminal(&p.version),
             human_duration(p.uptime_seconds)
         );
         if p.reloading {
@@ -277,6 +281,7 @@ mod tests {
         };
         let p = PoolStatus {
             name: "myapi".into(),
+            version: "1.2.3".into(),
             pid: 99,
             uptime_seconds: 3700.0,
             generation: 2,
@@ -293,7 +298,7 @@ mod tests {
         };
         let text = render(&[p], false);
         let want = "\
-myapi · 2/2 ready · generation 2 · 0 restarts · master pid 99 · up 1h 1m · last reload ok (generation 2)
+myapi · 2/2 ready · generation 2 · 0 restarts · master pid 99 (corral 1.2.3) · up 1h 1m · last reload ok (generation 2)
 SLOT  PID   GEN  STATE     UPTIME  RESTARTS  RSS       CPU   STATUS
 0     1000  2    ready     2m 5s   0         45.0 MiB  1.2%
 1     1001  2    starting  2m 5s   0         45.0 MiB  1.2%

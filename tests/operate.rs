@@ -62,6 +62,7 @@ fn status_shows_a_table_and_stable_json() {
     }
     let j = status_json(&m);
     assert_eq!(j["name"], "pool");
+    assert_eq!(j["version"], env!("CARGO_PKG_VERSION"));
     assert_eq!(j["pid"].as_i64(), Some(m.pid() as i64));
     assert_eq!((j["generation"].as_u64(), j["desired"].as_u64(), j["ready"].as_u64()), (Some(1), Some(2), Some(2)));
     let workers = j["workers"].as_array().unwrap();

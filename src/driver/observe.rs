@@ -65,6 +65,7 @@ impl Driver {
         let (reloads_succeeded, reloads_failed) = self.pool.reload_counts();
         PoolStatus {
             name: self.name.to_string(),
+            version: crate::VERSION.to_string(),
             pid: std::process::id(),
             uptime_seconds: now.duration_since(self.started).as_secs_f64(),
             generation: self.pool.generation(),
