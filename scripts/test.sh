@@ -11,9 +11,12 @@
 # - installs Debian packages the tests use, once: systemd (systemd-socket-activate, journald),
 #   util-linux, mandoc, python3-prometheus-client (Debian's python3 runs the test worker and
 #   validates /metrics: no pip), mmdebstrap and systemd-container (the E2E images);
-# - builds Debian root filesystems for the E2E tests into /var/cache/corral-e2e (about 260 MB
+# - builds Debian root filesystems for the E2E tests into /var/cache/corral-e2e (about 300 MB
 #   each for bookworm and trixie, kept between runs; delete the folder to reclaim the space).
-#   The E2E tests need a machine where systemd-nspawn can boot a container.
+#   The E2E tests need a machine where systemd-nspawn can boot a container;
+# - for the package tests: lintian, rpmlint, createrepo-c, apt-utils, gnupg, shellcheck and rpm
+#   from Debian, and cargo-deb and cargo-generate-rpm with `cargo install` (about 5 minutes the
+#   first time); packaging/build then makes the .deb and .rpm in target/e2e-packages.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -25,12 +28,21 @@ command -v taskset >/dev/null || need+=(util-linux)                  # CPU affin
 command -v mandoc >/dev/null || need+=(mandoc)                       # man page lint
 command -v mmdebstrap >/dev/null || need+=(mmdebstrap)               # E2E images
 command -v systemd-nspawn >/dev/null || need+=(systemd-container)    # E2E boots
+for tool in lintian:lintian rpmlint:rpmlint createrepo_c:createrepo-c apt-ftparchive:apt-utils gpg:gnupg \
+    shellcheck:shellcheck rpm:rpm; do                                 # packages (packaging/build)
+  command -v "${tool%%:*}" >/dev/null || need+=("${tool#*:}")
+done
 if [ ${#need[@]} -gt 0 ]; then
   echo "installing test dependencies: ${need[*]}"
   sudo=""; [ "$(id -u)" -eq 0 ] || sudo="sudo"
   $sudo apt-get update -q
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -q --no-install-recommends "${need[@]}"
 fi
+
+# The cargo plugins packaging/build uses, pinned.
+export PATH="$HOME/.cargo/bin:$PATH"
+command -v cargo-deb >/dev/null || cargo install --locked --version 3.8.0 cargo-deb
+command -v cargo-generate-rpm >/dev/null || cargo install --locked --version 0.21.1 cargo-generate-rpm
 
 # The tests run `python3`: make it Debian's, whatever else is first on PATH (a pyenv or venv
 # Python would hide a missing Debian package).

@@ -12,6 +12,11 @@ use common::*;
 
 /// Boot `suite` with `scenario` as /e2e/run; returns the scenario's log, or None when not root.
 fn boot(suite: &str, scenario: &str) -> Option<String> {
+    boot_with(suite, scenario, |_| {})
+}
+
+/// As [`boot`], with `extra` adding files to the folder the container sees as /e2e.
+fn boot_with(suite: &str, scenario: &str, extra: impl FnOnce(&std::path::Path)) -> Option<String> {
     if !nix::unistd::geteuid().is_root() {
         eprintln!("skipped: needs root (systemd-nspawn)");
         return None;
@@ -29,6 +34,7 @@ fn boot(suite: &str, scenario: &str) -> Option<String> {
     std::fs::copy(worker_py(), inp.join("worker.py")).unwrap();
     std::fs::copy(format!("{here}/{scenario}"), inp.join("run")).unwrap();
     std::fs::copy(concat!(env!("CARGO_MANIFEST_DIR"), "/units/corral@.service"), inp.join("corral@.service")).unwrap();
+    extra(&inp);
 
     // A private mount namespace with its own /run and a private network (its own loopback), so
     // the container touches neither the host nor another test's container;
@@ -39,7 +45,7 @@ fn boot(suite: &str, scenario: &str) -> Option<String> {
         inp.display(),
         out.display()
     );
-    let run = Command::new("timeout").args(["-k", "10", "300", "unshare", "-m", "sh", "-c", &script]).output().unwrap();
+    let run = Command::new("timeout").args(["-k", "10", "600", "unshare", "-m", "sh", "-c", &script]).output().unwrap();
     let log = std::fs::read_to_string(out.join("log")).unwrap_or_default();
     eprintln!("{log}");
     assert!(
@@ -61,4 +67,84 @@ fn type_notify_reload_under_systemd_257() {
     if let Some(log) = boot("trixie", "inside-notify-reload.sh") {
         assert!(log.contains("systemd 257"), "{log}");
     }
+}
+
+/// The packages of two versions, built once for every package test: `v1` holds the current
+/// version as signed apt and dnf repositories, `v2` holds it and a newer one (so an upgrade is
+/// offered). Each folder has a VERSION file. Built with `packaging/build`, as users would.
+fn packages() -> &'static (std::path::PathBuf, std::path::PathBuf) {
+    static BUILT: std::sync::OnceLock<(std::path::PathBuf, std::path::PathBuf)> = std::sync::OnceLock::new();
+    BUILT.get_or_init(|| {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+        let dir = root.join("target/e2e-packages");
+        let _ = std::fs::remove_dir_all(&dir);
+        let (v1, v2) = (dir.join("v1"), dir.join("v2"));
+        let version = env!("CARGO_PKG_VERSION");
+        let next = format!("{version}.1~e2e");
+        let build = |args: &[&str]| {
+            let out =
+                Command::new("bash").arg(root.join("packaging/build")).args(args).output().expect("packaging/build");
+            assert!(
+                out.status.success(),
+                "packaging/build {args:?} failed:\n{}\n{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        build(&["--out", v1.to_str().unwrap()]);
+        std::fs::create_dir_all(&v2).unwrap();
+        for entry in std::fs::read_dir(&v1).unwrap().flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name.ends_with(".deb") || name.ends_with(".rpm") {
+                std::fs::copy(entry.path(), v2.join(&name)).unwrap();
+            }
+        }
+        // The newer version is the same code reporting another version: what an upgrade must
+        // show is which binary serves afterwards.
+        build(&["--version", &next, "--out", v2.to_str().unwrap(), "--no-lint"]);
+        std::fs::write(v1.join("VERSION"), version).unwrap();
+        std::fs::write(v2.join("VERSION"), &next).unwrap();
+        (v1, v2)
+    })
+}
+
+fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap().flatten() {
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), &target).unwrap();
+        }
+    }
+}
+
+/// Install from the signed apt repository, init a Node pool and a template instance, reload,
+/// upgrade under load, postinst twice, remove, reinstall, purge; then the same with the rpm.
+fn package_story(suite: &str) {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("skipped: needs root (systemd-nspawn)");
+        return;
+    }
+    let (v1, v2) = packages();
+    let log = boot_with(suite, "inside-package.sh", |inp| {
+        copy_dir(v1, &inp.join("v1"));
+        copy_dir(v2, &inp.join("v2"));
+    });
+    if let Some(log) = log {
+        for figure in log.lines().filter(|l| l.starts_with("FIGURE:")) {
+            eprintln!("{suite}: {figure}");
+        }
+    }
+}
+
+#[test]
+fn the_package_on_debian_12() {
+    package_story("bookworm");
+}
+
+#[test]
+fn the_package_on_debian_13() {
+    package_story("trixie");
 }

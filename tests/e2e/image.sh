@@ -21,10 +21,12 @@ image=/var/cache/corral-e2e/$suite-$key
 if [ ! -e "$image/.complete" ]; then
   rm -rf "$image"
   mkdir -p /var/cache/corral-e2e
+  # Images of older versions of this script are not used again.
+  find /var/cache/corral-e2e -mindepth 1 -maxdepth 1 -name "$suite-*" ! -name "$suite-$key" -exec rm -rf {} +
   # The mirror apt uses here (deb822 sources, else the classic list).
   mirror=$(awk '/^URIs:/ {print $2; exit}' /etc/apt/sources.list.d/*.sources 2>/dev/null || true)
   [ -n "$mirror" ] || mirror=$(awk '/^deb / {print $2; exit}' /etc/apt/sources.list)
-  mmdebstrap --variant=minbase --include=systemd,systemd-sysv,dbus,curl,python3,procps \
+  mmdebstrap --variant=minbase --include=systemd,systemd-sysv,dbus,curl,python3,procps,nodejs,rpm,man-db \
     --customize-hook='mkdir -p "$1/e2e" "$1/results"' \
     --customize-hook='printf "[Unit]\nAfter=multi-user.target\n[Service]\nType=oneshot\nExecStart=/bin/sh -c \"exec >/results/log 2>&1; /e2e/run\"\nExecStopPost=/bin/systemctl poweroff --no-block\n[Install]\nWantedBy=multi-user.target\n" > "$1/etc/systemd/system/e2e.service"' \
     --customize-hook='chroot "$1" systemctl enable e2e.service' \

@@ -1,0 +1,159 @@
+#!/bin/sh
+# Runs inside a booted Debian (as /e2e/run): corral as its users get it, from the package.
+# /e2e/v1 and /e2e/v2 are signed apt + dnf repositories (v2 offers a newer version too),
+# /e2e/worker.py is the test worker. Every check prints "ok: …" or "FAIL: …"; the last line is
+# "E2E PASSED" or "E2E FAILED", and "FIGURE: …" lines carry the measured counts.
+set -u
+failed=0
+ok() { echo "ok: $*"; }
+fail() { echo "FAIL: $*"; failed=1; }
+wait_for() { # wait_for DESCRIPTION COMMAND…: poll up to 30 s
+  what=$1; shift; i=0
+  until "$@" >/dev/null 2>&1; do i=$((i+1)); [ $i -gt 300 ] && { fail "$what"; return 1; }; sleep 0.1; done
+  ok "$what"
+}
+V1=$(cat /e2e/v1/VERSION)
+V2=$(cat /e2e/v2/VERSION)
+echo "systemd $(systemctl --version | head -1 | awk '{print $2}'), corral $V1 -> $V2"
+
+if ! python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); s.listen(); c=socket.create_connection(s.getsockname(), timeout=5)' 2>/dev/null; then
+  echo "FAIL: no working loopback in the container (nested containers may not get one): the E2E checks cannot run here"
+  echo "E2E FAILED"; exit 1
+fi
+
+# Only our repository: the container has no network for the Debian mirror in its sources.
+apt_repo() { # apt_repo v1|v2
+  echo "deb [signed-by=/e2e/$1/apt/corral-archive-keyring.gpg] file:/e2e/$1/apt ./" > /etc/apt/sources.list.d/corral.list
+  apt-get update -q -o Dir::Etc::sourcelist=/etc/apt/sources.list.d/corral.list -o Dir::Etc::sourceparts=- \
+    -o APT::Get::List-Cleanup=0 >/tmp/apt-update.log 2>&1
+}
+apt_get() { DEBIAN_FRONTEND=noninteractive apt-get -q -y -o Dir::Etc::sourcelist=/etc/apt/sources.list.d/corral.list -o Dir::Etc::sourceparts=- "$@"; }
+
+# load NAME PORT: requests (a new connection each) until /tmp/stop-NAME exists, bounded by
+# count (4000) and time (curl's own 10 s per request); one HTTP code per line in /tmp/codes-NAME.
+load() {
+  rm -f "/tmp/stop-$1" "/tmp/codes-$1"
+  ( i=0; while [ $i -lt 4000 ] && [ ! -e "/tmp/stop-$1" ]; do
+      curl -s -o /dev/null -w '%{http_code}\n' --max-time 10 "http://127.0.0.1:$2/api/v1/hello" >> "/tmp/codes-$1"
+      i=$((i+1)); done ) &
+  echo $! > "/tmp/load-$1"
+}
+# unload NAME WHAT: stop the stream, report requests / failures / refused (code 000).
+unload() {
+  touch "/tmp/stop-$1"; wait "$(cat "/tmp/load-$1")" 2>/dev/null
+  total=$(wc -l < "/tmp/codes-$1"); bad=$(grep -vc '^200$' "/tmp/codes-$1"); refused=$(grep -c '^000$' "/tmp/codes-$1")
+  echo "FIGURE: $2 ($1): $total requests, $bad failed, $refused refused"
+  [ "$total" -gt 20 ] && [ "$bad" = 0 ] && ok "$2 ($1): $total requests, none failed" || fail "$2 ($1): $bad of $total failed ($refused refused)"
+}
+# The binary a unit's main process runs is the current file (not a replaced, deleted one).
+runs_current() { pid=$(systemctl show "$1" -p MainPID --value); [ "$pid" -gt 0 ] && ! readlink "/proc/$pid/exe" | grep -q deleted; }
+
+# 1. Install from the signed repository: nothing enabled or started.
+apt_repo v1 && ok "apt-get update from the signed repository" || { cat /tmp/apt-update.log; fail "apt-get update"; }
+apt_get install corral >/tmp/install.log 2>&1 && ok "apt-get install corral ($V1)" || { cat /tmp/install.log; fail "apt-get install"; }
+[ "$(corral --version)" = "corral $V1" ] && ok "corral --version: $V1" || fail "version: $(corral --version)"
+[ -z "$(systemctl list-units --all --no-legend 'corral@*')" ] && ok "no corral@ unit loaded or running" || fail "units after install: $(systemctl list-units --all --no-legend 'corral@*')"
+[ -z "$(find /etc/systemd/system -path '*.wants/corral*')" ] && ok "nothing enabled" || fail "enabled: $(find /etc/systemd/system -path '*.wants/corral*')"
+[ -d /etc/corral ] && ok "/etc/corral exists" || fail "/etc/corral missing"
+man -w corral >/dev/null 2>&1 || [ -e /usr/share/man/man1/corral.1.gz ] && ok "corral(1) installed" || fail "no man page"
+
+# 2. A pool of the packaged Node example, as `corral init` sets it up; socket activation.
+corral init myapi --listen 127.0.0.1:3000 --instances 2 -- node /usr/share/doc/corral/examples/node/app.js >/tmp/init.log 2>&1 \
+  && ok "corral init myapi" || { cat /tmp/init.log; fail "corral init"; }
+systemctl daemon-reload
+systemctl enable --now myapi.socket >/dev/null 2>&1 && ok "myapi.socket enabled" || fail "enable myapi.socket"
+body=$(curl -sf --max-time 30 http://127.0.0.1:3000/api/v1/hello) && ok "first request activates and is answered: $body" || fail "first request"
+wait_for "systemctl status shows the STATUS= line" sh -c 'systemctl status myapi | grep -q "Status: \"2/2 workers ready"'
+wait_for "journalctl -u myapi CORRAL_WORKER=1 has worker 1's lines" sh -c 'journalctl -u myapi CORRAL_WORKER=1 -o cat | grep -q "worker 1 (pid"'
+
+# 3. A template instance: /etc/corral/api2.toml + corral@api2.socket.
+cp /e2e/worker.py /srv/worker.py
+printf 'command = ["python3", "/srv/worker.py"]\ninstances = 2\n' > /etc/corral/api2.toml
+mkdir -p /etc/systemd/system/corral@api2.socket.d
+printf '[Socket]\nListenStream=\nListenStream=127.0.0.1:3001\n' > /etc/systemd/system/corral@api2.socket.d/listen.conf
+systemctl daemon-reload
+systemctl enable --now corral@api2.socket >/dev/null 2>&1 && ok "corral@api2.socket enabled" || fail "enable corral@api2.socket"
+curl -sf --max-time 30 http://127.0.0.1:3001/ >/dev/null && ok "template instance answers" || fail "template instance"
+wait_for "corral@api2 ready" sh -c 'systemctl show corral@api2 -p StatusText --value | grep -q "^2/2 workers ready"'
+
+# 4. Rolling reload under load; a broken release fails the reload and the old generation serves.
+load myapi 3000
+sleep 0.5
+systemctl reload myapi && ok "systemctl reload myapi" || fail "systemctl reload"
+systemctl reload myapi && ok "systemctl reload myapi again" || fail "second reload"
+unload myapi "rolling reloads"
+sed -i 's|^command = .*|command = ["node", "/nonexistent/app.js"]|' /etc/corral/myapi.toml
+if systemctl reload myapi 2>/dev/null; then fail "a broken release reloaded"; else ok "systemctl reload fails on a broken release"; fi
+curl -sf --max-time 10 http://127.0.0.1:3000/api/v1/hello >/dev/null && ok "the old generation keeps serving" || fail "nothing serves after the broken reload"
+corral init myapi --force --listen 127.0.0.1:3000 --instances 2 -- node /usr/share/doc/corral/examples/node/app.js >/dev/null 2>&1
+systemctl daemon-reload
+systemctl reload myapi && ok "a fixed release reloads" || fail "reload after fix"
+
+# 5. Upgrade from the repository under load: no failed request, every pool on the new binary.
+apt_repo v2 && ok "apt-get update (v2 offered)" || fail "apt-get update v2"
+load myapi 3000
+load api2 3001
+sleep 0.5
+apt_get install corral >/tmp/upgrade.log 2>&1 && ok "apt-get upgrade to $V2" || { cat /tmp/upgrade.log; fail "upgrade"; }
+sleep 1
+unload myapi "package upgrade"
+unload api2 "package upgrade"
+for unit in myapi corral@api2; do
+  wait_for "$unit runs the new binary" runs_current "$unit"
+done
+[ "$(corral status myapi --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["version"])')" = "$V2" ] \
+  && ok "corral status reports $V2" || fail "status version: $(corral status myapi --json | head -c 300)"
+grep -q "restarting myapi.service onto the new binary" /tmp/upgrade.log && ok "the upgrade said which pools it moved" || fail "upgrade log: $(cat /tmp/upgrade.log)"
+
+# 8. The postinst twice (a forced reconfigure): idempotent, pools untouched.
+main=$(systemctl show myapi -p MainPID --value)
+/var/lib/dpkg/info/corral.postinst configure "$V1-1" && /var/lib/dpkg/info/corral.postinst configure "$V1-1" \
+  && ok "postinst configure twice" || fail "postinst twice"
+DEBIAN_FRONTEND=noninteractive dpkg --configure -a && ok "dpkg --configure -a" || fail "dpkg --configure -a"
+[ "$(systemctl show myapi -p MainPID --value)" = "$main" ] && ok "a reconfigure leaves the running pool alone" || fail "reconfigure restarted the pool"
+
+# 6. Remove: pools stopped, nothing failed, configs kept; reinstall; purge.
+apt_get remove corral >/tmp/remove.log 2>&1 && ok "apt-get remove corral" || { cat /tmp/remove.log; fail "remove"; }
+wait_for "no worker left after remove" sh -c '! pgrep -f "[a]pp.js|[w]orker.py"'
+[ -z "$(systemctl --failed --no-legend)" ] && ok "no failed unit after remove" || fail "failed units: $(systemctl --failed --no-legend)"
+[ -e /etc/corral/myapi.toml ] && [ -e /etc/corral/api2.toml ] && ok "pool configs kept" || fail "configs gone"
+apt_get install corral >/dev/null 2>&1 && ok "reinstall" || fail "reinstall"
+systemctl start myapi.socket corral@api2.socket
+curl -sf --max-time 30 http://127.0.0.1:3000/api/v1/hello >/dev/null && curl -sf --max-time 30 http://127.0.0.1:3001/ >/dev/null \
+  && ok "pools serve again after reinstall" || fail "pools after reinstall"
+apt_get purge corral >/tmp/purge.log 2>&1 && ok "apt-get purge corral" || { cat /tmp/purge.log; fail "purge"; }
+left=$(ls /usr/bin/corral /usr/libexec/corral /usr/lib/systemd/system/corral@* /usr/share/doc/corral 2>/dev/null)
+[ -z "$left" ] && ok "nothing of the package left" || fail "left after purge: $left"
+dangling=$(find /etc/systemd/system -xtype l)
+[ -z "$dangling" ] && ok "no dangling unit links" || fail "dangling links: $dangling"
+[ -e /etc/corral/myapi.toml ] && [ -e /etc/corral/api2.toml ] && ok "purge keeps the users' pool configs" || fail "purge removed configs"
+wait_for "no worker left after purge" sh -c '! pgrep -f "[a]pp.js|[w]orker.py"'
+
+# 7. The .rpm against the same systemd (rpm from Debian, --nodeps: glibc and sh are dpkg's).
+rpm1=$(ls /e2e/v1/dnf/corral-*.rpm | head -1)
+rpm2=$(ls /e2e/v2/dnf/corral-"$V2"-*.rpm | head -1)
+rpm --import /e2e/v1/dnf/RPM-GPG-KEY-corral && ok "rpm --import the signing key" || fail "rpm --import"
+rpm -K "$rpm1" | grep -q "digests signatures OK" && ok "the rpm's signature verifies" || fail "rpm -K: $(rpm -K "$rpm1")"
+rpm -i --nodeps "$rpm1" && ok "rpm -i $V1" || fail "rpm -i"
+[ "$(corral --version)" = "corral $V1" ] && ok "rpm's corral $V1" || fail "rpm version"
+[ -z "$(systemctl list-units --no-legend --state=active 'corral@*')" ] && ok "rpm install started nothing" || fail "rpm install started units"
+systemctl start myapi.socket corral@api2.socket
+curl -sf --max-time 30 http://127.0.0.1:3000/api/v1/hello >/dev/null && curl -sf --max-time 30 http://127.0.0.1:3001/ >/dev/null \
+  && ok "pools serve from the rpm's binary" || fail "pools on rpm"
+load myapi 3000
+load api2 3001
+sleep 0.5
+rpm -U --nodeps "$rpm2" >/tmp/rpm-upgrade.log 2>&1 && ok "rpm -U to $V2" || { cat /tmp/rpm-upgrade.log; fail "rpm -U"; }
+sleep 1
+unload myapi "rpm upgrade"
+unload api2 "rpm upgrade"
+for unit in myapi corral@api2; do
+  wait_for "$unit runs the rpm's new binary" runs_current "$unit"
+done
+rpm -e --nodeps corral && ok "rpm -e" || fail "rpm -e"
+wait_for "no worker left after rpm -e" sh -c '! pgrep -f "[a]pp.js|[w]orker.py"'
+[ -z "$(systemctl --failed --no-legend)" ] && ok "no failed unit after rpm -e" || fail "failed units: $(systemctl --failed --no-legend)"
+[ -e /etc/corral/myapi.toml ] && ok "rpm -e keeps the pool configs" || fail "rpm -e removed configs"
+[ -z "$(find /etc/systemd/system -xtype l)" ] && ok "no dangling unit links after rpm -e" || fail "dangling after rpm -e"
+
+[ $failed = 0 ] && echo "E2E PASSED" || echo "E2E FAILED"
