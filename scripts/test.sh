@@ -29,7 +29,7 @@ command -v mandoc >/dev/null || need+=(mandoc)                       # man page 
 command -v mmdebstrap >/dev/null || need+=(mmdebstrap)               # E2E images
 command -v systemd-nspawn >/dev/null || need+=(systemd-container)    # E2E boots
 for tool in lintian:lintian rpmlint:rpmlint createrepo_c:createrepo-c apt-ftparchive:apt-utils gpg:gnupg \
-    shellcheck:shellcheck rpm:rpm; do                                 # packages (packaging/build)
+    shellcheck:shellcheck rpm:rpm dnf:dnf; do                         # packages (packaging/build, dnf check)
   command -v "${tool%%:*}" >/dev/null || need+=("${tool#*:}")
 done
 if [ ${#need[@]} -gt 0 ]; then

@@ -148,3 +148,40 @@ fn the_package_on_debian_12() {
 fn the_package_on_debian_13() {
     package_story("trixie");
 }
+
+/// Debian's dnf against the signed dnf repository: it imports the key, verifies the repository
+/// metadata's signature and offers both versions, newest first. Installing cannot work on a
+/// Debian host: glibc, libgcc and /bin/sh belong to dpkg, no rpm repository provides them, and
+/// dnf has no --nodeps (the booted E2E installs the rpm with `rpm -i --nodeps` instead).
+#[test]
+fn dnf_reads_the_signed_repository() {
+    if !nix::unistd::geteuid().is_root() || Command::new("dnf").arg("--version").output().is_err() {
+        eprintln!("skipped: needs root and dnf");
+        return;
+    }
+    let (_, v2) = packages();
+    let repo = v2.join("dnf");
+    let root = TempDir::new("dnfroot");
+    let dnf = |verb: &[&str]| {
+        Command::new("dnf")
+            .args(["-y", "--releasever=1", "--setopt=reposdir=/dev/null", "--repo=corral"])
+            .arg(format!("--installroot={}", root.path().display()))
+            .arg(format!("--repofrompath=corral,file://{}", repo.display()))
+            .args(["--setopt=corral.gpgcheck=1", "--setopt=corral.repo_gpgcheck=1"])
+            .arg(format!("--setopt=corral.gpgkey=file://{}", repo.join("RPM-GPG-KEY-corral").display()))
+            .args(verb)
+            .output()
+            .expect("run dnf")
+    };
+    let list = dnf(&["list", "--showduplicates", "corral"]);
+    let text = String::from_utf8_lossy(&list.stdout);
+    assert!(list.status.success(), "{text}{}", String::from_utf8_lossy(&list.stderr));
+    let next = std::fs::read_to_string(v2.join("VERSION")).unwrap();
+    assert!(
+        text.contains(&format!("{}-1", env!("CARGO_PKG_VERSION"))) && text.contains(&format!("{next}-1")),
+        "{text}"
+    );
+    let install = dnf(&["install", "corral"]);
+    let out = format!("{}{}", String::from_utf8_lossy(&install.stdout), String::from_utf8_lossy(&install.stderr));
+    assert!(!install.status.success() && out.contains("nothing provides libc.so.6"), "{out}");
+}
