@@ -25,6 +25,9 @@ pub enum Command {
         /// Config file [default: $CORRAL_CONFIG, else ./corral.toml]
         #[arg(short, long, value_name = "FILE")]
         config: Option<PathBuf>,
+        /// Take over from a previous image of this master (`corral upgrade` passes it)
+        #[arg(long, hide = true, value_name = "FD")]
+        state_fd: Option<i32>,
     },
     /// Validate a config: exit 0, or 78 with `file:line:col: message`.
     Check {
@@ -105,6 +108,26 @@ pub enum Command {
     Completions {
         #[arg(value_enum)]
         shell: clap_complete::Shell,
+    },
+    /// Replace the master's binary in place: same pid, same workers (also SIGUSR2).
+    ///
+    /// The master re-executes the binary now at the path it was started from (which a package
+    /// upgrade has just replaced), after that binary has checked it can take over. Waits until
+    /// the new image answers; exits 1 with the reason when the upgrade is refused (the pool
+    /// carries on untouched). Without NAME, every pool this user can reach.
+    Upgrade {
+        /// Pool name
+        #[arg(value_parser = pool_name)]
+        name: Option<String>,
+        /// Give up waiting after this long
+        #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+        timeout: std::time::Duration,
+    },
+    /// Check that this binary can take over from the state at FD (run by the master).
+    #[command(hide = true)]
+    UpgradeCheck {
+        #[arg(long, value_name = "FD")]
+        state_fd: i32,
     },
     /// Write the man pages into DIR (used when packaging).
     #[command(hide = true)]

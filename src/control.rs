@@ -33,6 +33,9 @@ pub enum Request {
     Scale {
         to: String,
     },
+    /// Re-exec the binary now at the master's path, in place (`corral upgrade`). The reply
+    /// comes once the new binary has been checked; the new image then takes over.
+    Upgrade,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -86,6 +89,25 @@ impl ControlServer {
             path: path.to_owned(),
             gate: crate::accept::Gate::new("control socket"),
         })
+    }
+
+    /// The socket a previous image of this master bound (`corral upgrade`).
+    pub fn from_fd(fd: std::os::fd::OwnedFd, path: &Path) -> std::io::Result<ControlServer> {
+        let listener = std::os::unix::net::UnixListener::from(fd);
+        listener.set_nonblocking(true)?;
+        Ok(ControlServer {
+            listener: tokio::net::UnixListener::from_std(listener)?,
+            path: path.to_owned(),
+            gate: crate::accept::Gate::new("control socket"),
+        })
+    }
+
+    /// Its descriptor and path, for `corral upgrade`.
+    pub fn raw_fd(&self) -> std::os::fd::RawFd {
+        std::os::fd::AsRawFd::as_raw_fd(&self.listener)
+    }
+    pub fn path(&self) -> &Path {
+        &self.path
     }
 
     /// Accept one connection and serve it in its own task; requests reach `to_driver`. At most

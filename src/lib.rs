@@ -24,6 +24,8 @@
 //!   `/health`; the connection limits and accept back-off both listeners share.
 //! - [`runtime`]: the pool's runtime directory, created and checked without following links.
 //! - [`init`]: `corral init`, which writes a pool's config and systemd units.
+//! - [`upgrade`]: `corral upgrade`, the master re-executing its new binary in place (same pid,
+//!   same workers).
 //! - [`cli`], [`manpages`]: the command line, and the man pages and completions it generates.
 
 #![deny(unsafe_code)]
@@ -51,3 +53,4 @@ pub mod runtime;
 pub(crate) mod sockets;
 pub mod status;
 pub mod stderr;
+pub mod upgrade;

@@ -19,7 +19,34 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let env_config = std::env::var("CORRAL_CONFIG").ok();
     match cli.command {
-        Command::Run { config } => {
+        Command::Run { state_fd: Some(fd), .. } => {
+            corral::stderr::init();
+            let target = corral::upgrade::borrow(fd)
+                .and_then(corral::upgrade::read_state)
+                .map_or(LogTarget::Auto, |s| s.log_target);
+            init_logging(target);
+            let code = match driver::resume(fd) {
+                Ok(code) => ExitCode::from(u8::try_from(code).unwrap_or(1)),
+                Err(e) => {
+                    tracing::error!("{e}");
+                    ExitCode::from(1)
+                }
+            };
+            corral::stderr::flush_before_exit(Duration::from_secs(1));
+            code
+        }
+        Command::UpgradeCheck { state_fd } => match corral::upgrade::check(state_fd) {
+            Ok(version) => {
+                println!("{version}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("{e}");
+                ExitCode::from(1)
+            }
+        },
+        Command::Upgrade { name, timeout } => upgrade(name.as_deref(), timeout),
+        Command::Run { config, state_fd: None } => {
             corral::stderr::init();
             let path = config::locate(config.as_deref(), env_config.as_deref(), None);
             let config = match Config::load(&path) {
@@ -143,23 +170,96 @@ fn finish(name: &str, reply: Result<Reply, control::ClientError>) -> ExitCode {
     }
 }
 
+/// The pools under this user's runtime root, by name.
+fn running_pools() -> Vec<String> {
+    let root = corral::runtime::runtime_root();
+    let mut found: Vec<String> = std::fs::read_dir(&root)
+        .map(|d| {
+            d.flatten()
+                .filter(|e| e.path().join(corral::runtime::CONTROL_SOCKET).exists())
+                .filter_map(|e| e.file_name().into_string().ok())
+                .filter(|n| config::check_pool_name(n).is_ok())
+                .collect()
+        })
+        .unwrap_or_default();
+    found.sort();
+    found
+}
+
+/// `corral upgrade [NAME]`: ask each master to re-execute itself, then wait until the new image
+/// answers with the same pid.
+fn upgrade(name: Option<&str>, timeout: Duration) -> ExitCode {
+    let names = match name {
+        Some(n) => vec![n.to_string()],
+        None => running_pools(),
+    };
+    if names.is_empty() {
+        println!("no pools running (looked in {})", corral::runtime::runtime_root().display());
+        return ExitCode::SUCCESS;
+    }
+    let mut failed = false;
+    for n in &names {
+        if let Err(e) = upgrade_one(n, timeout) {
+            eprintln!("{n}: {e}");
+            failed = true;
+        }
+    }
+    if failed {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    }
+}
+
+fn upgrade_one(name: &str, timeout: Duration) -> Result<(), String> {
+    let status = |wait: Duration| match ask(name, &Request::Status, wait) {
+        Ok(Reply { status: Some(s), .. }) => Ok(s),
+        Ok(Reply { error, .. }) => Err(error.unwrap_or_else(|| "no status".into())),
+        Err(e) => Err(e.to_string()),
+    };
+    let before = status(Duration::from_secs(10))?;
+    match ask(name, &Request::Upgrade, Duration::from_secs(30)) {
+        Ok(Reply { ok: false, error, .. }) => return Err(error.unwrap_or_else(|| "upgrade refused".into())),
+        // Accepted; or the connection closed with the exec before the reply was written.
+        Ok(_) | Err(control::ClientError::Io { .. }) => {}
+        Err(e) => return Err(e.to_string()),
+    }
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        if let Ok(now) = status(Duration::from_secs(2)) {
+            if now.pid != before.pid {
+                return Err(format!(
+                    "the master was replaced (pid {} → {}), not upgraded in place",
+                    before.pid, now.pid
+                ));
+            }
+            if now.upgrades > before.upgrades {
+                let pids = |s: &corral::status::PoolStatus| s.workers.iter().filter_map(|w| w.pid).collect::<Vec<_>>();
+                let kept = pids(&now).iter().filter(|p| pids(&before).contains(p)).count();
+                println!(
+                    "{name}: upgraded in place from corral {} to {} (master pid {}, {kept} of {} workers kept)",
+                    before.version,
+                    now.version,
+                    now.pid,
+                    before.workers.len()
+                );
+                return Ok(());
+            }
+        }
+        if std::time::Instant::now() >= deadline {
+            return Err(format!("no new image answered within {}", humantime::format_duration(timeout)));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 fn status(name: Option<&str>, json: bool) -> ExitCode {
     let names: Vec<String> = match name {
         Some(n) => vec![n.to_string()],
         None => {
-            let root = corral::runtime::runtime_root();
-            let mut found: Vec<String> = std::fs::read_dir(&root)
-                .map(|d| {
-                    d.flatten()
-                        .filter(|e| e.path().join(corral::runtime::CONTROL_SOCKET).exists())
-                        .filter_map(|e| e.file_name().into_string().ok())
-                        .filter(|n| config::check_pool_name(n).is_ok())
-                        .collect()
-                })
-                .unwrap_or_default();
-            found.sort();
+            let found = running_pools();
             if found.is_empty() && !json {
-                println!("no pools running (looked in {})", root.display());
+                println!("no pools running (looked in {})", corral::runtime::runtime_root().display());
                 return ExitCode::SUCCESS;
             }
             found

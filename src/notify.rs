@@ -71,6 +71,18 @@ impl NotifyServer {
         &self.path
     }
 
+    /// The socket a previous image of this master bound (`corral upgrade`).
+    pub fn from_fd(fd: std::os::fd::OwnedFd, path: &Path) -> io::Result<NotifyServer> {
+        let sock = UnixDatagram::from(fd);
+        sock.set_nonblocking(true)?;
+        Ok(NotifyServer { socket: tokio::net::UnixDatagram::from_std(sock)?, path: path.to_owned() })
+    }
+
+    /// Its descriptor, for `corral upgrade`.
+    pub fn raw_fd(&self) -> std::os::fd::RawFd {
+        self.socket.as_raw_fd()
+    }
+
     /// The next well-formed message. Datagrams without credentials or over the size limit are
     /// dropped here.
     pub async fn recv(&self) -> io::Result<Message> {

@@ -70,6 +70,21 @@ impl RuntimeDir {
     }
 }
 
+impl RuntimeDir {
+    /// The directory and lock a previous image of this master held (`corral upgrade`): the
+    /// lock belongs to the open file, which the exec kept.
+    pub fn adopt(path: PathBuf, lock: std::os::fd::OwnedFd) -> Result<RuntimeDir, String> {
+        let lock = nix::fcntl::Flock::lock(std::fs::File::from(lock), nix::fcntl::FlockArg::LockExclusiveNonblock)
+            .map_err(|(_, e)| format!("cannot keep the lock of {}: {e}", path.display()))?;
+        Ok(RuntimeDir { path, _lock: lock })
+    }
+
+    /// The lock's descriptor, for `corral upgrade`.
+    pub fn lock_fd(&self) -> std::os::fd::RawFd {
+        std::os::fd::AsRawFd::as_raw_fd(&*self._lock)
+    }
+}
+
 fn systemd_runtime_directory() -> Option<PathBuf> {
     let dir = std::env::var_os("RUNTIME_DIRECTORY").filter(|d| !d.is_empty())?;
     let first = dir.to_string_lossy().split(':').next().unwrap_or_default().to_string();

@@ -31,6 +31,9 @@ pub struct PoolStatus {
     pub restarts_by_reason: BTreeMap<String, u64>,
     pub reloads_succeeded: u64,
     pub reloads_failed: u64,
+    /// How many times the master re-executed itself in place (`corral upgrade`).
+    #[serde(default)]
+    pub upgrades: u64,
     /// The master's own log messages dropped because its stderr's reader did not keep up.
     #[serde(default)]
     pub log_messages_dropped: u64,
@@ -294,6 +297,7 @@ mod tests {
             reloads_succeeded: 1,
             reloads_failed: 0,
             log_messages_dropped: 0,
+            upgrades: 0,
             workers: vec![w(0, crate::pool::WorkerPhase::Ready), w(1, crate::pool::WorkerPhase::Starting)],
         };
         let text = render(&[p], false);

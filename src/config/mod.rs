@@ -150,7 +150,7 @@ fn zero_dur() -> Dur {
     Dur(Duration::ZERO)
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum LogTarget {
     #[default]
@@ -207,6 +207,9 @@ struct RawConfig {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Config {
     pub path: PathBuf,
+    /// The text it was parsed from: `corral upgrade` hands it to the new binary, which checks
+    /// every generation it takes over.
+    pub source: std::sync::Arc<str>,
     pub name: String,
     pub command: Vec<String>,
     pub workdir: Option<PathBuf>,
@@ -385,6 +388,7 @@ impl Config {
         let instances_spec = raw.instances.unwrap_or(Instances::Fixed(1));
         Ok(Config {
             path: path.to_owned(),
+            source: std::sync::Arc::from(text),
             name,
             command: command.0,
             workdir,

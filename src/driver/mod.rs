@@ -35,6 +35,7 @@ use crate::status::{self, LastReload, PoolStatus, WorkerStatus};
 
 mod observe;
 mod requests;
+mod upgrade;
 mod workers;
 
 /// A timer this late means the master itself did not run (SIGSTOP, starved of CPU).
@@ -56,11 +57,18 @@ pub enum StartError {
     Bind { what: &'static str, path: PathBuf, source: std::io::Error },
     #[error("cannot listen for metrics on {addr}: {source}")]
     Metrics { addr: std::net::SocketAddr, source: std::io::Error },
+    /// The new image of `corral upgrade` could not take over.
+    #[error("cannot take over after the upgrade: {0}")]
+    Resume(String),
 }
 
 /// What the driver knows about a live worker process.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 struct WorkerMeta {
+    /// Duplicates of the read ends of its stdout and stderr, kept for `corral upgrade` to hand
+    /// over (the forwarding tasks own the originals).
+    stdout: Option<OwnedFd>,
+    stderr: Option<OwnedFd>,
     /// The worker's own `STATUS=`.
     status: Option<String>,
     /// Last /proc sample: RSS bytes and CPU ticks of the process group.
@@ -69,6 +77,20 @@ struct WorkerMeta {
     /// Where the current CPU % is measured from, and that percentage.
     cpu_base: Option<(Instant, u64)>,
     cpu_percent: Option<f64>,
+}
+
+impl WorkerMeta {
+    fn new() -> WorkerMeta {
+        WorkerMeta {
+            stdout: None,
+            stderr: None,
+            status: None,
+            rss: None,
+            cpu_ticks: None,
+            cpu_base: None,
+            cpu_percent: None,
+        }
+    }
 }
 
 /// The master's event loop and everything it owns.
@@ -111,6 +133,14 @@ pub struct Driver {
     /// of their process groups, and re-parented to us as subreaper) still run: they are stopped
     /// like workers (stop signal, SIGKILL at the deadline) before the master exits.
     strays: Option<Strays>,
+    /// The path the master was started from: what `corral upgrade` executes.
+    exe: PathBuf,
+    /// Times this master re-executed itself in place.
+    upgrades: u64,
+    /// A checked upgrade, executed on the loop's next turn.
+    pending_upgrade: Option<upgrade::PendingUpgrade>,
+    /// Set in the new image of an upgrade: the version it took over from.
+    resumed: Option<String>,
 }
 
 /// The last step of a stop: processes left behind by workers.
@@ -136,6 +166,29 @@ pub fn run(config: Config) -> Result<i32, StartError> {
         let mut driver = Driver::start(&config_path, config)?;
         Ok(driver.run().await)
     })
+}
+
+/// The new image of `corral upgrade`: take over the state handed over at `state_fd` and run
+/// the pool until it stops; returns the process exit code.
+pub fn resume(state_fd: std::os::fd::RawFd) -> Result<i32, StartError> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .enable_time()
+        .build()
+        .map_err(StartError::EventLoop)?;
+    rt.block_on(async move {
+        let mut driver = Driver::resume(state_fd)?;
+        Ok(driver.run().await)
+    })
+}
+
+/// The master's environment minus what belongs to it alone: every worker's starting point.
+fn base_env() -> Vec<(String, String)> {
+    std::env::vars_os()
+        .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
+        // What systemd set for the master alone: corral sets its own for each worker.
+        .filter(|(k, _)| !crate::config::RESERVED_ENV.contains(&k.as_str()) && k != "JOURNAL_STREAM")
+        .collect()
 }
 
 impl Driver {
@@ -192,11 +245,9 @@ impl Driver {
             }
         };
         let sink = Arc::new(log_sink(config.logs.target));
-        let base_env = std::env::vars_os()
-            .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
-            // What systemd set for the master alone: corral sets its own for each worker.
-            .filter(|(k, _)| !crate::config::RESERVED_ENV.contains(&k.as_str()) && k != "JOURNAL_STREAM")
-            .collect();
+        let base_env = base_env();
+        // Read now: once a package replaces the file, /proc/self/exe names a deleted one.
+        let exe = std::env::current_exe().map_err(|e| StartError::Resume(format!("cannot find my own binary: {e}")))?;
         for s in &sockets.sockets {
             tracing::info!(
                 "listening on {} ({})",
@@ -224,6 +275,10 @@ impl Driver {
             next_reply: 0,
             started: Instant::now(),
             strays: None,
+            exe,
+            upgrades: 0,
+            pending_upgrade: None,
+            resumed: None,
         })
     }
 
@@ -236,9 +291,10 @@ impl Driver {
                 signal(SignalKind::hangup())?,
                 signal(SignalKind::from_raw(libc::SIGTTIN))?,
                 signal(SignalKind::from_raw(libc::SIGTTOU))?,
+                signal(SignalKind::user_defined2())?,
             ))
         })();
-        let (mut chld, mut term, mut int, mut hup, mut ttin, mut ttou) = match signals {
+        let (mut chld, mut term, mut int, mut hup, mut ttin, mut ttou, mut usr2) = match signals {
             Ok(s) => s,
             Err(e) => {
                 tracing::error!("cannot install signal handlers: {e}");
@@ -256,9 +312,33 @@ impl Driver {
         let mut sampler = tokio::time::interval_at(tokio::time::Instant::now() + sample_every, sample_every);
         sampler.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
 
+        // Signals blocked across an upgrade's exec are pending: now that they are handled, let
+        // them in. (A first start finds them unblocked already.)
+        let _ = nix::sys::signal::sigprocmask(
+            nix::sys::signal::SigmaskHow::SIG_UNBLOCK,
+            Some(&upgrade::handled_signals()),
+            None,
+        );
         let flusher = tokio::spawn(crate::stderr::flusher());
+        if let Some(from) = self.resumed.take() {
+            // Workers that exited while the exec was in flight are waiting to be reaped.
+            self.reap();
+            tracing::info!(
+                "upgrade: corral {} took over from corral {from}, pid {}, {} workers",
+                crate::VERSION,
+                std::process::id(),
+                self.workers.len()
+            );
+            let status = self.pool.status_line();
+            self.systemd.send(&[NotifyState::Ready, NotifyState::Status(&status)]);
+        }
         self.dispatch(Event::Start);
         while self.exit.is_none() {
+            if let Some(pending) = self.pending_upgrade.take() {
+                // Let the reply to `corral upgrade` go out first.
+                tokio::task::yield_now().await;
+                self.exec_upgrade(pending);
+            }
             let deadline = self.pool.next_deadline().map(tokio::time::Instant::from_std);
             let sleep = tokio::time::sleep_until(deadline.unwrap_or_else(|| tokio::time::Instant::now() + hour));
             tokio::select! {
@@ -269,6 +349,7 @@ impl Driver {
                 Some(()) = hup.recv() => self.reload(None),
                 Some(()) = ttin.recv() => self.dispatch(Event::Scale { request: ScaleRequest::Add(1), reply: None }),
                 Some(()) = ttou.recv() => self.dispatch(Event::Scale { request: ScaleRequest::Add(-1), reply: None }),
+                Some(()) = usr2.recv() => self.begin_upgrade(None),
                 msg = self.notify.recv() => match msg {
                     Ok(msg) => self.on_notify(msg),
                     Err(e) => tracing::warn!("notify socket: {e}"),

@@ -86,6 +86,7 @@ impl Driver {
             reloads_succeeded,
             reloads_failed,
             log_messages_dropped: crate::stderr::dropped(),
+            upgrades: self.upgrades,
             workers,
         }
     }

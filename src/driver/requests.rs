@@ -20,6 +20,7 @@ impl Driver {
                     self.reload(None);
                 }
             }
+            Request::Upgrade => self.begin_upgrade(Some(reply)),
             Request::Scale { to } => match control::parse_scale(&to) {
                 Ok(request) => {
                     let id = self.remember(reply);

@@ -41,20 +41,27 @@ impl Driver {
         };
         let child = spawn::spawn(&req)?;
         let pid = child.pid;
-        self.workers
-            .insert(pid, WorkerMeta { status: None, rss: None, cpu_ticks: None, cpu_base: None, cpu_percent: None });
         let origin = Origin { name: self.name.clone(), slot, pid: pid.as_raw(), generation };
+        let mut meta = WorkerMeta::new();
         if let Some(out) = child.stdout {
-            self.forward_output(out, Stream::Stdout, origin.clone());
+            meta.stdout = self.forward_kept(out, Stream::Stdout, origin.clone());
         }
         if let Some(err) = child.stderr {
-            self.forward_output(err, Stream::Stderr, origin);
+            meta.stderr = self.forward_kept(err, Stream::Stderr, origin);
         }
+        self.workers.insert(pid, meta);
         Ok(pid)
     }
 
-    pub(super) fn forward_output(&self, fd: OwnedFd, stream: Stream, origin: Origin) {
+    /// Forward a worker's output pipe; returns a duplicate of it for `corral upgrade` to hand
+    /// over (none if it cannot be duplicated: then that pipe is not handed over).
+    pub(super) fn forward_kept(&self, fd: OwnedFd, stream: Stream, origin: Origin) -> Option<OwnedFd> {
+        let kept = fd.try_clone();
+        if let Err(e) = &kept {
+            tracing::warn!(slot = origin.slot, pid = origin.pid, "cannot duplicate an output pipe: {e}");
+        }
         tokio::spawn(journal::forward(fd, stream, origin, self.sink.clone()));
+        kept.ok()
     }
 
     /// The complete environment of a worker: the master's own (minus what is private to it),

@@ -29,3 +29,30 @@ pub(super) fn unsafe_free_borrow(raw: RawFd) -> BorrowedFd<'static> {
     // closed fd gives EBADF) and do not outlive the call; nothing is closed through it.
     unsafe { BorrowedFd::borrow_raw(raw) }
 }
+
+/// A descriptor number as a borrow, if it is open. The borrow is only inspected or duplicated.
+pub fn borrow_open(raw: RawFd) -> Option<BorrowedFd<'static>> {
+    if raw < 0 {
+        return None;
+    }
+    nix::fcntl::fcntl(unsafe_free_borrow(raw), nix::fcntl::FcntlArg::F_GETFD).ok()?;
+    Some(unsafe_free_borrow(raw))
+}
+
+/// Take ownership of a descriptor the previous image of this process left open for us
+/// (`corral upgrade`), once per number, marked close-on-exec again.
+pub fn adopt(raw: RawFd) -> std::io::Result<OwnedFd> {
+    static ADOPTED: std::sync::Mutex<Vec<RawFd>> = std::sync::Mutex::new(Vec::new());
+    let mut adopted = ADOPTED.lock().map_err(|_| std::io::Error::other("descriptor registry poisoned"))?;
+    if adopted.contains(&raw) {
+        return Err(std::io::Error::other(format!("descriptor {raw} is named twice in the upgrade state")));
+    }
+    let fd = borrow_open(raw).ok_or_else(|| std::io::Error::other(format!("descriptor {raw} is not open")))?;
+    nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC))?;
+    adopted.push(raw);
+    // SAFETY: the number comes from the upgrade state the previous image of this same process
+    // wrote, naming a descriptor it kept open across execve for exactly this; it is open
+    // (checked above), nothing else in this image owns it, and the registry makes sure it is
+    // adopted only once.
+    Ok(unsafe { OwnedFd::from_raw_fd(raw) })
+}

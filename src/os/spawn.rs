@@ -143,6 +143,17 @@ impl Step {
 /// The master's `RLIMIT_NOFILE` (soft, hard) as it was started, once [`raise_nofile_limit`] ran.
 static ORIGINAL_NOFILE: std::sync::OnceLock<(libc::rlim_t, libc::rlim_t)> = std::sync::OnceLock::new();
 
+/// The descriptor limit the master was started with, for `corral upgrade` to hand over.
+pub fn original_nofile() -> Option<(u64, u64)> {
+    ORIGINAL_NOFILE.get().map(|&(s, h)| (s as u64, h as u64))
+}
+
+/// After `corral upgrade`: the limit the first image was started with (the new image starts
+/// with the raised one).
+pub fn set_original_nofile(soft: u64, hard: u64) {
+    let _ = ORIGINAL_NOFILE.set((soft as libc::rlim_t, hard as libc::rlim_t));
+}
+
 /// Raise the master's soft descriptor limit to the hard one, as systemd does for itself: the
 /// master holds a few descriptors per worker and per connection, and must not run out under a
 /// flood of connections. Workers get the original limit back (see `child_main`).

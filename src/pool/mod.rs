@@ -20,6 +20,7 @@
 //! - `rollout.rs`: a reload from request to done or rollback.
 //! - `crash.rs`: exits, failed starts, timeouts; backoff and giving up.
 //! - `shutdown.rs`: stop, stop now, exit.
+//! - `state.rs`: the pool as a snapshot for `corral upgrade`, and its restoration.
 //! - `notice.rs`, `types.rs`: what the pool says and its vocabulary.
 //!
 //! # How a reload flows
@@ -55,11 +56,13 @@ mod crash;
 mod notice;
 mod rollout;
 mod shutdown;
+mod state;
 mod types;
 mod worker;
 /// Workers are named by their pid in events.
 pub use nix::unistd::Pid;
 pub use notice::*;
+pub use state::PoolState;
 pub use types::*;
 use worker::{Due, Enter};
 pub use worker::{Worker, WorkerPhase, WorkerState};
