@@ -144,12 +144,14 @@ impl Step {
 static ORIGINAL_NOFILE: std::sync::OnceLock<(libc::rlim_t, libc::rlim_t)> = std::sync::OnceLock::new();
 
 /// The descriptor limit the master was started with, for `corral upgrade` to hand over.
+#[allow(clippy::unnecessary_cast)] // rlim_t is not u64 on every target
 pub fn original_nofile() -> Option<(u64, u64)> {
     ORIGINAL_NOFILE.get().map(|&(s, h)| (s as u64, h as u64))
 }
 
 /// After `corral upgrade`: the limit the first image was started with (the new image starts
 /// with the raised one).
+#[allow(clippy::unnecessary_cast)] // rlim_t is not u64 on every target
 pub fn set_original_nofile(soft: u64, hard: u64) {
     let _ = ORIGINAL_NOFILE.set((soft as libc::rlim_t, hard as libc::rlim_t));
 }
