@@ -829,3 +829,52 @@ fn time_the_master_was_stopped_is_not_held_against_its_workers() {
         (36_100, Event::Tick, &["kill 102 SIGTERM"]),
     ]);
 }
+
+#[test]
+fn a_snapshot_restored_carries_on_exactly_like_the_original() {
+    // Two identical pools; one is snapshotted (through JSON, as `corral upgrade` does) and
+    // restored mid-way, with a memory replacement in flight, a watchdog and a crashed slot in
+    // backoff. From then on both must do exactly the same.
+    let text = format!("{BASE}\n[limits]\nmemory = \"100MiB\"\n[watchdog]\ntimeout = \"3s\"\n");
+    let mut a = Sim::new(config(&text));
+    let mut b = Sim::new(config(&text));
+    let prefix: Vec<(u64, Event)> = vec![
+        (0, Event::Start),
+        (10, ready(100)),
+        (10, ready(101)),
+        (1_000, ping(100)),
+        (1_500, memory(101, 150)),
+        (2_000, exited(100, 1)),
+    ];
+    for (ms, e) in &prefix {
+        assert_eq!(a.step(*ms, e.clone()), b.step(*ms, e.clone()));
+    }
+    let state = b.pool.snapshot(b.at(2_050)).expect("a snapshot between events");
+    let json = serde_json::to_string(&state).unwrap();
+    b.pool = Pool::restore(serde_json::from_str(&json).unwrap(), b.at(2_050), 4).expect("restored");
+    assert_eq!(b.pool.status_line(), a.pool.status_line());
+    // Each sim has its own clock origin: compare deadlines from there.
+    let since = |sim: &Sim| sim.pool.next_deadline().map(|d| d.duration_since(sim.t0));
+    assert_eq!(since(&b), since(&a));
+    let rest: Vec<(u64, Event)> = vec![
+        (2_100, Event::Tick),
+        (2_200, ready(102)),
+        (2_300, ready(103)),
+        (3_000, Event::Tick),
+        (8_000, Event::Tick),
+        (9_000, Event::Stop),
+    ];
+    for (ms, e) in rest {
+        let (got_a, got_b) = (a.step(ms, e.clone()), b.step(ms, e.clone()));
+        assert_eq!(got_b, got_a, "at {ms}ms after {e:?}");
+    }
+    assert_eq!(b.pool.restarts_by_reason(), a.pool.restarts_by_reason());
+}
+
+#[test]
+fn no_snapshot_during_a_reload() {
+    let mut sim = started();
+    sim.step(1_000, reload(with("env = { R = \"2\" }"), 1));
+    let err = sim.pool.snapshot(sim.at(1_001)).unwrap_err();
+    assert!(err.contains("a reload to generation 2 is in progress"), "{err}");
+}

@@ -169,6 +169,8 @@ pub struct Options {
     pub discard_log: bool,
     /// The master's stderr goes here instead of `master.log` (a pipe the test controls, say).
     pub stderr: Option<std::os::fd::OwnedFd>,
+    /// Run this binary instead of the one cargo built (a copy that `corral upgrade` replaces).
+    pub binary: Option<String>,
 }
 
 impl Default for Options {
@@ -181,6 +183,7 @@ impl Default for Options {
             wrapper: vec![],
             discard_log: false,
             stderr: None,
+            binary: None,
         }
     }
 }
@@ -224,7 +227,7 @@ impl Master {
                 argv.push(format!("--setenv={k}={v}"));
             }
         }
-        argv.push(CORRAL.into());
+        argv.push(opts.binary.clone().unwrap_or_else(|| CORRAL.into()));
         argv.extend(["run".into(), "-c".into(), config.to_string_lossy().into_owned()]);
         let mut cmd = Command::new(&argv[0]);
         cmd.args(&argv[1..])

@@ -89,8 +89,11 @@ corral init myapi --force --listen 127.0.0.1:3000 --instances 2 -- node /usr/sha
 systemctl daemon-reload
 systemctl reload myapi && ok "a fixed release reloads" || fail "reload after fix"
 
-# 5. Upgrade from the repository under load: no failed request, every pool on the new binary.
+# 5. Upgrade from the repository under load: no failed request, every pool on the new binary,
+#    in place (`corral upgrade` from the postinst): same master pid, same worker pids.
 apt_repo v2 && ok "apt-get update (v2 offered)" || fail "apt-get update v2"
+pids() { corral status "$1" --json | python3 -c 'import json,sys; s=json.load(sys.stdin); print(s["pid"], sorted(w["pid"] for w in s["workers"]))'; }
+before_myapi=$(pids myapi); before_api2=$(pids api2)
 load myapi 3000
 load api2 3001
 sleep 0.5
@@ -103,7 +106,9 @@ for unit in myapi corral@api2; do
 done
 [ "$(corral status myapi --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["version"])')" = "$V2" ] \
   && ok "corral status reports $V2" || fail "status version: $(corral status myapi --json | head -c 300)"
-grep -q "restarting myapi.service onto the new binary" /tmp/upgrade.log && ok "the upgrade said which pools it moved" || fail "upgrade log: $(cat /tmp/upgrade.log)"
+grep -q "myapi: upgraded in place from corral $V1 to $V2" /tmp/upgrade.log && ok "the upgrade said which pools it moved" || fail "upgrade log: $(cat /tmp/upgrade.log)"
+[ "$(pids myapi)" = "$before_myapi" ] && ok "myapi: same master and worker pids ($before_myapi)" || fail "myapi pids: $before_myapi -> $(pids myapi)"
+[ "$(pids api2)" = "$before_api2" ] && ok "api2: same master and worker pids ($before_api2)" || fail "api2 pids: $before_api2 -> $(pids api2)"
 
 # 8. The postinst twice (a forced reconfigure): idempotent, pools untouched.
 main=$(systemctl show myapi -p MainPID --value)
@@ -140,6 +145,7 @@ rpm -i --nodeps "$rpm1" && ok "rpm -i $V1" || fail "rpm -i"
 systemctl start myapi.socket corral@api2.socket
 curl -sf --max-time 30 http://127.0.0.1:3000/api/v1/hello >/dev/null && curl -sf --max-time 30 http://127.0.0.1:3001/ >/dev/null \
   && ok "pools serve from the rpm's binary" || fail "pools on rpm"
+before_myapi=$(pids myapi); before_api2=$(pids api2)
 load myapi 3000
 load api2 3001
 sleep 0.5
@@ -150,6 +156,8 @@ unload api2 "rpm upgrade"
 for unit in myapi corral@api2; do
   wait_for "$unit runs the rpm's new binary" runs_current "$unit"
 done
+[ "$(pids myapi)" = "$before_myapi" ] && [ "$(pids api2)" = "$before_api2" ] \
+  && ok "rpm upgrade in place: same master and worker pids" || fail "rpm upgrade pids: $before_myapi $before_api2 -> $(pids myapi) $(pids api2)"
 rpm -e --nodeps corral && ok "rpm -e" || fail "rpm -e"
 wait_for "no worker left after rpm -e" sh -c '! pgrep -f "[a]pp.js|[w]orker.py"'
 [ -z "$(systemctl --failed --no-legend)" ] && ok "no failed unit after rpm -e" || fail "failed units: $(systemctl --failed --no-legend)"

@@ -1,0 +1,216 @@
+//! `corral upgrade` with real processes: the master re-executes the binary now at its path,
+//! keeping its pid and every worker, under load; refusals leave the pool untouched; what happens
+//! around the exec (a worker dying, a watchdog deadline) is handled by the new image.
+
+mod common;
+
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use common::*;
+use nix::sys::signal::Signal;
+use serde_json::Value;
+
+/// A pool started from a copy of the binary at `DIR/corral`, the path an upgrade executes.
+struct Pool {
+    m: Master,
+    addr: std::net::SocketAddr,
+    exe: PathBuf,
+}
+
+fn start(tag: &str, args: &str, extra: &str) -> Pool {
+    let port = free_port();
+    let dir = TempDir::new(&format!("{tag}-bin"));
+    let exe = dir.join("corral");
+    std::fs::copy(CORRAL, &exe).unwrap();
+    let cfg = format!(
+        "command = [\"python3\", \"{{worker}}\"{args}]\nlisten = [\"127.0.0.1:{port}\"]\ninstances = 2\n{extra}"
+    );
+    let opts = Options { binary: Some(exe.to_string_lossy().into_owned()), ..Options::default() };
+    let mut m = Master::start(tag, &cfg, opts);
+    std::mem::forget(dir); // the binary's folder lives as long as the test process
+    m.systemd().wait("READY=1");
+    Pool { m, addr: format!("127.0.0.1:{port}").parse().unwrap(), exe }
+}
+
+impl Pool {
+    fn cli(&self, args: &[&str]) -> (Option<i32>, String, String) {
+        let out = Command::new(CORRAL)
+            .args(args)
+            .env("CORRAL_RUNTIME_ROOT", self.m.dir.join("run"))
+            .env("NO_COLOR", "1")
+            .output()
+            .expect("run corral");
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+    fn status(&self) -> Value {
+        let (code, out, err) = self.cli(&["status", "pool", "--json"]);
+        assert_eq!(code, Some(0), "{err}");
+        serde_json::from_str(&out).unwrap()
+    }
+    /// Replace the binary at the master's path the way a package does (a new file renamed over
+    /// the old one), with `content`.
+    fn install(&self, content: &[u8], mode: u32) {
+        let tmp = self.exe.with_extension("new");
+        std::fs::write(&tmp, content).unwrap();
+        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(mode)).unwrap();
+        std::fs::rename(&tmp, &self.exe).unwrap();
+    }
+    /// The file the master's process runs is the one now at its path.
+    fn runs_current_file(&self) -> bool {
+        let running = std::fs::metadata(format!("/proc/{}/exe", self.m.pid())).unwrap();
+        let current = std::fs::metadata(&self.exe).unwrap();
+        (running.dev(), running.ino()) == (current.dev(), current.ino())
+    }
+}
+
+fn ino(p: &Path) -> u64 {
+    std::fs::metadata(p).unwrap().ino()
+}
+
+/// Two different binaries: the build under test, and the same with a marker appended (ELF
+/// loaders ignore trailing bytes), so that every upgrade really switches files.
+fn builds() -> (Vec<u8>, Vec<u8>) {
+    let a = std::fs::read(CORRAL).unwrap();
+    let mut b = a.clone();
+    b.extend_from_slice(b"\n-- corral upgrade test build B --\n");
+    (a, b)
+}
+
+fn upgrade_under_load(keep_alive: bool) {
+    let mut p = start(if keep_alive { "upka" } else { "upnew" }, "", "");
+    let workers = p.m.wait_workers(2);
+    let master = p.m.pid();
+    let fds = fd_count(master);
+    let stop = Arc::new(AtomicBool::new(false));
+    let load = load(p.addr, 4, keep_alive, stop.clone());
+    let (a, b) = builds();
+    for i in 0..20 {
+        p.install(if i % 2 == 0 { &b } else { &a }, 0o755);
+        let (code, out, err) = p.cli(&["upgrade", "pool"]);
+        assert_eq!(code, Some(0), "upgrade {i}: {out}{err}\n{}", p.m.log_text());
+        assert!(out.contains("upgraded in place") && out.contains("2 of 2 workers kept"), "{out}");
+        assert!(p.runs_current_file(), "upgrade {i}: the master does not run the new file");
+        assert_eq!(p.m.pid(), master);
+        assert_eq!(p.m.workers(), workers, "upgrade {i}: the workers changed");
+    }
+    stop.store(true, Ordering::SeqCst);
+    let r = load.join().unwrap();
+    eprintln!("20 upgrades, keep-alive {keep_alive}: {} ok, {} failed, {:?}", r.ok, r.failed, r.errors);
+    assert!(r.ok > 100, "too little load: {r:?}");
+    assert_eq!(r.failed, 0, "{:?}", r.errors);
+    assert_eq!(p.status()["upgrades"], 20);
+    assert_eq!(fd_count(master), fds, "the master's descriptors are not flat");
+    assert_eq!(children(master).len(), 2, "the master's children are not flat");
+    // The new image still supervises: it reloads and stops cleanly.
+    let (code, _, err) = p.cli(&["reload", "pool"]);
+    assert_eq!(code, Some(0), "{err}");
+    p.m.signal(Signal::SIGTERM);
+    assert_eq!(p.m.wait_exit(), Some(0));
+}
+
+#[test]
+fn twenty_upgrades_under_load_with_new_connections_keep_every_worker() {
+    upgrade_under_load(false);
+}
+
+#[test]
+fn twenty_upgrades_under_load_with_keep_alive_clients_keep_every_worker() {
+    upgrade_under_load(true);
+}
+
+#[test]
+fn sigusr2_upgrades_too() {
+    let p = start("usr2", "", "");
+    let workers = p.m.wait_workers(2);
+    p.m.signal(Signal::SIGUSR2);
+    wait_until("the new image answers", TIMEOUT, || p.status()["upgrades"] == 1);
+    assert_eq!(p.m.wait_workers(2), workers);
+    assert!(p.m.log_text().contains("took over from corral"), "{}", p.m.log_text());
+}
+
+#[test]
+fn refusals_leave_the_pool_untouched() {
+    let p = start("refuse", ", \"--ready-after\", \"4000\"", "[ready]\ntimeout = \"30s\"\n");
+    let workers = p.m.wait_workers(2);
+    wait_until("ready", TIMEOUT, || p.status()["ready"] == 2);
+    let before = ino(&p.exe);
+    let untouched = |why: &str| {
+        assert_eq!(p.m.workers(), workers, "{why}: workers changed");
+        assert_eq!(p.status()["upgrades"], 0, "{why}");
+        assert!(get(p.addr).is_ok(), "{why}: the pool stopped answering");
+    };
+    // A binary that cannot read the state (an incompatible version says so and exits 1).
+    let original = std::fs::read(&p.exe).unwrap();
+    p.install(b"#!/bin/sh\necho \"this corral cannot read state format 1\" >&2\nexit 1\n", 0o755);
+    let (code, _, err) = p.cli(&["upgrade", "pool"]);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("upgrade refused") && err.contains("this corral cannot read state format 1"), "{err}");
+    untouched("incompatible binary");
+    // Not executable.
+    p.install(&original, 0o644);
+    let (code, _, err) = p.cli(&["upgrade", "pool"]);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("cannot run the new binary") && err.contains("Permission denied"), "{err}");
+    untouched("non-executable binary");
+    // Missing.
+    std::fs::remove_file(&p.exe).unwrap();
+    let (code, _, err) = p.cli(&["upgrade", "pool"]);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("No such file or directory"), "{err}");
+    untouched("missing binary");
+    // During a reload (new workers take 4s to be ready).
+    p.install(&original, 0o755);
+    assert_ne!(ino(&p.exe), before);
+    let (code, _, err) = p.cli(&["reload", "pool", "--no-wait"]);
+    assert_eq!(code, Some(0), "{err}");
+    let (code, _, err) = p.cli(&["upgrade", "pool"]);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("a reload to generation 2 is in progress"), "{err}");
+    assert_eq!(p.status()["upgrades"], 0);
+    // After it, the upgrade goes through.
+    wait_until("the reload done", TIMEOUT, || p.status()["generation"] == 2 && p.status()["reloading"] == false);
+    let (code, out, err) = p.cli(&["upgrade", "pool"]);
+    assert_eq!(code, Some(0), "{out}{err}");
+}
+
+#[test]
+fn a_worker_that_dies_around_the_exec_is_reaped_and_replaced_by_the_new_image() {
+    let p = start("upkill", "", "");
+    let workers = p.m.wait_workers(2);
+    let (_, b) = builds();
+    p.install(&b, 0o755);
+    // Killed right before the upgrade: its exit is reaped by one image or the other.
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(workers[0]), Signal::SIGKILL).unwrap();
+    let (code, out, err) = p.cli(&["upgrade", "pool"]);
+    assert_eq!(code, Some(0), "{out}{err}");
+    wait_until("the dead worker replaced", TIMEOUT, || {
+        let now = p.m.workers();
+        now.len() == 2 && !now.contains(&workers[0]) && now.contains(&workers[1])
+    });
+    wait_until("no zombie", TIMEOUT, || children(p.m.pid()).iter().all(|c| proc_state(*c) != Some('Z')));
+    assert_eq!(p.status()["restarts_by_reason"]["crash"], 1);
+}
+
+#[test]
+fn a_watchdog_deadline_and_the_counters_survive_the_upgrade() {
+    // Slot workers ping, then stop pinging 1.5s after ready: the watchdog (1s) must fire in the
+    // new image, from the deadline the old one set.
+    let p = start("upwd", ", \"--watchdog\", \"--stop-pinging-after\", \"1500\"", "[watchdog]\ntimeout = \"1s\"\n");
+    p.m.wait_workers(2);
+    let (code, out, err) = p.cli(&["upgrade", "pool"]);
+    assert_eq!(code, Some(0), "{out}{err}");
+    wait_until("the silent workers aborted by the new image", TIMEOUT, || {
+        p.status()["restarts_by_reason"]["watchdog"].as_u64().unwrap_or(0) >= 2
+    });
+    let s = p.status();
+    assert_eq!(s["upgrades"], 1);
+    assert!(p.m.log_text().contains("no WATCHDOG=1 for 1s"), "{}", p.m.log_text());
+}
