@@ -129,9 +129,6 @@ pub enum Command {
         #[arg(long, value_name = "FD")]
         state_fd: i32,
     },
-    /// Write the man pages into DIR (used when packaging).
-    #[command(hide = true)]
-    Manpages { dir: PathBuf },
 }
 
 /// Every NAME on the command line follows the config's pool-name rule: it becomes a path.

@@ -26,7 +26,8 @@
 //! - [`init`]: `corral init`, which writes a pool's config and systemd units.
 //! - [`upgrade`]: `corral upgrade`, the master re-executing its new binary in place (same pid,
 //!   same workers).
-//! - [`cli`], [`manpages`]: the command line, and the man pages and completions it generates.
+//! - [`cli`]: the command line (and the completions generated from it; the man pages in `man/`
+//!   are written by hand, and a test checks they name every subcommand).
 
 #![deny(unsafe_code)]
 
@@ -44,7 +45,6 @@ pub mod control;
 pub mod driver;
 pub mod init;
 pub mod journal;
-pub mod manpages;
 pub mod metrics;
 pub mod notify;
 pub(crate) mod os;

@@ -136,13 +136,6 @@ fn main() -> ExitCode {
             clap_complete::generate(shell, &mut Cli::command(), "corral", &mut std::io::stdout());
             ExitCode::SUCCESS
         }
-        Command::Manpages { dir } => match corral::manpages::write_all(&dir) {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => {
-                eprintln!("corral: cannot write man pages into {}: {e}", dir.display());
-                ExitCode::from(1)
-            }
-        },
     }
 }
 

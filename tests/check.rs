@@ -90,3 +90,42 @@ fn every_subcommand_is_in_the_man_page() {
         assert!(page.contains(&format!(".Cm {c}")), "corral(1) does not document `{c}`");
     }
 }
+
+#[test]
+fn man_pages_render_their_value_lists_correctly() {
+    // mdoc's Qq quotes everything to the end of its line, so `Qq a | Qq b` rendered as
+    // `"a | "b""`: render the pages and look at what a reader sees.
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/man");
+    for page in ["corral.1", "corral.toml.5"] {
+        let out = std::process::Command::new("mandoc")
+            .args(["-T", "utf8", &format!("{dir}/{page}")])
+            .output()
+            .expect("mandoc is installed by scripts/test.sh");
+        assert!(out.status.success());
+        let text = String::from_utf8_lossy(&out.stdout).replace(|c: char| c == '\u{8}', "");
+        let plain: String = {
+            // Drop overstrike (x\bx) and underline (_\bx) sequences mandoc uses for bold/italic.
+            let raw = String::from_utf8_lossy(&out.stdout);
+            let mut s = String::new();
+            let mut chars = raw.chars().peekable();
+            while let Some(c) = chars.next() {
+                if chars.peek() == Some(&'\u{8}') {
+                    chars.next();
+                    continue;
+                }
+                s.push(c);
+            }
+            s
+        };
+        assert!(!plain.contains("\"\""), "{page} renders doubled quotes:\n{text}");
+        if page == "corral.toml.5" {
+            for want in [
+                "mode = \"notify\" | \"spawn\" | \"delay\"",
+                "instances = N | \"max\" | \"max-K\" | \"P%\"",
+                "target = \"auto\" | \"journal\" | \"stderr\" | \"inherit\"",
+            ] {
+                assert!(plain.contains(want), "{page} does not render {want:?}:\n{plain}");
+            }
+        }
+    }
+}
