@@ -102,7 +102,7 @@ fn man_pages_render_their_value_lists_correctly() {
             .output()
             .expect("mandoc is installed by scripts/test.sh");
         assert!(out.status.success());
-        let text = String::from_utf8_lossy(&out.stdout).replace(|c: char| c == '\u{8}', "");
+        let text = String::from_utf8_lossy(&out.stdout).replace('\u{8}', "");
         let plain: String = {
             // Drop overstrike (x\bx) and underline (_\bx) sequences mandoc uses for bold/italic.
             let raw = String::from_utf8_lossy(&out.stdout);
