@@ -290,3 +290,38 @@ max_restarts = 100
     assert!(!text.contains('\x1b'), "a raw escape reached the master's stderr: {text}");
     assert!(m.running());
 }
+
+/// A worker whose child records whether corral sent it the stop signal directly.
+fn stop_mode_pool(tag: &str, mode: &str) -> Master {
+    let cfg = format!(
+        r#"command = ["sh", "-c", "python3 -c 'import signal,sys,time; signal.signal(signal.SIGTERM, lambda *a: open(sys.argv[1], \"w\").write(\"x\")); time.sleep(300)' {{dir}}/child-got-term & trap 'sleep 0.5; exit 0' TERM; while :; do sleep 0.05; done"]
+listen = ["127.0.0.1:{}"]
+[ready]
+mode = "spawn"
+[stop]
+mode = "{mode}"
+timeout = "5s"
+"#,
+        free_port()
+    );
+    let mut m = Master::start(tag, &cfg, Options::default());
+    m.systemd().wait("READY=1");
+    let worker = m.wait_workers(1)[0];
+    wait_until("the child started", TIMEOUT, || descendants(worker).iter().any(|p| comm(*p) == "python3"));
+    m
+}
+
+#[test]
+fn stop_mode_main_signals_only_the_main_process_and_kills_the_rest_after() {
+    let mut group = stop_mode_pool("stopgroup", "group");
+    let mut main = stop_mode_pool("stopmain", "main");
+    for m in [&mut group, &mut main] {
+        m.signal(Signal::SIGTERM);
+        assert_eq!(m.wait_exit(), Some(0), "{}", m.log_text());
+    }
+    // Group (the default): SIGTERM reaches every process of the worker, the child included.
+    assert!(group.dir.join("child-got-term").exists(), "group mode: the child got no SIGTERM");
+    // Main: only the main process got it; its leftover child got SIGKILL, never SIGTERM.
+    assert!(!main.dir.join("child-got-term").exists(), "main mode: corral signalled the child");
+    assert!(main.log_text().contains("reaped a stray process (signal SIGKILL)"), "{}", main.log_text());
+}

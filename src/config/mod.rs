@@ -67,16 +67,29 @@ impl Default for Ready {
     }
 }
 
+/// Who gets the stop signal, in systemd's `KillMode=` spirit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum StopMode {
+    /// Every process of the worker's process group (`KillMode=control-group`).
+    #[default]
+    Group,
+    /// The worker's main process only, which stops its own children in order; the rest of the
+    /// group gets SIGKILL after `stop.timeout` (`KillMode=mixed`).
+    Main,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Stop {
     pub signal: Sig,
     pub timeout: Dur,
+    pub mode: StopMode,
 }
 
 impl Default for Stop {
     fn default() -> Self {
-        Stop { signal: Sig(Signal::SIGTERM), timeout: Dur(Duration::from_secs(30)) }
+        Stop { signal: Sig(Signal::SIGTERM), timeout: Dur(Duration::from_secs(30)), mode: StopMode::Group }
     }
 }
 

@@ -28,7 +28,9 @@ use crate::journal::{self, Origin, Sink, Stream};
 use crate::metrics::SnapshotRequest;
 use crate::notify::{NotifyServer, SystemdNotifier};
 use crate::os::spawn::{self, Credentials, SpawnError, SpawnRequest};
-use crate::pool::{Action, Event, ExitStatus, Notice, Notify, Pool, ReloadResult, ReplyId, ScaleRequest, Severity};
+use crate::pool::{
+    Action, Event, ExitStatus, Notice, Notify, Pool, ReloadResult, ReplyId, ScaleRequest, Severity, SignalTo,
+};
 use crate::runtime::RuntimeDir;
 use crate::sockets::ListenSockets;
 use crate::status::{self, LastReload, PoolStatus, WorkerStatus};
@@ -426,12 +428,15 @@ impl Driver {
                 };
                 self.events.push_back(event);
             }
-            Action::Signal { pid, signal } => {
+            Action::Signal { pid, signal, to: SignalTo::Group } => {
                 // The worker leads its own process group: signal all of it, like systemd's
                 // control-group kill mode; fall back to the pid if the group is gone.
                 if killpg(pid, signal).is_err() {
                     let _ = nix::sys::signal::kill(pid, signal);
                 }
+            }
+            Action::Signal { pid, signal, to: SignalTo::Main } => {
+                let _ = nix::sys::signal::kill(pid, signal);
             }
             Action::Notify(fields) => self.notify_systemd(&fields),
             Action::Reply { to, result } => {

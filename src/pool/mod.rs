@@ -49,7 +49,7 @@ use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::config::{Config, ReadyMode, MAX_INSTANCES};
+use crate::config::{Config, ReadyMode, StopMode, MAX_INSTANCES};
 
 mod converge;
 mod crash;

@@ -74,7 +74,7 @@ impl Sim {
                             queue.push_back(Event::Spawned { id, pid: Pid::from_raw(pid) });
                         }
                     }
-                    Action::Signal { pid, signal } => {
+                    Action::Signal { pid, signal, .. } => {
                         assert!(self.alive.contains(&pid.as_raw()), "signalled pid {pid} is not alive");
                         log.push(format!("kill {pid} {}", signal.as_str()));
                     }

@@ -119,10 +119,11 @@ pub enum Action {
         generation: Generation,
         config: Arc<Config>,
     },
-    /// Signal a worker's process group.
+    /// Signal a worker: its whole process group, or (`stop.mode = "main"`) its main process.
     Signal {
         pid: Pid,
         signal: Signal,
+        to: SignalTo,
     },
     Notify(Vec<Notify>),
     Reply {
@@ -130,6 +131,15 @@ pub enum Action {
         result: Result<String, String>,
     },
     Exit(i32),
+}
+
+/// Who an [`Action::Signal`] is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SignalTo {
+    /// The worker's process group (it leads one).
+    Group,
+    /// The worker's main process only.
+    Main,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]

@@ -195,15 +195,20 @@ impl Pool {
             }
             (WorkerState::Starting { .. } | WorkerState::Ready, Enter::Stop(reason)) => {
                 let Some(pid) = w.pid else { return };
-                let signal = if reason == StopReason::Watchdog { Signal::SIGABRT } else { config.stop.signal.0 };
-                out.push(Action::Signal { pid, signal });
+                // The watchdog's SIGABRT is for the whole group: it is a kill, not a request.
+                let (signal, to) = match (reason, config.stop.mode) {
+                    (StopReason::Watchdog, _) => (Signal::SIGABRT, SignalTo::Group),
+                    (_, StopMode::Main) => (config.stop.signal.0, SignalTo::Main),
+                    (_, StopMode::Group) => (config.stop.signal.0, SignalTo::Group),
+                };
+                out.push(Action::Signal { pid, signal, to });
                 w.state = WorkerState::Stopping { reason, kill_at: later(now, config.stop.timeout.0) };
             }
             (state, Enter::Kill) => {
                 let reason = reason_or_shutdown(state);
                 match w.pid {
                     Some(pid) => {
-                        out.push(Action::Signal { pid, signal: Signal::SIGKILL });
+                        out.push(Action::Signal { pid, signal: Signal::SIGKILL, to: SignalTo::Group });
                         w.state = WorkerState::Killed { reason };
                     }
                     None => w.state = WorkerState::Cancelled { reason },
