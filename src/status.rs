@@ -54,7 +54,6 @@ pub struct WorkerStatus {
     pub pid: Option<i32>,
     pub generation: u64,
     /// `starting`, `ready` or `stopping`.
-    /// `starting`, `ready` or `stopping`.
     pub state: crate::pool::WorkerPhase,
     pub uptime_seconds: f64,
     /// Restarts of this slot.
@@ -68,13 +67,21 @@ pub struct WorkerStatus {
     pub status: Option<String>,
     /// Why it is being replaced (`memory`, `recycle`), if it is.
     pub replacing: Option<String>,
+    /// Processes in the worker's process group (itself and its children), when sampled.
+    #[serde(default)]
+    pub processes: Option<usize>,
+    /// Those that hold one of the pool's listening sockets: the ones that can serve (with a
+    /// gunicorn-style arbiter, its children rather than the worker's own pid).
+    #[serde(default)]
+    pub listening_pids: Vec<i32>,
 }
 
-/// Resident bytes and CPU ticks of one process group.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+/// Resident bytes and CPU ticks of one process group, and its processes.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct GroupUsage {
     pub rss_bytes: u64,
     pub cpu_ticks: u64,
+    pub pids: Vec<i32>,
 }
 
 /// Sum RSS and CPU of every process in the process groups `wanted`, from one pass over /proc
@@ -102,6 +109,9 @@ pub fn sample_groups(wanted: &[i32]) -> BTreeMap<i32, GroupUsage> {
             let g = out.entry(pgrp).or_default();
             g.rss_bytes += usage.rss_bytes;
             g.cpu_ticks += usage.cpu_ticks;
+            if let Ok(p) = pid.parse() {
+                g.pids.push(p);
+            }
         }
     }
     out
@@ -116,7 +126,30 @@ fn parse_stat(stat: &str, page: u64) -> Option<(i32, GroupUsage)> {
     let utime: u64 = f.get(11)?.parse().ok()?;
     let stime: u64 = f.get(12)?.parse().ok()?;
     let rss_pages: u64 = f.get(21)?.parse().ok()?;
-    Some((pgrp, GroupUsage { rss_bytes: rss_pages * page, cpu_ticks: utime + stime }))
+    Some((pgrp, GroupUsage { rss_bytes: rss_pages * page, cpu_ticks: utime + stime, pids: Vec::new() }))
+}
+
+/// Of `pids`, those with a descriptor open on one of the sockets `inodes` (read from
+/// `/proc/PID/fd`, which root and the processes' own user may read).
+pub fn holding(pids: &[i32], inodes: &[u64]) -> Vec<i32> {
+    let mut out = Vec::new();
+    for pid in pids {
+        let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/fd")) else { continue };
+        let holds = dir.flatten().any(|fd| {
+            std::fs::read_link(fd.path()).ok().is_some_and(|target| {
+                let t = target.to_string_lossy();
+                t.strip_prefix("socket:[")
+                    .and_then(|r| r.strip_suffix(']'))
+                    .and_then(|n| n.parse::<u64>().ok())
+                    .is_some_and(|ino| inodes.contains(&ino))
+            })
+        });
+        if holds {
+            out.push(*pid);
+        }
+    }
+    out.sort_unstable();
+    out
 }
 
 /// Clock ticks per second, for CPU figures.
@@ -204,8 +237,9 @@ pub fn render(pools: &[PoolStatus], color: bool) -> String {
             _ => {}
         }
         out.push('\n');
-        let header = ["SLOT", "PID", "GEN", "STATE", "UPTIME", "RESTARTS", "RSS", "CPU", "STATUS"];
-        let mut rows: Vec<[String; 9]> = vec![header.map(str::to_string)];
+        let header =
+            ["SLOT", "PID", "GEN", "STATE", "UPTIME", "RESTARTS", "PROCS", "LISTENING", "RSS", "CPU", "STATUS"];
+        let mut rows: Vec<[String; 11]> = vec![header.map(str::to_string)];
         for w in &p.workers {
             let state = match &w.replacing {
                 Some(why) => format!("{} ({why})", w.state),
@@ -218,12 +252,19 @@ pub fn render(pools: &[PoolStatus], color: bool) -> String {
                 state,
                 human_duration(w.uptime_seconds),
                 w.restarts.to_string(),
+                w.processes.map_or("-".into(), |n| n.to_string()),
+                if w.listening_pids.is_empty() {
+                    "-".into()
+                } else {
+                    w.listening_pids.iter().map(i32::to_string).collect::<Vec<_>>().join(",")
+                },
                 w.rss_bytes.map_or("-".into(), human_bytes),
                 w.cpu_percent.map_or("-".into(), |c| format!("{c:.1}%")),
                 w.status.as_deref().map(escape_terminal).unwrap_or_default().into_owned(),
             ]);
         }
-        let widths: Vec<usize> = (0..9).map(|c| rows.iter().map(|r| r[c].chars().count()).max().unwrap_or(0)).collect();
+        let widths: Vec<usize> =
+            (0..11).map(|c| rows.iter().map(|r| r[c].chars().count()).max().unwrap_or(0)).collect();
         for (n, row) in rows.iter().enumerate() {
             let mut line = String::new();
             for (c, cell) in row.iter().enumerate() {
@@ -236,7 +277,7 @@ pub fn render(pools: &[PoolStatus], color: bool) -> String {
                     _ => cell.clone(),
                 };
                 line.push_str(&text);
-                if c < 8 {
+                if c + 1 < row.len() {
                     line.push_str(&" ".repeat(pad + 2));
                 }
             }
@@ -256,7 +297,7 @@ mod tests {
         let stat = "1234 (my (odd) app) S 1 1234 1234 0 -1 4194560 100 0 0 0 250 50 0 0 20 0 1 0 100 1000000 300 18446744073709551615";
         let (pgrp, u) = parse_stat(stat, 4096).unwrap();
         assert_eq!(pgrp, 1234);
-        assert_eq!(u, GroupUsage { rss_bytes: 300 * 4096, cpu_ticks: 300 });
+        assert_eq!(u, GroupUsage { rss_bytes: 300 * 4096, cpu_ticks: 300, pids: vec![] });
         assert!(parse_stat("garbage", 4096).is_none());
     }
 
@@ -281,6 +322,8 @@ mod tests {
             cpu_seconds: Some(3.0),
             status: None,
             replacing: None,
+            processes: Some(1),
+            listening_pids: vec![1000 + slot as i32],
         };
         let p = PoolStatus {
             name: "myapi".into(),
@@ -303,9 +346,9 @@ mod tests {
         let text = render(&[p], false);
         let want = "\
 myapi · 2/2 ready · generation 2 · 0 restarts · master pid 99 (corral 1.2.3) · up 1h 1m · last reload ok (generation 2)
-SLOT  PID   GEN  STATE     UPTIME  RESTARTS  RSS       CPU   STATUS
-0     1000  2    ready     2m 5s   0         45.0 MiB  1.2%
-1     1001  2    starting  2m 5s   0         45.0 MiB  1.2%
+SLOT  PID   GEN  STATE     UPTIME  RESTARTS  PROCS  LISTENING  RSS       CPU   STATUS
+0     1000  2    ready     2m 5s   0         1      1000       45.0 MiB  1.2%
+1     1001  2    starting  2m 5s   0         1      1001       45.0 MiB  1.2%
 ";
         assert_eq!(text, want);
     }

@@ -55,7 +55,7 @@ fn status_shows_a_table_and_stable_json() {
     let header = out.lines().nth(1).unwrap();
     assert_eq!(
         header.split_whitespace().collect::<Vec<_>>(),
-        ["SLOT", "PID", "GEN", "STATE", "UPTIME", "RESTARTS", "RSS", "CPU", "STATUS"]
+        ["SLOT", "PID", "GEN", "STATE", "UPTIME", "RESTARTS", "PROCS", "LISTENING", "RSS", "CPU", "STATUS"]
     );
     for pid in &pids {
         assert!(out.contains(&pid.to_string()), "{out}");
@@ -73,6 +73,8 @@ fn status_shows_a_table_and_stable_json() {
         assert!(pids.contains(&(w["pid"].as_i64().unwrap() as i32)));
         assert!(w["rss_bytes"].as_u64().unwrap() > 1024 * 1024, "RSS sampled: {w}");
         assert!(w["status"].as_str().unwrap().starts_with("serving as pid"), "the worker's STATUS=: {w}");
+        assert_eq!(w["processes"], 1, "{w}");
+        assert_eq!(w["listening_pids"], serde_json::json!([w["pid"]]), "{w}");
     }
     // Without a NAME: every pool under the runtime root, as an array.
     let (code, out, _) = cli(&m, &["status", "--json"]);
@@ -359,4 +361,29 @@ print("ok", len(fams))
     });
     assert_eq!(code, 503, "{body}");
     drop(m2);
+}
+
+#[test]
+fn status_shows_the_process_group_and_which_processes_serve() {
+    // A gunicorn-style arbiter: the worker's main process forks the one that serves and closes
+    // the listening socket itself.
+    let port = free_port();
+    let cfg = format!(
+        "command = [\"sh\", \"-c\", \"python3 {{worker}} --any-listen-pid & exec 3<&-; wait\"]\nlisten = [\"127.0.0.1:{port}\"]\n[limits]\ninterval = \"200ms\"\n"
+    );
+    let mut m = Master::start("arbiter", &cfg, Options::default());
+    m.systemd().wait("READY=1");
+    let main = m.wait_workers(1)[0];
+    let child =
+        wait_for("the serving child", TIMEOUT, || descendants(main).into_iter().find(|p| comm(*p) == "python3"));
+    let w = wait_for("a sample of the group", TIMEOUT, || {
+        let j = status_json(&m);
+        let w = j["workers"][0].clone();
+        (w["processes"] == 2).then_some(w)
+    });
+    assert_eq!(w["pid"], main);
+    assert_eq!(w["listening_pids"], serde_json::json!([child]), "the arbiter closed the socket; its child serves: {w}");
+    let (_, table, _) = cli(&m, &["status", "pool"]);
+    let row = table.lines().nth(2).unwrap();
+    assert!(row.split_whitespace().any(|c| c == child.to_string()), "{table}");
 }

@@ -79,6 +79,8 @@ struct WorkerMeta {
     /// Where the current CPU % is measured from, and that percentage.
     cpu_base: Option<(Instant, u64)>,
     cpu_percent: Option<f64>,
+    /// The processes of its process group at the last sample.
+    group: Vec<i32>,
 }
 
 impl WorkerMeta {
@@ -91,6 +93,7 @@ impl WorkerMeta {
             cpu_ticks: None,
             cpu_base: None,
             cpu_percent: None,
+            group: Vec::new(),
         }
     }
 }
@@ -143,6 +146,8 @@ pub struct Driver {
     pending_upgrade: Option<upgrade::PendingUpgrade>,
     /// Set in the new image of an upgrade: the version it took over from.
     resumed: Option<String>,
+    /// Inodes of the listening sockets: a process holding one of them can serve.
+    listen_inodes: Vec<u64>,
 }
 
 /// The last step of a stop: processes left behind by workers.
@@ -182,6 +187,14 @@ pub fn resume(state_fd: std::os::fd::RawFd) -> Result<i32, StartError> {
         let mut driver = Driver::resume(state_fd)?;
         Ok(driver.run().await)
     })
+}
+
+impl Driver {
+    fn with_listen_inodes(mut self) -> Driver {
+        self.listen_inodes =
+            self.sockets.fds().iter().filter_map(|fd| nix::sys::stat::fstat(fd).ok()).map(|st| st.st_ino).collect();
+        self
+    }
 }
 
 /// The master's environment minus what belongs to it alone: every worker's starting point.
@@ -281,7 +294,9 @@ impl Driver {
             upgrades: 0,
             pending_upgrade: None,
             resumed: None,
-        })
+            listen_inodes: Vec::new(),
+        }
+        .with_listen_inodes())
     }
 
     async fn run(&mut self) -> i32 {

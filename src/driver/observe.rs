@@ -17,6 +17,7 @@ impl Driver {
         for (pid, meta) in self.workers.iter_mut() {
             let Some(usage) = groups.get(&pid.as_raw()) else { continue };
             meta.rss = Some(usage.rss_bytes);
+            meta.group.clone_from(&usage.pids);
             meta.cpu_ticks = Some(usage.cpu_ticks);
             match meta.cpu_base {
                 // CPU % needs some distance between two samples to mean anything.
@@ -57,6 +58,8 @@ impl Driver {
                     cpu_seconds: meta.and_then(|m| m.cpu_ticks.map(|t| t as f64 / tck)),
                     status: meta.and_then(|m| m.status.clone()),
                     replacing: w.replace.map(|r| r.as_str().to_string()),
+                    processes: meta.filter(|m| !m.group.is_empty()).map(|m| m.group.len()),
+                    listening_pids: meta.map_or_else(Vec::new, |m| status::holding(&m.group, &self.listen_inodes)),
                 }
             })
             .collect();

@@ -283,7 +283,9 @@ impl Driver {
             upgrades: state.upgrades + 1,
             pending_upgrade: None,
             resumed: Some(state.from_version),
-        };
+            listen_inodes: Vec::new(),
+        }
+        .with_listen_inodes();
         for w in state.workers {
             let pid = Pid::from_raw(w.pid);
             let origin = Origin { name: driver.name.clone(), slot: w.slot, pid: w.pid, generation: w.generation };
