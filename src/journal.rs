@@ -30,6 +30,18 @@ pub struct Origin {
     pub slot: usize,
     pub pid: i32,
     pub generation: u64,
+    /// The worker's last few lines, for the hint when it exits right after starting.
+    pub tail: Tail,
+}
+
+/// A worker's last [`TAIL_LINES`] lines of output (each cut to [`TAIL_CHARS`]).
+pub type Tail = Arc<std::sync::Mutex<std::collections::VecDeque<String>>>;
+pub const TAIL_LINES: usize = 3;
+const TAIL_CHARS: usize = 300;
+
+/// The lines in a tail, oldest first.
+pub fn tail_lines(tail: &Tail) -> Vec<String> {
+    tail.lock().map(|t| t.iter().cloned().collect()).unwrap_or_default()
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -213,6 +225,12 @@ pub async fn forward(fd: OwnedFd, stream: Stream, origin: Origin, sink: Arc<Sink
 async fn emit(line: &[u8], stream: Stream, origin: &Origin, sink: &Sink) {
     let line = line.strip_suffix(b"\r").unwrap_or(line);
     let text = String::from_utf8_lossy(line);
+    if let Ok(mut tail) = origin.tail.lock() {
+        if tail.len() == TAIL_LINES {
+            tail.pop_front();
+        }
+        tail.push_back(text.chars().take(TAIL_CHARS).collect());
+    }
     sink.write(origin, &record(stream, &text)).await;
 }
 
@@ -222,7 +240,7 @@ mod tests {
 
     #[test]
     fn native_protocol_fields() {
-        let origin = Origin { name: "api".into(), slot: 2, pid: 4242, generation: 3 };
+        let origin = Origin { name: "api".into(), slot: 2, pid: 4242, generation: 3, tail: Tail::default() };
         let msg = journal_message(&origin, &Record { priority: 3, message: "boom" });
         assert_eq!(
             String::from_utf8(msg).unwrap(),

@@ -114,6 +114,8 @@ fn a_worker_not_ready_in_time_is_replaced_and_foreign_ready_is_ignored() {
     UnixDatagram::unbound().unwrap().send_to(b"READY=1\n", &notify).unwrap();
     m.systemd().wait_status("1 restart");
     m.wait_log("not ready after 700ms");
+    m.wait_log("not ready after 700ms: with ready.mode = \"notify\" it must send READY=1");
+    m.wait_log("can use mode = \"delay\"");
     wait_until("the first worker is gone", TIMEOUT, || !alive(first));
     assert_eq!(m.systemd().count("READY=1"), 0, "no worker ever said READY=1");
     assert!(m.systemd().last_status().unwrap().starts_with("0/1 workers ready"));
@@ -324,4 +326,20 @@ fn stop_mode_main_signals_only_the_main_process_and_kills_the_rest_after() {
     // Main: only the main process got it; its leftover child got SIGKILL, never SIGTERM.
     assert!(!main.dir.join("child-got-term").exists(), "main mode: corral signalled the child");
     assert!(main.log_text().contains("reaped a stray process (signal SIGKILL)"), "{}", main.log_text());
+}
+
+#[test]
+fn a_worker_that_exits_right_away_gets_its_last_words_and_a_hint_logged() {
+    // Express 5's app.listen(3000) on a port corral already holds fails and exits 0.
+    let cfg = format!(
+        r#"command = ["sh", "-c", "echo starting; echo 'Error: listen EADDRINUSE: address already in use :::3000' >&2; sleep 0.2; exit 0"]
+listen = ["127.0.0.1:{}"]
+[restart]
+delay = "1s"
+"#,
+        free_port()
+    );
+    let m = Master::start("earlyexit", &cfg, Options::default());
+    m.wait_log("usual causes: it binds its own port instead of taking the socket at fd 3 (LISTEN_FDS)");
+    m.wait_log("its last output: \"starting\", \"Error: listen EADDRINUSE: address already in use :::3000\"");
 }

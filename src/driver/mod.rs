@@ -81,6 +81,8 @@ struct WorkerMeta {
     cpu_percent: Option<f64>,
     /// The processes of its process group at the last sample.
     group: Vec<i32>,
+    /// Its last lines of output (for the hint when it exits right after starting).
+    tail: journal::Tail,
 }
 
 impl WorkerMeta {
@@ -94,6 +96,7 @@ impl WorkerMeta {
             cpu_base: None,
             cpu_percent: None,
             group: Vec::new(),
+            tail: journal::Tail::default(),
         }
     }
 }
@@ -148,6 +151,8 @@ pub struct Driver {
     resumed: Option<String>,
     /// Inodes of the listening sockets: a process holding one of them can serve.
     listen_inodes: Vec<u64>,
+    /// While an exit is handled: the worker's last lines, for the notice that explains it.
+    exited_tail: Option<journal::Tail>,
 }
 
 /// The last step of a stop: processes left behind by workers.
@@ -295,6 +300,7 @@ impl Driver {
             pending_upgrade: None,
             resumed: None,
             listen_inodes: Vec::new(),
+            exited_tail: None,
         }
         .with_listen_inodes())
     }
@@ -426,7 +432,7 @@ impl Driver {
         while let Some(event) = self.events.pop_front() {
             let actions = self.pool.handle(Instant::now(), event);
             for notice in self.pool.take_notices() {
-                log_notice(&notice);
+                log_notice(&notice, self.exited_tail.as_ref());
             }
             for action in actions {
                 self.execute(action);
@@ -497,10 +503,12 @@ impl Driver {
                 Ok(WaitStatus::StillAlive) | Err(_) => return,
                 Ok(_) => continue,
             };
-            if self.workers.remove(&pid).is_some() {
+            if let Some(meta) = self.workers.remove(&pid) {
                 // Whatever the worker left behind in its process group goes with it.
                 let _ = killpg(pid, Signal::SIGKILL);
+                self.exited_tail = Some(meta.tail);
                 self.dispatch(Event::Exited { pid, status });
+                self.exited_tail = None;
             } else {
                 tracing::debug!(pid = pid.as_raw(), "reaped a stray process ({status})");
                 if let Some(s) = &self.strays {
@@ -596,8 +604,9 @@ fn own_children() -> Vec<Pid> {
     out
 }
 
-/// A pool notice as a log line, inside a span naming the worker it is about.
-fn log_notice(notice: &Notice) {
+/// A pool notice as a log line, inside a span naming the worker it is about. A worker that
+/// exited right after it started gets its last lines of output quoted (`tail`).
+fn log_notice(notice: &Notice, tail: Option<&journal::Tail>) {
     let span = match notice.worker() {
         Some(w) => {
             tracing::info_span!("worker", slot = w.slot, pid = w.pid.map(Pid::as_raw), generation = w.generation)
@@ -605,10 +614,23 @@ fn log_notice(notice: &Notice) {
         None => tracing::Span::none(),
     };
     let _in = span.enter();
+    let mut text = notice.to_string();
+    if let (Notice::ExitedBeforeReady(_, _, after), Some(tail)) = (notice, tail) {
+        if *after < crate::pool::EARLY_EXIT {
+            let lines = journal::tail_lines(tail);
+            if lines.is_empty() {
+                text.push_str("; it wrote nothing");
+            } else {
+                let quoted: Vec<String> =
+                    lines.iter().map(|l| format!("{:?}", crate::status::escape_terminal(l))).collect();
+                text.push_str(&format!("; its last output: {}", quoted.join(", ")));
+            }
+        }
+    }
     match notice.severity() {
-        Severity::Error => tracing::error!("{notice}"),
-        Severity::Warning => tracing::warn!("{notice}"),
-        Severity::Info => tracing::info!("{notice}"),
+        Severity::Error => tracing::error!("{text}"),
+        Severity::Warning => tracing::warn!("{text}"),
+        Severity::Info => tracing::info!("{text}"),
     }
 }
 

@@ -284,12 +284,19 @@ impl Driver {
             pending_upgrade: None,
             resumed: Some(state.from_version),
             listen_inodes: Vec::new(),
+            exited_tail: None,
         }
         .with_listen_inodes();
         for w in state.workers {
             let pid = Pid::from_raw(w.pid);
-            let origin = Origin { name: driver.name.clone(), slot: w.slot, pid: w.pid, generation: w.generation };
             let mut meta = WorkerMeta::new();
+            let origin = Origin {
+                name: driver.name.clone(),
+                slot: w.slot,
+                pid: w.pid,
+                generation: w.generation,
+                tail: meta.tail.clone(),
+            };
             meta.status = w.status;
             if let Some(fd) = w.stdout {
                 meta.stdout = driver.forward_kept(adopt(fd)?, Stream::Stdout, origin.clone());

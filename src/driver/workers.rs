@@ -41,8 +41,8 @@ impl Driver {
         };
         let child = spawn::spawn(&req)?;
         let pid = child.pid;
-        let origin = Origin { name: self.name.clone(), slot, pid: pid.as_raw(), generation };
         let mut meta = WorkerMeta::new();
+        let origin = Origin { name: self.name.clone(), slot, pid: pid.as_raw(), generation, tail: meta.tail.clone() };
         if let Some(out) = child.stdout {
             meta.stdout = self.forward_kept(out, Stream::Stdout, origin.clone());
         }

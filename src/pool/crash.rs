@@ -35,7 +35,8 @@ impl Pool {
             self.notices.push(Notice::ExitedUnexpectedly(w.who(), status));
             format!("worker {} (pid {pid}) exited with {status}", w.slot)
         } else {
-            self.notices.push(Notice::ExitedBeforeReady(w.who(), status));
+            let after = now.saturating_duration_since(w.started);
+            self.notices.push(Notice::ExitedBeforeReady(w.who(), status, after));
             format!(
                 "worker {} (pid {pid}) of generation {} exited with {status} before it was ready",
                 w.slot, w.generation
@@ -48,7 +49,8 @@ impl Pool {
     pub(super) fn not_ready_in_time(&mut self, now: Instant, i: usize, out: &mut Vec<Action>) {
         let w = self.workers[i].clone();
         let timeout = self.configs[&w.generation].ready.timeout.0;
-        self.notices.push(Notice::NotReadyInTime(w.who(), timeout));
+        let notify = self.configs[&w.generation].ready.mode == crate::config::ReadyMode::Notify;
+        self.notices.push(Notice::NotReadyInTime(w.who(), timeout, notify));
         self.enter(now, i, Enter::Stop(StopReason::ReadyTimeout), out);
         let pid = w.pid.map_or_else(String::new, |p| format!(" (pid {p})"));
         let reason = format!(

@@ -32,9 +32,12 @@ pub enum Notice {
     /// Exited after it was asked to stop.
     Stopped(WorkerRef, ExitStatus),
     ExitedUnexpectedly(WorkerRef, ExitStatus),
-    ExitedBeforeReady(WorkerRef, ExitStatus),
+    /// With how long after its start: moments mean it never got going.
+    ExitedBeforeReady(WorkerRef, ExitStatus, Duration),
     CannotStart(WorkerRef, String),
-    NotReadyInTime(WorkerRef, Duration),
+    /// With whether it was waited for as `ready.mode = "notify"` (then the hint names the
+    /// other modes).
+    NotReadyInTime(WorkerRef, Duration, bool),
     WatchdogSilent(WorkerRef, Duration),
     OverMemory {
         worker: WorkerRef,
@@ -94,9 +97,9 @@ impl Notice {
             | Notice::Ready(w)
             | Notice::Stopped(w, _)
             | Notice::ExitedUnexpectedly(w, _)
-            | Notice::ExitedBeforeReady(w, _)
+            | Notice::ExitedBeforeReady(w, ..)
             | Notice::CannotStart(w, _)
-            | Notice::NotReadyInTime(w, _)
+            | Notice::NotReadyInTime(w, ..)
             | Notice::WatchdogSilent(w, _)
             | Notice::OverMemory { worker: w, .. }
             | Notice::RecycleAge(w)
@@ -126,6 +129,9 @@ impl Notice {
     }
 }
 
+/// A worker that exits sooner than this after its start never got going: say why it may be.
+pub const EARLY_EXIT: Duration = Duration::from_secs(1);
+
 fn human(d: Duration) -> humantime::FormattedDuration {
     // Whole milliseconds: "1s 569ms", not nanoseconds.
     humantime::format_duration(Duration::from_millis(d.as_millis() as u64))
@@ -142,9 +148,24 @@ impl fmt::Display for Notice {
             Notice::Ready(_) => write!(f, "worker ready"),
             Notice::Stopped(_, status) => write!(f, "worker stopped ({status})"),
             Notice::ExitedUnexpectedly(_, status) => write!(f, "worker exited unexpectedly ({status})"),
-            Notice::ExitedBeforeReady(_, status) => write!(f, "worker exited before it was ready ({status})"),
+            Notice::ExitedBeforeReady(_, status, after) if *after < EARLY_EXIT => write!(
+                f,
+                "worker exited {} after it started, before it was ready ({status}); usual causes: it binds \
+                 its own port instead of taking the socket at fd 3 (LISTEN_FDS), or it ignores LISTEN_FDS \
+                 and LISTEN_PID; or its command or environment is wrong",
+                human(*after)
+            ),
+            Notice::ExitedBeforeReady(_, status, _) => write!(f, "worker exited before it was ready ({status})"),
             Notice::CannotStart(_, error) => write!(f, "cannot start worker: {error}"),
-            Notice::NotReadyInTime(_, after) => write!(f, "worker not ready after {}", human(*after)),
+            Notice::NotReadyInTime(_, after, true) => write!(
+                f,
+                "worker not ready after {}: with ready.mode = \"notify\" it must send READY=1 to \
+                 $NOTIFY_SOCKET (sd_notify; from Node, the `systemd-notify --ready` binary or a native \
+                 addon); an app that cannot can use mode = \"delay\" (ready after `delay`) or \"spawn\" \
+                 (ready at exec), see corral.toml(5)",
+                human(*after)
+            ),
+            Notice::NotReadyInTime(_, after, false) => write!(f, "worker not ready after {}", human(*after)),
             Notice::WatchdogSilent(_, after) => {
                 write!(f, "no WATCHDOG=1 for {}: killing the worker with SIGABRT", human(*after))
             }
