@@ -16,12 +16,15 @@ use std::io::Write;
 use std::os::fd::OwnedFd;
 use std::sync::Arc;
 
-use tokio::io::AsyncReadExt;
-
 /// Longest line forwarded as one record; longer ones are split.
 pub const MAX_LINE: usize = 16 * 1024;
-/// Bytes asked of the pipe per read.
+/// A line buffer larger than this is given back once it is empty.
 const READ_CHUNK: usize = 4096;
+
+thread_local! {
+    /// What one read of a pipe lands in, shared by every pipe of the master's one thread.
+    static SCRATCH: std::cell::RefCell<Vec<u8>> = std::cell::RefCell::new(vec![0u8; 64 * 1024]);
+}
 
 /// Who wrote a line.
 #[derive(Debug, Clone)]
@@ -183,26 +186,42 @@ fn send_memfd(sock: &tokio::net::UnixDatagram, msg: &[u8]) -> std::io::Result<()
 /// Forward one pipe until EOF. Runs as a task; ends by itself when the worker (and any child
 /// that inherited the pipe) has exited.
 pub async fn forward(fd: OwnedFd, stream: Stream, origin: Origin, sink: Arc<Sink>) {
-    let mut pipe = match tokio::net::unix::pipe::Receiver::from_owned_fd(fd) {
+    let pipe = match tokio::net::unix::pipe::Receiver::from_owned_fd(fd) {
         Ok(p) => p,
         Err(e) => {
             tracing::error!(slot = origin.slot, pid = origin.pid, "cannot read worker output: {e}");
             return;
         }
     };
-    let mut buf: Vec<u8> = Vec::with_capacity(8192);
-    let mut chunk = vec![0u8; 64 * 1024];
+    // Nothing is allocated for a worker until it writes, and a line buffer that grew with a
+    // burst is given back: an idle worker costs the master next to nothing, however many there are.
+    let mut buf: Vec<u8> = Vec::new();
     loop {
-        let n = match pipe.read(&mut chunk).await {
+        if let Err(e) = pipe.readable().await {
+            tracing::warn!(slot = origin.slot, pid = origin.pid, "reading worker output failed: {e}");
+            break;
+        }
+        // Read into the one scratch buffer all pipes share (the loop runs on one thread, and
+        // nothing awaits between the read and the copy), then keep only what is unfinished.
+        let got = SCRATCH.with(|scratch| {
+            let mut scratch = scratch.borrow_mut();
+            pipe.try_read(&mut scratch).map(|n| {
+                buf.extend_from_slice(&scratch[..n]);
+                n
+            })
+        });
+        // A worker that floods its output must not starve the loop: count each read against
+        // tokio's cooperative budget, as an awaited read would.
+        tokio::task::consume_budget().await;
+        match got {
             Ok(0) => break,
-            Ok(n) => n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Ok(_) => {}
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::Interrupted) => continue,
             Err(e) => {
                 tracing::warn!(slot = origin.slot, pid = origin.pid, "reading worker output failed: {e}");
                 break;
             }
-        };
-        buf.extend_from_slice(&chunk[..n]);
+        }
         let mut start = 0;
         while let Some(pos) = buf[start..].iter().position(|b| *b == b'\n') {
             emit(&buf[start..start + pos], stream, &origin, &sink).await;
@@ -213,8 +232,8 @@ pub async fn forward(fd: OwnedFd, stream: Stream, origin: Origin, sink: Arc<Sink
             emit(&buf[..MAX_LINE], stream, &origin, &sink).await;
             buf.drain(..MAX_LINE);
         }
-        if buf.is_empty() && buf.capacity() > 4 * READ_CHUNK {
-            buf = Vec::with_capacity(READ_CHUNK); // give back what a burst of output took
+        if buf.is_empty() && buf.capacity() > READ_CHUNK {
+            buf = Vec::new(); // give back what a burst of output took
         }
     }
     if !buf.is_empty() {

@@ -167,6 +167,7 @@ def main() -> int:
     p.add_argument("--watchdog", action="store_true")
     p.add_argument("--stop-pinging-after", type=int)
     p.add_argument("--status", help="STATUS= text sent with READY=1")
+    p.add_argument("--stop-delay", type=int, default=0, help="ms to take to stop after SIGTERM")
     p.add_argument("--any-listen-pid", action="store_true", help="take fd 3 whatever LISTEN_PID says (as Node does)")
     a = p.parse_args()
 
@@ -229,6 +230,8 @@ def main() -> int:
             os._exit(3)
         STOPPING.wait(min(0.05, ping_every) if ping_every else 0.05)
     notify("STOPPING=1")
+    if a.stop_delay:
+        time.sleep(a.stop_delay / 1000)
     with LOCK:
         for handler, idle in CONNS.items():
             if idle:  # close idle keep-alive connections; busy ones close after their response
