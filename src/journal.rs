@@ -205,10 +205,7 @@ pub async fn forward(fd: OwnedFd, stream: Stream, origin: Origin, sink: Arc<Sink
         // nothing awaits between the read and the copy), then keep only what is unfinished.
         let got = SCRATCH.with(|scratch| {
             let mut scratch = scratch.borrow_mut();
-            pipe.try_read(&mut scratch).map(|n| {
-                buf.extend_from_slice(&scratch[..n]);
-                n
-            })
+            pipe.try_read(&mut scratch).inspect(|&n| buf.extend_from_slice(&scratch[..n]))
         });
         // A worker that floods its output must not starve the loop: count each read against
         // tokio's cooperative budget, as an awaited read would.
