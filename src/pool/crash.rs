@@ -106,16 +106,20 @@ impl Pool {
         }
     }
 
-    /// Schedule the restart of `w`'s slot: `delay` doubled per failure in a row, up to
-    /// `max_delay`; a worker that was ready for `min_uptime` starts the count afresh.
+    /// Schedule the restart of `w`'s slot. A worker that was ready and up for `min_uptime`
+    /// restarts at once: one crash after a healthy run is no crash loop. Failures in a row
+    /// after that wait `delay`, doubled each time up to `max_delay`, as systemd's restart
+    /// back-off steps do.
     fn back_off(&mut self, now: Instant, w: &Worker, restart: &crate::config::Restart) -> Duration {
         let uptime = now.saturating_duration_since(w.started);
         let slot = self.slot_mut(w.slot);
+        slot.restarts += 1;
         if w.ready_since.is_some() && uptime >= restart.min_uptime.0 {
             slot.failures = 0;
+            slot.not_before = Some(now);
+            return Duration::ZERO;
         }
         slot.failures += 1;
-        slot.restarts += 1;
         let exp = slot.failures.saturating_sub(1).min(30);
         let delay = restart.delay.0.saturating_mul(1u32 << exp).min(restart.max_delay.0);
         slot.not_before = Some(later(now, delay));

@@ -165,12 +165,12 @@ fn crash_restarts_with_exponential_backoff_and_resets_after_min_uptime() {
         (2_580, exited(105, 1), &[]),
         (3_580, Event::Tick, &["spawn 0 g1 = 106"]),
         (3_600, ready(106), &[]),
-        // Up for 5s (min_uptime): the next crash restarts after `delay` again.
-        (8_600, exited(106, 1), &[]),
-        (8_700, Event::Tick, &["spawn 0 g1 = 107"]),
+        // Up for 5s (min_uptime): the backoff starts afresh, and a crash after a healthy run
+        // restarts at once.
+        (8_600, exited(106, 1), &["spawn 0 g1 = 107"]),
     ]);
     assert_eq!(sim.pool.restarts_total(), 6);
-    assert_eq!(sim.pool.next_deadline(), Some(sim.at(8_700 + 10_000)), "ready timeout of 107");
+    assert_eq!(sim.pool.next_deadline(), Some(sim.at(8_600 + 10_000)), "ready timeout of 107");
 }
 
 #[test]
@@ -610,7 +610,8 @@ fn a_worker_that_stops_pinging_the_watchdog_is_aborted_and_replaced() {
         (1_110, Event::Tick, &["spawn 1 g1 = 102"]),
         (1_799, ping(100), &[]),
         (1_800, Event::Tick, &[]),
-        (6_010, Event::Tick, &["kill 100 SIGABRT", "kill 101 SIGKILL"]),
+        // 100 was up for 6s (over min_uptime): its replacement starts at once.
+        (6_010, Event::Tick, &["kill 100 SIGABRT", "kill 101 SIGKILL", "spawn 0 g1 = 103"]),
     ]);
     assert_eq!(count(&sim, RestartReason::Watchdog), 2);
 }
@@ -816,7 +817,7 @@ fn time_the_master_was_stopped_is_not_held_against_its_workers() {
         (60_000, Event::Tick, &[]),
         // From now on the watchdog counts again: a full period for every worker.
         (60_999, Event::Tick, &[]),
-        (61_000, Event::Tick, &["kill 100 SIGABRT", "kill 101 SIGABRT"]),
+        (61_000, Event::Tick, &["kill 100 SIGABRT", "kill 101 SIGABRT", "spawn 0 g1 = 102", "spawn 1 g1 = 103"]),
     ]);
     // A starting worker's ready timeout moves too.
     let mut sim = started();
@@ -877,4 +878,27 @@ fn no_snapshot_during_a_reload() {
     sim.step(1_000, reload(with("env = { R = \"2\" }"), 1));
     let err = sim.pool.snapshot(sim.at(1_001)).unwrap_err();
     assert!(err.contains("a reload to generation 2 is in progress"), "{err}");
+}
+
+#[test]
+fn the_first_crash_after_a_healthy_run_restarts_at_once_and_a_crash_loop_backs_off() {
+    let mut sim = started();
+    sim.run(&[
+        // Ready at 10ms, up for 10s (over min_uptime 5s): restarted in the same instant.
+        (10_000, exited(100, 1), &["spawn 0 g1 = 102"]),
+        (10_100, ready(102), &[]),
+        // The replacement crashes within min_uptime: that is a loop starting; `delay` (100ms).
+        (11_000, exited(102, 1), &[]),
+        (11_099, Event::Tick, &[]),
+        (11_100, Event::Tick, &["spawn 0 g1 = 103"]),
+        // And doubling: 200ms.
+        (11_200, exited(103, 1), &[]),
+        (11_399, Event::Tick, &[]),
+        (11_400, Event::Tick, &["spawn 0 g1 = 104"]),
+        (11_500, ready(104), &[]),
+        // Healthy for min_uptime again: the count starts afresh, at once.
+        (16_600, exited(104, 1), &["spawn 0 g1 = 105"]),
+    ]);
+    assert_eq!(sim.pool.restarts_total(), 4);
+    assert_eq!(count(&sim, RestartReason::Crash), 4);
 }
