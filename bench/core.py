@@ -76,7 +76,9 @@ def start_corral(tmp, command, n, port, ready="notify"):
     with open(cfg, "w") as f:
         f.write(f'name = "bench"\ncommand = {json.dumps(command)}\ninstances = {n}\n')
         f.write(f'listen = ["127.0.0.1:{port}"]\n[ready]\nmode = "{ready}"\ntimeout = "20s"\n')
-        f.write('[restart]\ndelay = "1ms"\nmax_delay = "1ms"\n[stop]\ntimeout = "5s"\n')
+        # The default restart.delay: a worker that was ready for min_uptime (short here, so the
+        # bench need not wait 5s) restarts at once after a crash.
+        f.write('[restart]\nmin_uptime = "300ms"\n[stop]\ntimeout = "5s"\n')
     sd_path = os.path.join(tmp, f"sd-{time.monotonic_ns()}.sock")
     sd = FakeSystemd(sd_path)
     env = dict(os.environ, NOTIFY_SOCKET=sd_path, RUNTIME_DIRECTORY=os.path.join(tmp, "run"), CORRAL_LOG="warn")
@@ -140,7 +142,7 @@ def bench_start_and_crash(tmp, n, rounds):
         p, sd, t0 = start_corral(tmp, command, n, port)
         t_ready = sd.wait(lambda m: "READY=1" in m)
         starts.append(t_ready - t0)
-        time.sleep(0.2)
+        time.sleep(0.4)  # past min_uptime: a healthy worker
         rss.append(rss_kib(p.pid))
         # crash -> replacement ready
         victim = children(p.pid)[0]

@@ -35,16 +35,17 @@ impl Pool {
         let mut in_flight = 0;
         let mut outdated = Vec::new();
         let mut empty = Vec::new();
-        for slot in 0..self.desired {
-            let live = |w: &&Worker| w.slot == slot && w.is_live();
-            let has_target = self.workers.iter().filter(live).any(|w| w.is_current(target));
-            let target_ready = self.workers.iter().filter(live).any(|w| w.is_current(target) && w.is_ready());
-            let old_ready = self.workers.iter().filter(live).any(|w| !w.is_current(target) && w.is_ready());
+        // One pass to group the live workers by slot: every slot is then looked at once.
+        let by_slot = self.live_by_slot();
+        for (slot, here) in by_slot.iter().enumerate() {
+            let live = || here.iter().map(|&i| &self.workers[i]);
+            let has_target = live().any(|w| w.is_current(target));
+            let target_ready = live().any(|w| w.is_current(target) && w.is_ready());
+            let old_ready = live().any(|w| !w.is_current(target) && w.is_ready());
             if target_ready && old_ready {
                 // The replacement serves: the worker it replaces stops.
-                for i in 0..self.workers.len() {
-                    let w = &self.workers[i];
-                    if w.slot == slot && w.is_live() && !w.is_current(target) {
+                for &i in here {
+                    if !self.workers[i].is_current(target) {
                         self.enter(now, i, Enter::Stop(StopReason::Replaced), out);
                     }
                 }
@@ -95,8 +96,24 @@ impl Pool {
     }
 
     pub(super) fn all_slots_ready_on_target(&self) -> bool {
-        (0..self.desired)
-            .all(|slot| self.workers.iter().any(|w| w.slot == slot && w.generation == self.target && w.is_ready()))
+        let mut ready = vec![false; self.desired];
+        for w in &self.workers {
+            if w.slot < self.desired && w.generation == self.target && w.is_ready() {
+                ready[w.slot] = true;
+            }
+        }
+        ready.iter().all(|r| *r)
+    }
+
+    /// Indices of the live workers of each desired slot (slot = position), in one pass.
+    pub(super) fn live_by_slot(&self) -> Vec<Vec<usize>> {
+        let mut by_slot = vec![Vec::new(); self.desired];
+        for (i, w) in self.workers.iter().enumerate() {
+            if w.is_live() && w.slot < self.desired {
+                by_slot[w.slot].push(i);
+            }
+        }
+        by_slot
     }
 
     /// A memory sample of `pid`'s process group: over `limits.memory`, the worker is marked for

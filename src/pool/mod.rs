@@ -229,10 +229,12 @@ impl Pool {
     /// The earliest time at which a [`Event::Tick`] has something to do.
     pub fn next_deadline(&self) -> Option<Instant> {
         let workers = self.workers.iter().flat_map(|w| self.deadlines(w));
-        let restarts = (0..self.desired)
-            .filter(|_| self.phase == Phase::Running)
-            .filter(|slot| !self.workers.iter().any(|w| w.slot == *slot && w.is_live()))
-            .filter_map(|slot| self.slots.get(slot).and_then(|s| s.not_before));
+        let by_slot = if self.phase == Phase::Running { self.live_by_slot() } else { Vec::new() };
+        let restarts = by_slot
+            .iter()
+            .enumerate()
+            .filter(|(_, here)| here.is_empty())
+            .filter_map(|(slot, _)| self.slots.get(slot).and_then(|s| s.not_before));
         workers.chain(restarts).min()
     }
 
@@ -285,7 +287,11 @@ impl Pool {
 
     /// Slots (of the desired ones) that have a ready worker: what "4/4 ready" counts.
     pub fn ready_slots(&self) -> usize {
-        (0..self.desired).filter(|slot| self.workers.iter().any(|w| w.slot == *slot && w.is_ready())).count()
+        let mut ready = vec![false; self.desired];
+        for w in self.workers.iter().filter(|w| w.is_ready() && w.slot < self.desired) {
+            ready[w.slot] = true;
+        }
+        ready.iter().filter(|r| **r).count()
     }
 
     pub fn ready_count(&self) -> usize {
