@@ -34,8 +34,12 @@ impl RuntimeDir {
     /// socket), check it is ours alone, and take its lock.
     pub fn create(name: &str, worker_gid: Option<u32>) -> Result<RuntimeDir, String> {
         let (path, dir) = match systemd_runtime_directory() {
-            // systemd made it for this service (RuntimeDirectory=): check it, leave its mode.
+            // systemd made it for this service (RuntimeDirectory=): check it, leave its mode. (Set
+            // by hand, it may not exist yet.)
             Some(path) => {
+                if !path.exists() {
+                    std::fs::create_dir_all(&path).map_err(|e| format!("cannot create {}: {e}", path.display()))?;
+                }
                 let dir = open_dir(&path, None).and_then(|d| check_dir(&path, &d, Owner::Me).map(|_| d))?;
                 (path, dir)
             }
