@@ -34,7 +34,7 @@ sys.path.insert(0, os.path.join(ROOT, "bench"))
 from compare import free_port, proc_stat, rss_bytes  # noqa: E402
 from core import FakeSystemd  # noqa: E402
 
-CORRAL = os.path.join(ROOT, "target/release/corral")
+CORRAL = os.environ.get("CORRAL_BIN", os.path.join(ROOT, "target/release/corral"))
 TCK = os.sysconf("SC_CLK_TCK")
 
 

@@ -84,34 +84,84 @@ pub struct GroupUsage {
     pub pids: Vec<i32>,
 }
 
-/// Sum RSS and CPU of every process in the process groups `wanted`, from one pass over /proc
-/// (one reused buffer: the master runs this every few seconds and should not churn its heap).
+/// Sum RSS and CPU of every process in the process groups `wanted` (each led by a worker).
+///
+/// Each group is found by walking down from its leader through the kernel's children lists
+/// (`/proc/PID/task/TID/children`), so the cost grows with the pool's own processes, not with
+/// every process on the host (100 pools on one host each sampling every few seconds would
+/// otherwise read the whole of /proc each time). Where the kernel has no children lists, one
+/// pass over /proc does it. One reused buffer: the master runs this every few seconds.
 pub fn sample_groups(wanted: &[i32]) -> BTreeMap<i32, GroupUsage> {
-    use std::io::Read;
     let page = nix::unistd::sysconf(nix::unistd::SysconfVar::PAGE_SIZE).ok().flatten().unwrap_or(4096) as u64;
     let mut out: BTreeMap<i32, GroupUsage> = BTreeMap::new();
-    let Ok(dir) = std::fs::read_dir("/proc") else { return out };
-    let mut path = String::with_capacity(32);
     let mut stat = String::with_capacity(512);
-    for entry in dir.flatten() {
-        let name = entry.file_name();
-        let Some(pid) = name.to_str().filter(|n| n.bytes().all(|b| b.is_ascii_digit())) else { continue };
-        path.clear();
-        path.push_str("/proc/");
-        path.push_str(pid);
-        path.push_str("/stat");
-        stat.clear();
-        let Ok(mut f) = std::fs::File::open(&path) else { continue };
-        if f.read_to_string(&mut stat).is_err() {
-            continue;
+    let Some(first) = wanted.first() else { return out };
+    if std::fs::metadata(format!("/proc/{first}/task/{first}/children")).is_err() {
+        return sample_groups_by_scan(wanted, page);
+    }
+    let mut stack = Vec::new();
+    for &leader in wanted {
+        stack.clear();
+        stack.push(leader);
+        while let Some(pid) = stack.pop() {
+            if let Some((pgrp, usage)) = read_stat(pid, page, &mut stat) {
+                if pgrp == leader {
+                    let g = out.entry(leader).or_default();
+                    g.rss_bytes += usage.rss_bytes;
+                    g.cpu_ticks += usage.cpu_ticks;
+                    g.pids.push(pid);
+                }
+            }
+            push_children(pid, &mut stack, &mut stat);
         }
-        if let Some((pgrp, usage)) = parse_stat(&stat, page).filter(|(g, _)| wanted.contains(g)) {
+    }
+    // A group member whose parent exited was re-parented to the master (the subreaper): look
+    // at the master's other children and their descendants too.
+    stack.clear();
+    push_children(std::process::id() as i32, &mut stack, &mut stat);
+    let leaders: std::collections::HashSet<i32> = wanted.iter().copied().collect();
+    stack.retain(|p| !leaders.contains(p));
+    while let Some(pid) = stack.pop() {
+        if let Some((pgrp, usage)) = read_stat(pid, page, &mut stat).filter(|(g, _)| leaders.contains(g)) {
             let g = out.entry(pgrp).or_default();
             g.rss_bytes += usage.rss_bytes;
             g.cpu_ticks += usage.cpu_ticks;
-            if let Ok(p) = pid.parse() {
-                g.pids.push(p);
-            }
+            g.pids.push(pid);
+        }
+        push_children(pid, &mut stack, &mut stat);
+    }
+    out
+}
+
+fn read_stat(pid: i32, page: u64, buf: &mut String) -> Option<(i32, GroupUsage)> {
+    use std::io::Read;
+    buf.clear();
+    std::fs::File::open(format!("/proc/{pid}/stat")).ok()?.read_to_string(buf).ok()?;
+    parse_stat(buf, page)
+}
+
+/// The children of `pid` (those its main thread forked: where servers fork, and the one file
+/// to read, which keeps a sample of 1024 workers cheap).
+fn push_children(pid: i32, stack: &mut Vec<i32>, buf: &mut String) {
+    use std::io::Read;
+    buf.clear();
+    if std::fs::File::open(format!("/proc/{pid}/task/{pid}/children")).and_then(|mut f| f.read_to_string(buf)).is_ok() {
+        stack.extend(buf.split_whitespace().filter_map(|c| c.parse::<i32>().ok()));
+    }
+}
+
+/// The same by one pass over all of /proc (kernels without children lists).
+fn sample_groups_by_scan(wanted: &[i32], page: u64) -> BTreeMap<i32, GroupUsage> {
+    let mut out: BTreeMap<i32, GroupUsage> = BTreeMap::new();
+    let Ok(dir) = std::fs::read_dir("/proc") else { return out };
+    let mut stat = String::with_capacity(512);
+    for entry in dir.flatten() {
+        let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else { continue };
+        if let Some((pgrp, usage)) = read_stat(pid, page, &mut stat).filter(|(g, _)| wanted.contains(g)) {
+            let g = out.entry(pgrp).or_default();
+            g.rss_bytes += usage.rss_bytes;
+            g.cpu_ticks += usage.cpu_ticks;
+            g.pids.push(pid);
         }
     }
     out

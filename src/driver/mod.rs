@@ -153,6 +153,8 @@ pub struct Driver {
     listen_inodes: Vec<u64>,
     /// While an exit is handled: the worker's last lines, for the notice that explains it.
     exited_tail: Option<journal::Tail>,
+    /// When the workers' processes were last sampled.
+    last_sample: Option<Instant>,
 }
 
 /// The last step of a stop: processes left behind by workers.
@@ -301,6 +303,7 @@ impl Driver {
             resumed: None,
             listen_inodes: Vec::new(),
             exited_tail: None,
+            last_sample: None,
         }
         .with_listen_inodes())
     }

@@ -12,6 +12,7 @@ impl Driver {
         let wanted: Vec<i32> = self.workers.keys().map(|p| p.as_raw()).collect();
         let groups = status::sample_groups(&wanted);
         let now = Instant::now();
+        self.last_sample = Some(now);
         let tck = status::clock_ticks();
         let mut samples = Vec::new();
         for (pid, meta) in self.workers.iter_mut() {
@@ -31,9 +32,7 @@ impl Driver {
             }
             samples.push((*pid, usage.rss_bytes));
         }
-        for (pid, rss) in samples {
-            self.dispatch(Event::MemorySample { pid, rss });
-        }
+        self.dispatch(Event::MemorySamples(samples));
     }
 
     /// The pool as `corral status`, /metrics and /health report it.

@@ -285,6 +285,7 @@ impl Driver {
             resumed: Some(state.from_version),
             listen_inodes: Vec::new(),
             exited_tail: None,
+            last_sample: None,
         }
         .with_listen_inodes();
         for w in state.workers {

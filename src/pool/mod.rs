@@ -177,7 +177,11 @@ impl Pool {
             Event::Ready { pid } => self.on_ready(now, pid, &mut out),
             Event::Exited { pid, status } => self.on_exited(now, pid, status, &mut out),
             Event::WatchdogPing { pid } => self.on_ping(now, pid),
-            Event::MemorySample { pid, rss } => self.on_memory(pid, rss),
+            Event::MemorySamples(samples) => {
+                for (pid, rss) in samples {
+                    self.on_memory(pid, rss);
+                }
+            }
             Event::Tick => self.on_tick(now, &mut out),
             Event::Stalled { duration } => self.on_stalled(now, duration),
             Event::Reload { config, reply } => self.on_reload(config, reply, &mut out),

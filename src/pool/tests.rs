@@ -590,7 +590,7 @@ fn ping(pid: i32) -> Event {
     Event::WatchdogPing { pid: Pid::from_raw(pid) }
 }
 fn memory(pid: i32, mib: u64) -> Event {
-    Event::MemorySample { pid: Pid::from_raw(pid), rss: mib * 1024 * 1024 }
+    Event::MemorySamples(vec![(Pid::from_raw(pid), mib * 1024 * 1024)])
 }
 fn count(sim: &Sim, reason: RestartReason) -> u64 {
     sim.pool.restarts_by_reason().into_iter().find(|(r, _)| *r == reason).map_or(0, |(_, n)| n)

@@ -72,11 +72,9 @@ pub enum Event {
     WatchdogPing {
         pid: Pid,
     },
-    /// Resident memory of this worker's process group, sampled every `limits.interval`.
-    MemorySample {
-        pid: Pid,
-        rss: u64,
-    },
+    /// Resident memory of each worker's process group, sampled every `limits.interval`: one
+    /// event for all of them, so the pool converges once per sample, not once per worker.
+    MemorySamples(Vec<(Pid, u64)>),
     /// A deadline from [`Pool::next_deadline`] has passed.
     Tick,
     /// The master itself did not run for this long (stopped with SIGSTOP, starved of CPU): time
