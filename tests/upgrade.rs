@@ -131,8 +131,13 @@ fn twenty_upgrades_under_load_with_keep_alive_clients_keep_every_worker() {
 fn sigusr2_upgrades_too() {
     let p = start("usr2", "", "");
     let workers = p.m.wait_workers(2);
+    let mut p = p;
     p.m.signal(Signal::SIGUSR2);
     wait_until("the new image answers", TIMEOUT, || p.status()["upgrades"] == 1);
+    // systemd heard it: RELOADING=1, "upgrading", then READY=1 and the new version.
+    p.m.systemd().wait("RELOADING=1");
+    p.m.systemd().wait("STATUS=upgrading: corral");
+    p.m.systemd().wait_status(&format!("upgraded to corral {}", env!("CARGO_PKG_VERSION")));
     assert_eq!(p.m.wait_workers(2), workers);
     assert!(p.m.log_text().contains("took over from corral"), "{}", p.m.log_text());
 }

@@ -355,7 +355,8 @@ impl Driver {
                 std::process::id(),
                 self.workers.len()
             );
-            let status = self.pool.status_line();
+            // systemd shows which version serves now, until the pool's status next changes.
+            let status = format!("{} · upgraded to corral {}", self.pool.status_line(), crate::VERSION);
             self.systemd.send(&[NotifyState::Ready, NotifyState::Status(&status)]);
         }
         self.dispatch(Event::Start);
