@@ -35,6 +35,9 @@ pub struct Origin {
     pub generation: u64,
     /// The worker's last few lines, for the hint when it exits right after starting.
     pub tail: Tail,
+    /// Until then the tail is kept: the hint is only for workers that exit sooner, so a worker
+    /// that runs on costs its output lines no copy.
+    pub tail_until: std::time::Instant,
 }
 
 /// A worker's last [`TAIL_LINES`] lines of output (each cut to [`TAIL_CHARS`]).
@@ -241,11 +244,13 @@ pub async fn forward(fd: OwnedFd, stream: Stream, origin: Origin, sink: Arc<Sink
 async fn emit(line: &[u8], stream: Stream, origin: &Origin, sink: &Sink) {
     let line = line.strip_suffix(b"\r").unwrap_or(line);
     let text = String::from_utf8_lossy(line);
-    if let Ok(mut tail) = origin.tail.lock() {
-        if tail.len() == TAIL_LINES {
-            tail.pop_front();
+    if std::time::Instant::now() < origin.tail_until {
+        if let Ok(mut tail) = origin.tail.lock() {
+            if tail.len() == TAIL_LINES {
+                tail.pop_front();
+            }
+            tail.push_back(text.chars().take(TAIL_CHARS).collect());
         }
-        tail.push_back(text.chars().take(TAIL_CHARS).collect());
     }
     sink.write(origin, &record(stream, &text)).await;
 }
@@ -256,7 +261,14 @@ mod tests {
 
     #[test]
     fn native_protocol_fields() {
-        let origin = Origin { name: "api".into(), slot: 2, pid: 4242, generation: 3, tail: Tail::default() };
+        let origin = Origin {
+            name: "api".into(),
+            slot: 2,
+            pid: 4242,
+            generation: 3,
+            tail: Tail::default(),
+            tail_until: std::time::Instant::now(),
+        };
         let msg = journal_message(&origin, &Record { priority: 3, message: "boom" });
         assert_eq!(
             String::from_utf8(msg).unwrap(),

@@ -25,15 +25,7 @@ fn main() -> ExitCode {
                 .and_then(corral::upgrade::read_state)
                 .map_or(LogTarget::Auto, |s| s.log_target);
             init_logging(target);
-            let code = match driver::resume(fd) {
-                Ok(code) => ExitCode::from(u8::try_from(code).unwrap_or(1)),
-                Err(e) => {
-                    tracing::error!("{e}");
-                    ExitCode::from(1)
-                }
-            };
-            corral::stderr::flush_before_exit(Duration::from_secs(1));
-            code
+            finish_run(driver::resume(fd))
         }
         Command::UpgradeCheck { state_fd } => match corral::upgrade::check(state_fd) {
             Ok(version) => {
@@ -58,15 +50,7 @@ fn main() -> ExitCode {
                 }
             };
             init_logging(config.logs.target);
-            let code = match driver::run(config) {
-                Ok(code) => ExitCode::from(u8::try_from(code).unwrap_or(1)),
-                Err(e) => {
-                    tracing::error!("{e}");
-                    ExitCode::from(1)
-                }
-            };
-            corral::stderr::flush_before_exit(Duration::from_secs(1));
-            code
+            finish_run(driver::run(config))
         }
         Command::Check { config, name } => {
             let path = config::locate(config.as_deref(), env_config.as_deref(), name.as_deref());
@@ -137,6 +121,20 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
     }
+}
+
+/// The exit status of `corral run` (a first start or an upgrade's new image), once the master's
+/// last log lines had their chance to be read.
+fn finish_run(result: Result<i32, driver::StartError>) -> ExitCode {
+    let code = match result {
+        Ok(code) => ExitCode::from(u8::try_from(code).unwrap_or(1)),
+        Err(e) => {
+            tracing::error!("{e}");
+            ExitCode::from(1)
+        }
+    };
+    corral::stderr::flush_before_exit(Duration::from_secs(1));
+    code
 }
 
 fn ask(name: &str, request: &Request, timeout: Duration) -> Result<Reply, control::ClientError> {

@@ -104,13 +104,8 @@ pub fn sample_groups(wanted: &[i32]) -> BTreeMap<i32, GroupUsage> {
         stack.clear();
         stack.push(leader);
         while let Some(pid) = stack.pop() {
-            if let Some((pgrp, usage)) = read_stat(pid, page, &mut stat) {
-                if pgrp == leader {
-                    let g = out.entry(leader).or_default();
-                    g.rss_bytes += usage.rss_bytes;
-                    g.cpu_ticks += usage.cpu_ticks;
-                    g.pids.push(pid);
-                }
+            if let Some((pgrp, usage)) = read_stat(pid, page, &mut stat).filter(|(g, _)| *g == leader) {
+                add(&mut out, pgrp, pid, usage);
             }
             push_children(pid, &mut stack, &mut stat);
         }
@@ -123,14 +118,19 @@ pub fn sample_groups(wanted: &[i32]) -> BTreeMap<i32, GroupUsage> {
     stack.retain(|p| !leaders.contains(p));
     while let Some(pid) = stack.pop() {
         if let Some((pgrp, usage)) = read_stat(pid, page, &mut stat).filter(|(g, _)| leaders.contains(g)) {
-            let g = out.entry(pgrp).or_default();
-            g.rss_bytes += usage.rss_bytes;
-            g.cpu_ticks += usage.cpu_ticks;
-            g.pids.push(pid);
+            add(&mut out, pgrp, pid, usage);
         }
         push_children(pid, &mut stack, &mut stat);
     }
     out
+}
+
+/// Count process `pid`'s usage in its group `pgrp`.
+fn add(out: &mut BTreeMap<i32, GroupUsage>, pgrp: i32, pid: i32, usage: GroupUsage) {
+    let g = out.entry(pgrp).or_default();
+    g.rss_bytes += usage.rss_bytes;
+    g.cpu_ticks += usage.cpu_ticks;
+    g.pids.push(pid);
 }
 
 fn read_stat(pid: i32, page: u64, buf: &mut String) -> Option<(i32, GroupUsage)> {
@@ -158,10 +158,7 @@ fn sample_groups_by_scan(wanted: &[i32], page: u64) -> BTreeMap<i32, GroupUsage>
     for entry in dir.flatten() {
         let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else { continue };
         if let Some((pgrp, usage)) = read_stat(pid, page, &mut stat).filter(|(g, _)| wanted.contains(g)) {
-            let g = out.entry(pgrp).or_default();
-            g.rss_bytes += usage.rss_bytes;
-            g.cpu_ticks += usage.cpu_ticks;
-            g.pids.push(pid);
+            add(&mut out, pgrp, pid, usage);
         }
     }
     out

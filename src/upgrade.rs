@@ -16,7 +16,7 @@
 //!    reaps any worker that exited meanwhile, unblocks the signals, and carries on.
 
 use std::io::{Read, Seek, SeekFrom, Write};
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd, RawFd};
 use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
@@ -146,9 +146,4 @@ pub fn set_inherit(fd: impl AsFd, inherit: bool) -> std::io::Result<()> {
     use nix::fcntl::{fcntl, FcntlArg, FdFlag};
     let flags = if inherit { FdFlag::empty() } else { FdFlag::FD_CLOEXEC };
     fcntl(fd.as_fd(), FcntlArg::F_SETFD(flags)).map(|_| ()).map_err(std::io::Error::from)
-}
-
-/// The raw number of a descriptor, for the state.
-pub fn raw(fd: &impl AsRawFd) -> RawFd {
-    fd.as_raw_fd()
 }

@@ -171,27 +171,24 @@ struct Strays {
 pub fn run(config: Config) -> Result<i32, StartError> {
     let config_path = config.path.clone();
     let config = Arc::new(config);
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_io()
-        .enable_time()
-        .build()
-        .map_err(StartError::EventLoop)?;
-    rt.block_on(async move {
-        let mut driver = Driver::start(&config_path, config)?;
-        Ok(driver.run().await)
-    })
+    on_event_loop(move || Driver::start(&config_path, config))
 }
 
 /// The new image of `corral upgrade`: take over the state handed over at `state_fd` and run
 /// the pool until it stops; returns the process exit code.
 pub fn resume(state_fd: std::os::fd::RawFd) -> Result<i32, StartError> {
+    on_event_loop(move || Driver::resume(state_fd))
+}
+
+/// Build the driver on the master's single-threaded runtime and run it to the end.
+fn on_event_loop(make: impl FnOnce() -> Result<Driver, StartError>) -> Result<i32, StartError> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_io()
         .enable_time()
         .build()
         .map_err(StartError::EventLoop)?;
     rt.block_on(async move {
-        let mut driver = Driver::resume(state_fd)?;
+        let mut driver = make()?;
         Ok(driver.run().await)
     })
 }
@@ -357,7 +354,7 @@ impl Driver {
             );
             // systemd shows which version serves now, until the pool's status next changes.
             let status = format!("{} · upgraded to corral {}", self.pool.status_line(), crate::VERSION);
-            self.systemd.send(&[NotifyState::Ready, NotifyState::Status(&status)]);
+            self.notify_systemd(&[Notify::Ready, Notify::Status(status)]);
         }
         self.dispatch(Event::Start);
         while self.exit.is_none() {

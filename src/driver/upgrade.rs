@@ -160,13 +160,10 @@ impl Driver {
     /// Exec the new binary. Returns only if `execve` failed, with everything as it was.
     pub(super) fn exec_upgrade(&mut self, pending: PendingUpgrade) {
         let to = &pending.to_version;
-        self.systemd.send(&[
-            NotifyState::Reloading,
-            NotifyState::Status(&format!("upgrading: corral {} → {to}", crate::VERSION)),
+        self.notify_systemd(&[
+            Notify::Reloading,
+            Notify::Status(format!("upgrading: corral {} → {to}", crate::VERSION)),
         ]);
-        if let Ok(now) = NotifyState::monotonic_usec_now() {
-            self.systemd.send(&[now]);
-        }
         let config = self.config_path.to_string_lossy().into_owned();
         let state_fd = pending.state.as_raw_fd().to_string();
         let cstr = |s: &[u8]| std::ffi::CString::new(s).ok();
@@ -221,7 +218,7 @@ impl Driver {
             self.exe.display()
         );
         let status = self.pool.status_line();
-        self.systemd.send(&[NotifyState::Ready, NotifyState::Status(&status)]);
+        self.notify_systemd(&[Notify::Ready, Notify::Status(status)]);
     }
 
     /// The new image: take over the state the old one handed over at `fd`.
@@ -291,12 +288,14 @@ impl Driver {
         for w in state.workers {
             let pid = Pid::from_raw(w.pid);
             let mut meta = WorkerMeta::new();
+            // A worker taken over has long outlived the early-exit hint: no tail.
             let origin = Origin {
                 name: driver.name.clone(),
                 slot: w.slot,
                 pid: w.pid,
                 generation: w.generation,
                 tail: meta.tail.clone(),
+                tail_until: now,
             };
             meta.status = w.status;
             if let Some(fd) = w.stdout {

@@ -42,7 +42,14 @@ impl Driver {
         let child = spawn::spawn(&req)?;
         let pid = child.pid;
         let mut meta = WorkerMeta::new();
-        let origin = Origin { name: self.name.clone(), slot, pid: pid.as_raw(), generation, tail: meta.tail.clone() };
+        let origin = Origin {
+            name: self.name.clone(),
+            slot,
+            pid: pid.as_raw(),
+            generation,
+            tail: meta.tail.clone(),
+            tail_until: Instant::now() + crate::pool::EARLY_EXIT,
+        };
         if let Some(out) = child.stdout {
             meta.stdout = self.forward_kept(out, Stream::Stdout, origin.clone());
         }

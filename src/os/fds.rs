@@ -12,7 +12,7 @@ pub fn take_inherited_fds() -> std::io::Result<Vec<(OwnedFd, String)>> {
     }
     let mut out = Vec::new();
     for (raw, name) in sd_notify::listen_fds_with_names()? {
-        if nix::fcntl::fcntl(unsafe_free_borrow(raw), nix::fcntl::FcntlArg::F_GETFD).is_err() {
+        if borrow_open(raw).is_none() {
             return Err(std::io::Error::other(format!("LISTEN_FDS names fd {raw}, which is not open")));
         }
         // SAFETY: `listen_fds_with_names` verified LISTEN_PID is this process, so fds 3.. were
