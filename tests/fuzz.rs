@@ -21,41 +21,8 @@ fn cases() -> u32 {
     std::env::var("CORRAL_FUZZ_CASES").ok().and_then(|c| c.parse().ok()).unwrap_or(2000)
 }
 
-const FULL: &str = r#"name = "myapi"
-command = ["node", "src/index.js"]
-workdir = "/srv/myapi"
-instances = "max"
-user = "myapi"
-env = { NODE_ENV = "production" }
-instance_var = "NODE_APP_INSTANCE"
-listen = ["127.0.0.1:3000", "unix:/run/myapi/http.sock"]
-[ready]
-mode = "notify"
-timeout = "30s"
-[stop]
-signal = "SIGTERM"
-timeout = "30s"
-[restart]
-delay = "100ms"
-max_delay = "30s"
-min_uptime = "5s"
-max_restarts = 15
-window = "60s"
-[reload]
-batch = "25%"
-[limits]
-memory = "300MiB"
-interval = "5s"
-[watchdog]
-timeout = "10s"
-[recycle]
-after = "24h"
-jitter = "1h"
-[logs]
-target = "auto"
-[metrics]
-listen = "127.0.0.1:9464"
-"#;
+/// The SPEC's example config (also what `config::tests` checks parses to the expected values).
+const FULL: &str = include_str!("data/full.toml");
 
 /// A valid text with one random edit: a range cut out, junk put in, or a value replaced.
 fn mutated(base: &'static str) -> impl Strategy<Value = String> {

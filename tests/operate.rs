@@ -20,23 +20,8 @@ fn pool(tag: &str, args: &str, extra: &str) -> (Master, SocketAddr) {
     (m, format!("127.0.0.1:{port}").parse().unwrap())
 }
 
-/// `corral ARGS` as the CLI user would run it, pointed at this test's pools.
-fn cli(m: &Master, args: &[&str]) -> (Option<i32>, String, String) {
-    let out = Command::new(CORRAL)
-        .args(args)
-        .env("CORRAL_RUNTIME_ROOT", m.dir.join("run"))
-        .env("NO_COLOR", "1")
-        .output()
-        .expect("run corral");
-    (
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
 fn status_json(m: &Master) -> Value {
-    let (code, out, err) = cli(m, &["status", "pool", "--json"]);
+    let (code, out, err) = m.cli(&["status", "pool", "--json"]);
     assert_eq!(code, Some(0), "{err}");
     serde_json::from_str(&out).expect("status --json is JSON")
 }
@@ -49,7 +34,7 @@ fn restarts(m: &Master, reason: &str) -> u64 {
 fn status_shows_a_table_and_stable_json() {
     let (m, _) = pool("status", "", "[limits]\ninterval = \"200ms\"\n");
     let pids = m.wait_workers(2);
-    let (code, out, err) = cli(&m, &["status", "pool"]);
+    let (code, out, err) = m.cli(&["status", "pool"]);
     assert_eq!(code, Some(0), "{err}");
     assert!(out.starts_with("pool · 2/2 ready · generation 1 · 0 restarts · master pid "), "{out}");
     let header = out.lines().nth(1).unwrap();
@@ -77,7 +62,7 @@ fn status_shows_a_table_and_stable_json() {
         assert_eq!(w["listening_pids"], serde_json::json!([w["pid"]]), "{w}");
     }
     // Without a NAME: every pool under the runtime root, as an array.
-    let (code, out, _) = cli(&m, &["status", "--json"]);
+    let (code, out, _) = m.cli(&["status", "--json"]);
     assert_eq!(code, Some(0));
     let all: Value = serde_json::from_str(&out).unwrap();
     assert_eq!(all.as_array().map(|a| a.len()), Some(1));
@@ -87,25 +72,25 @@ fn status_shows_a_table_and_stable_json() {
 fn reload_waits_and_reports_success_bad_config_and_broken_release() {
     let (m, addr) = pool("clireload", ", \"--fail-if-env\", \"BROKEN\"", "");
     let text = std::fs::read_to_string(&m.config).unwrap();
-    let (code, out, err) = cli(&m, &["reload", "pool"]);
+    let (code, out, err) = m.cli(&["reload", "pool"]);
     assert_eq!(code, Some(0), "{err}");
     assert_eq!(out.trim(), "pool: generation 2 serving with 2 workers");
     assert!(get(addr).unwrap().contains("generation 2"));
 
     std::fs::write(&m.config, text.replace("instances = 2", "instances = 0")).unwrap();
-    let (code, _, err) = cli(&m, &["reload", "pool"]);
+    let (code, _, err) = m.cli(&["reload", "pool"]);
     assert_eq!(code, Some(1));
     assert!(err.contains("pool.toml:3:13: instances must be at least 1"), "{err}");
 
     std::fs::write(&m.config, text.replace("instances = 2", "instances = 2\nenv = { BROKEN = \"1\" }")).unwrap();
-    let (code, _, err) = cli(&m, &["reload", "pool"]);
+    let (code, _, err) = m.cli(&["reload", "pool"]);
     assert_eq!(code, Some(1));
     assert!(err.contains("reload failed, generation 2 keeps serving: worker 0"), "{err}");
     assert!(err.contains("exited with exit code 4 before it was ready"), "{err}");
     assert!(get(addr).unwrap().contains("generation 2"));
 
     std::fs::write(&m.config, &text).unwrap();
-    let (code, out, err) = cli(&m, &["reload", "pool", "--no-wait"]);
+    let (code, out, err) = m.cli(&["reload", "pool", "--no-wait"]);
     assert_eq!((code, out.trim()), (Some(0), "pool: reload requested"), "{err}");
     let j = status_json(&m);
     assert_eq!(j["reloads_failed"].as_u64(), Some(2));
@@ -114,16 +99,16 @@ fn reload_waits_and_reports_success_bad_config_and_broken_release() {
 #[test]
 fn scale_sets_adds_and_removes_workers() {
     let (mut m, _) = pool("cliscale", "", "");
-    let (code, out, err) = cli(&m, &["scale", "pool", "+2"]);
+    let (code, out, err) = m.cli(&["scale", "pool", "+2"]);
     assert_eq!(code, Some(0), "{err}");
     assert_eq!(out.trim(), "pool: scaled to 4 workers");
     m.systemd().wait_status("4/4 workers ready");
-    assert_eq!(cli(&m, &["scale", "pool", "-3"]).0, Some(0));
+    assert_eq!(m.cli(&["scale", "pool", "-3"]).0, Some(0));
     m.systemd().wait_status("1/1 workers ready");
-    assert_eq!(cli(&m, &["scale", "pool", "-5"]).1.trim(), "pool: scaled to 1 workers");
-    assert_eq!(cli(&m, &["scale", "pool", "3"]).0, Some(0));
+    assert_eq!(m.cli(&["scale", "pool", "-5"]).1.trim(), "pool: scaled to 1 workers");
+    assert_eq!(m.cli(&["scale", "pool", "3"]).0, Some(0));
     m.systemd().wait_status("3/3 workers ready");
-    let (code, _, err) = cli(&m, &["scale", "pool", "zero"]);
+    let (code, _, err) = m.cli(&["scale", "pool", "zero"]);
     assert_eq!(code, Some(2));
     assert!(err.contains("invalid worker count \"zero\""), "{err}");
 }
@@ -131,13 +116,13 @@ fn scale_sets_adds_and_removes_workers() {
 #[test]
 fn clear_errors_when_no_pool_runs_or_the_socket_is_stale() {
     let (m, _) = pool("clierr", "", "");
-    let (code, _, err) = cli(&m, &["status", "nope"]);
+    let (code, _, err) = m.cli(&["status", "nope"]);
     assert_eq!(code, Some(1));
     assert!(err.contains("no pool \"nope\" is running here (no control socket at"), "{err}");
     let stale = m.dir.join("run/ghost");
     std::fs::create_dir_all(&stale).unwrap();
     drop(std::os::unix::net::UnixListener::bind(stale.join("control.sock")).unwrap());
-    let (code, _, err) = cli(&m, &["reload", "ghost"]);
+    let (code, _, err) = m.cli(&["reload", "ghost"]);
     assert_eq!(code, Some(1));
     assert!(err.contains("pool \"ghost\" is not running") && err.contains("is stale"), "{err}");
 }
@@ -383,7 +368,7 @@ fn status_shows_the_process_group_and_which_processes_serve() {
     });
     assert_eq!(w["pid"], main);
     assert_eq!(w["listening_pids"], serde_json::json!([child]), "the arbiter closed the socket; its child serves: {w}");
-    let (_, table, _) = cli(&m, &["status", "pool"]);
+    let (_, table, _) = m.cli(&["status", "pool"]);
     let row = table.lines().nth(2).unwrap();
     assert!(row.split_whitespace().any(|c| c == child.to_string()), "{table}");
 }

@@ -9,21 +9,6 @@ use std::process::{Command, Stdio};
 
 use common::*;
 
-/// `corral ARGS` against this test's runtime root.
-fn cli(m: &Master, args: &[&str]) -> (Option<i32>, String, String) {
-    let out = Command::new(CORRAL)
-        .args(args)
-        .env("CORRAL_RUNTIME_ROOT", m.dir.join("run"))
-        .env("NO_COLOR", "1")
-        .output()
-        .expect("run corral");
-    (
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
 fn pool(tag: &str, extra: &str) -> (Master, std::net::SocketAddr) {
     let port = free_port();
     let cfg =
@@ -179,7 +164,7 @@ fn a_reload_into_a_config_the_runtime_cannot_represent_keeps_the_pool_serving() 
         let out = corral(&["check", "-c", m.dir.join("bad.toml").to_str().unwrap()]);
         assert_eq!(out.status.code(), Some(78), "check accepted [{table}] {key}: {out:?}");
         std::fs::write(&m.config, &bad).unwrap();
-        let (code, _, err) = cli(&m, &["reload", "pool"]);
+        let (code, _, err) = m.cli(&["reload", "pool"]);
         assert_eq!(code, Some(1), "{err}");
         assert!(err.contains("is too long"), "{err}");
         std::fs::write(&m.config, text).unwrap();
@@ -192,12 +177,12 @@ fn a_reload_into_a_config_the_runtime_cannot_represent_keeps_the_pool_serving() 
 fn scale_past_the_limit_is_refused_and_changes_nothing() {
     let (m, _) = pool("scalehuge", "");
     m.wait_workers(2);
-    let (code, _, err) = cli(&m, &["scale", "pool", "+9223372036854775807"]);
+    let (code, _, err) = m.cli(&["scale", "pool", "+9223372036854775807"]);
     assert_eq!(code, Some(1));
     assert!(err.contains("a pool runs at most 1024 workers"), "{err}");
-    let (code, _, err) = cli(&m, &["scale", "pool", "5000"]);
+    let (code, _, err) = m.cli(&["scale", "pool", "5000"]);
     assert_eq!(code, Some(1), "{err}");
-    let (code, out, err) = cli(&m, &["status", "pool", "--json"]);
+    let (code, out, err) = m.cli(&["status", "pool", "--json"]);
     assert_eq!(code, Some(0), "{err}");
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(v["desired"], 2);
@@ -228,13 +213,13 @@ fn a_workers_status_text_cannot_drive_the_operators_terminal() {
     m.systemd().wait("READY=1");
     m.wait_workers(1);
     let table = wait_for("the worker's STATUS= in the table", TIMEOUT, || {
-        let (code, out, _) = cli(&m, &["status", "pool"]);
+        let (code, out, _) = m.cli(&["status", "pool"]);
         (code == Some(0) && out.contains("hidden")).then_some(out)
     });
     assert!(!table.contains('\x1b') && !table.contains('\x07'), "raw control characters: {table:?}");
     assert!(table.contains("\\x1b]0;owned\\x07\\x1b[2Jhidden"), "{table}");
     // JSON keeps the exact text.
-    let (_, json, _) = cli(&m, &["status", "pool", "--json"]);
+    let (_, json, _) = m.cli(&["status", "pool", "--json"]);
     let v: serde_json::Value = serde_json::from_str(&json).unwrap();
     assert_eq!(v["workers"][0]["status"], "\x1b]0;owned\x07\x1b[2Jhidden");
 }
@@ -299,7 +284,7 @@ fn a_flood_of_idle_connections_does_not_stop_supervision() {
         now.len() == 2 && !now.contains(&pids[0])
     });
     drop(held_unix);
-    let (code, _, err) = cli(&m, &["status", "pool"]);
+    let (code, _, err) = m.cli(&["status", "pool"]);
     assert_eq!(code, Some(0), "{err}");
     assert!(!m.log_text().contains("Too many open files"), "{}", m.log_text());
 }
@@ -349,7 +334,7 @@ fn a_stalled_stderr_reader_does_not_stall_the_master() {
         let mut fds = [nix::poll::PollFd::new(std::os::fd::AsFd::as_fd(&read_end), nix::poll::PollFlags::POLLIN)];
         nix::poll::poll(&mut fds, 0u16).unwrap_or(0) > 0
     });
-    let (code, out, err) = cli(&m, &["status", "pool", "--json"]);
+    let (code, out, err) = m.cli(&["status", "pool", "--json"]);
     assert_eq!(code, Some(0), "status got no answer: {err}");
     assert!(out.contains("\"log_messages_dropped\""), "{out}");
     // A killed worker is replaced while stderr stays stalled, and the master's own messages
@@ -361,7 +346,7 @@ fn a_stalled_stderr_reader_does_not_stall_the_master() {
         now.len() == 2 && !now.contains(&python)
     });
     let dropped = wait_for("dropped messages counted", TIMEOUT, || {
-        let (_, out, _) = cli(&m, &["status", "pool", "--json"]);
+        let (_, out, _) = m.cli(&["status", "pool", "--json"]);
         let v: serde_json::Value = serde_json::from_str(&out).ok()?;
         v["log_messages_dropped"].as_u64().filter(|n| *n > 0)
     });
@@ -395,7 +380,7 @@ fn a_master_stopped_longer_than_the_watchdog_keeps_its_healthy_workers() {
     let t = std::time::Instant::now();
     wait_until("4 more watchdog timeouts of running", TIMEOUT, || t.elapsed() > std::time::Duration::from_secs(2));
     assert_eq!(m.wait_workers(2), pids, "healthy workers were killed after the master resumed");
-    let (_, out, _) = cli(&m, &["status", "pool", "--json"]);
+    let (_, out, _) = m.cli(&["status", "pool", "--json"]);
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(v["restarts_by_reason"]["watchdog"], 0, "{out}");
 }

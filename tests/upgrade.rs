@@ -6,7 +6,6 @@ mod common;
 
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
@@ -37,21 +36,8 @@ fn start(tag: &str, args: &str, extra: &str) -> Pool {
 }
 
 impl Pool {
-    fn cli(&self, args: &[&str]) -> (Option<i32>, String, String) {
-        let out = Command::new(CORRAL)
-            .args(args)
-            .env("CORRAL_RUNTIME_ROOT", self.m.dir.join("run"))
-            .env("NO_COLOR", "1")
-            .output()
-            .expect("run corral");
-        (
-            out.status.code(),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
-    }
     fn status(&self) -> Value {
-        let (code, out, err) = self.cli(&["status", "pool", "--json"]);
+        let (code, out, err) = self.m.cli(&["status", "pool", "--json"]);
         assert_eq!(code, Some(0), "{err}");
         serde_json::from_str(&out).unwrap()
     }
@@ -94,7 +80,7 @@ fn upgrade_under_load(keep_alive: bool) {
     let (a, b) = builds();
     for i in 0..20 {
         p.install(if i % 2 == 0 { &b } else { &a }, 0o755);
-        let (code, out, err) = p.cli(&["upgrade", "pool"]);
+        let (code, out, err) = p.m.cli(&["upgrade", "pool"]);
         assert_eq!(code, Some(0), "upgrade {i}: {out}{err}\n{}", p.m.log_text());
         assert!(out.contains("upgraded in place") && out.contains("2 of 2 workers kept"), "{out}");
         assert!(p.runs_current_file(), "upgrade {i}: the master does not run the new file");
@@ -111,7 +97,7 @@ fn upgrade_under_load(keep_alive: bool) {
     wait_until(&format!("the master's descriptors back to {fds}"), TIMEOUT, || fd_count(master) <= fds);
     assert_eq!(children(master).len(), 2, "the master's children are not flat");
     // The new image still supervises: it reloads and stops cleanly.
-    let (code, _, err) = p.cli(&["reload", "pool"]);
+    let (code, _, err) = p.m.cli(&["reload", "pool"]);
     assert_eq!(code, Some(0), "{err}");
     p.m.signal(Signal::SIGTERM);
     assert_eq!(p.m.wait_exit(), Some(0));
@@ -156,34 +142,34 @@ fn refusals_leave_the_pool_untouched() {
     // A binary that cannot read the state (an incompatible version says so and exits 1).
     let original = std::fs::read(&p.exe).unwrap();
     p.install(b"#!/bin/sh\necho \"this corral cannot read state format 1\" >&2\nexit 1\n", 0o755);
-    let (code, _, err) = p.cli(&["upgrade", "pool"]);
+    let (code, _, err) = p.m.cli(&["upgrade", "pool"]);
     assert_eq!(code, Some(1));
     assert!(err.contains("upgrade refused") && err.contains("this corral cannot read state format 1"), "{err}");
     untouched("incompatible binary");
     // Not executable.
     p.install(&original, 0o644);
-    let (code, _, err) = p.cli(&["upgrade", "pool"]);
+    let (code, _, err) = p.m.cli(&["upgrade", "pool"]);
     assert_eq!(code, Some(1));
     assert!(err.contains("cannot run the new binary") && err.contains("Permission denied"), "{err}");
     untouched("non-executable binary");
     // Missing.
     std::fs::remove_file(&p.exe).unwrap();
-    let (code, _, err) = p.cli(&["upgrade", "pool"]);
+    let (code, _, err) = p.m.cli(&["upgrade", "pool"]);
     assert_eq!(code, Some(1));
     assert!(err.contains("No such file or directory"), "{err}");
     untouched("missing binary");
     // During a reload (new workers take 4s to be ready).
     p.install(&original, 0o755);
     assert_ne!(ino(&p.exe), before);
-    let (code, _, err) = p.cli(&["reload", "pool", "--no-wait"]);
+    let (code, _, err) = p.m.cli(&["reload", "pool", "--no-wait"]);
     assert_eq!(code, Some(0), "{err}");
-    let (code, _, err) = p.cli(&["upgrade", "pool"]);
+    let (code, _, err) = p.m.cli(&["upgrade", "pool"]);
     assert_eq!(code, Some(1));
     assert!(err.contains("a reload to generation 2 is in progress"), "{err}");
     assert_eq!(p.status()["upgrades"], 0);
     // After it, the upgrade goes through.
     wait_until("the reload done", TIMEOUT, || p.status()["generation"] == 2 && p.status()["reloading"] == false);
-    let (code, out, err) = p.cli(&["upgrade", "pool"]);
+    let (code, out, err) = p.m.cli(&["upgrade", "pool"]);
     assert_eq!(code, Some(0), "{out}{err}");
 }
 
@@ -195,7 +181,7 @@ fn a_worker_that_dies_around_the_exec_is_reaped_and_replaced_by_the_new_image() 
     p.install(&b, 0o755);
     // Killed right before the upgrade: its exit is reaped by one image or the other.
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(workers[0]), Signal::SIGKILL).unwrap();
-    let (code, out, err) = p.cli(&["upgrade", "pool"]);
+    let (code, out, err) = p.m.cli(&["upgrade", "pool"]);
     assert_eq!(code, Some(0), "{out}{err}");
     wait_until("the dead worker replaced", TIMEOUT, || {
         let now = p.m.workers();
@@ -211,7 +197,7 @@ fn a_watchdog_deadline_and_the_counters_survive_the_upgrade() {
     // new image, from the deadline the old one set.
     let p = start("upwd", ", \"--watchdog\", \"--stop-pinging-after\", \"1500\"", "[watchdog]\ntimeout = \"1s\"\n");
     p.m.wait_workers(2);
-    let (code, out, err) = p.cli(&["upgrade", "pool"]);
+    let (code, out, err) = p.m.cli(&["upgrade", "pool"]);
     assert_eq!(code, Some(0), "{out}{err}");
     wait_until("the silent workers aborted by the new image", TIMEOUT, || {
         p.status()["restarts_by_reason"]["watchdog"].as_u64().unwrap_or(0) >= 2

@@ -24,42 +24,8 @@ fn minimal_config_gets_defaults() {
 
 #[test]
 fn full_config_from_the_spec_parses() {
-    let text = r#"
-name = "myapi"
-command = ["node", "src/index.js"]
-workdir = "/srv/myapi"
-instances = "max"
-user = "myapi"
-env = { NODE_ENV = "production" }
-instance_var = "NODE_APP_INSTANCE"
-listen = ["127.0.0.1:3000", "unix:/run/myapi/http.sock", "8080"]
-[ready]
-mode = "notify"
-timeout = "30s"
-[stop]
-signal = "SIGTERM"
-timeout = "30s"
-[restart]
-delay = "100ms"
-max_delay = "30s"
-min_uptime = "5s"
-max_restarts = 15
-window = "60s"
-[reload]
-batch = "25%"
-[limits]
-memory = "300MiB"
-interval = "5s"
-[watchdog]
-timeout = "10s"
-[recycle]
-after = "24h"
-jitter = "1h"
-[logs]
-target = "auto"
-[metrics]
-listen = "127.0.0.1:9464"
-"#;
+    // The SPEC's example config, also the fuzz targets' seed (tests/fuzz.rs).
+    let text = include_str!("../../tests/data/full.toml");
     let c = parse(text).unwrap();
     assert_eq!(c.instances, 8);
     assert_eq!(c.batch(8), 2);

@@ -299,6 +299,22 @@ impl Master {
         status.code()
     }
 
+    /// `corral ARGS` as its user would run it, pointed at this master's runtime root:
+    /// (exit code, stdout, stderr).
+    pub fn cli(&self, args: &[&str]) -> (Option<i32>, String, String) {
+        let out = Command::new(CORRAL)
+            .args(args)
+            .env("CORRAL_RUNTIME_ROOT", self.dir.join("run"))
+            .env("NO_COLOR", "1")
+            .output()
+            .expect("run corral");
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
     pub fn running(&mut self) -> bool {
         self.child.try_wait().ok().flatten().is_none()
     }
