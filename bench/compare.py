@@ -67,6 +67,21 @@ def free_port():
         return s.getsockname()[1]
 
 
+def control(path, request, timeout=10.0):
+    """One request to a corral master's control socket; the raw reply (empty if the connection
+    closed without one, as an upgrade's exec does)."""
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.settimeout(timeout)
+    s.connect(path)
+    s.sendall(json.dumps(request).encode())
+    s.shutdown(socket.SHUT_WR)
+    data = b""
+    while chunk := s.recv(1 << 20):
+        data += chunk
+    s.close()
+    return data
+
+
 def proc_stat(pid):
     with open(f"/proc/{pid}/stat") as f:
         return f.read().rsplit(")", 1)[1].split()

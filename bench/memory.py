@@ -22,23 +22,10 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "bench"))
-from compare import free_port, rss_bytes  # noqa: E402
+from compare import control, free_port, rss_bytes  # noqa: E402
 
 CORRAL = os.path.join(ROOT, "target/release/corral")
 WORKER = os.path.join(ROOT, "tests/worker.py")
-
-
-def ask(path, req, timeout=10.0):
-    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    s.settimeout(timeout)
-    s.connect(path)
-    s.sendall(json.dumps(req).encode())
-    s.shutdown(socket.SHUT_WR)
-    data = b""
-    while chunk := s.recv(65536):
-        data += chunk
-    s.close()
-    return json.loads(data)
 
 
 def main():
@@ -56,10 +43,10 @@ def main():
     env = dict(os.environ, CORRAL_RUNTIME_ROOT=os.path.join(tmp, "run"))
     master = subprocess.Popen([CORRAL, "run", "-c", cfg], env=env, stdout=subprocess.DEVNULL,
                               stderr=subprocess.DEVNULL)
-    control = os.path.join(tmp, "run/pool/control.sock")
+    sock = os.path.join(tmp, "run/pool/control.sock")
 
     def status():
-        return ask(control, {"cmd": "status"})["status"]
+        return json.loads(control(sock, {"cmd": "status"}))["status"]
 
     def settle(timeout=120):
         deadline = time.monotonic() + timeout
@@ -80,7 +67,7 @@ def main():
         peak = idle
         t0 = time.monotonic()
         for _ in range(args.requests):
-            ask(control, {"cmd": "reload", "wait": False})
+            control(sock, {"cmd": "reload", "wait": False})
             peak = max(peak, rss_bytes(master.pid))
             time.sleep(args.interval_ms / 1000)
         st = settle()

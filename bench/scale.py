@@ -31,24 +31,11 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "bench"))
-from compare import free_port, proc_stat, rss_bytes  # noqa: E402
+from compare import control, free_port, proc_stat, rss_bytes  # noqa: E402
 from core import FakeSystemd  # noqa: E402
 
 CORRAL = os.environ.get("CORRAL_BIN", os.path.join(ROOT, "target/release/corral"))
 TCK = os.sysconf("SC_CLK_TCK")
-
-
-def ask(path, req, timeout=30.0):
-    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    s.settimeout(timeout)
-    s.connect(path)
-    s.sendall(json.dumps(req).encode())
-    s.shutdown(socket.SHUT_WR)
-    data = b""
-    while chunk := s.recv(1 << 20):
-        data += chunk
-    s.close()
-    return data
 
 
 def http_get(port, path):
@@ -143,7 +130,7 @@ def reload_time(pool, batch):
     with open(pool.cfg, "w") as f:
         f.write(pool.text.replace("batch = 1", f"batch = {batch}"))
     t = time.monotonic()
-    reply = json.loads(ask(pool.control, {"cmd": "reload", "wait": True}, timeout=600))
+    reply = json.loads(control(pool.control, {"cmd": "reload", "wait": True}, timeout=600))
     if not reply.get("ok"):
         raise SystemExit(f"reload failed: {reply}")
     return time.monotonic() - t
@@ -157,7 +144,7 @@ def measure(tmp, n, kind, idle_seconds):
         time.sleep(6)  # past the first [limits] sample
         r["rss_kib"] = rss_bytes(pool.p.pid) // 1024
         r["idle_cpu_percent"], r["wakeups_per_minute"] = idle([pool.p.pid], idle_seconds)
-        r["status_s"], r["status_bytes"] = timed(lambda: ask(pool.control, {"cmd": "status"}))
+        r["status_s"], r["status_bytes"] = timed(lambda: control(pool.control, {"cmd": "status"}))
         r["metrics_s"], r["metrics_bytes"] = timed(lambda: http_get(pool.mport, "/metrics"))
         victim = children(pool.p.pid)[0]
         t = time.monotonic()

@@ -29,26 +29,15 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "bench"))
-from compare import free_port  # noqa: E402
+from compare import control as request, free_port  # noqa: E402
+
+
+def ask(path, req, timeout=5.0):
+    data = request(path, req, timeout)
+    return json.loads(data) if data else None
 
 CORRAL = os.path.join(ROOT, "target/release/corral")
 NODE_APP = os.path.join(ROOT, "examples/node/app.js")
-
-
-def ask(sock_path, request, timeout=5.0):
-    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    s.settimeout(timeout)
-    s.connect(sock_path)
-    s.sendall(json.dumps(request).encode())
-    s.shutdown(socket.SHUT_WR)
-    data = b""
-    while True:
-        chunk = s.recv(65536)
-        if not chunk:
-            break
-        data += chunk
-    s.close()
-    return json.loads(data) if data else None
 
 
 class Client(threading.Thread):
