@@ -28,10 +28,7 @@ command -v taskset >/dev/null || need+=(util-linux)                  # CPU affin
 command -v mandoc >/dev/null || need+=(mandoc)                       # man page lint
 command -v mmdebstrap >/dev/null || need+=(mmdebstrap)               # E2E images
 command -v systemd-nspawn >/dev/null || need+=(systemd-container)    # E2E boots
-for tool in lintian:lintian rpmlint:rpmlint createrepo_c:createrepo-c apt-ftparchive:apt-utils gpg:gnupg \
-    shellcheck:shellcheck rpm:rpm dnf:dnf; do                         # packages (packaging/build, dnf check)
-  command -v "${tool%%:*}" >/dev/null || need+=("${tool#*:}")
-done
+command -v dnf >/dev/null || need+=(dnf)                             # reads the test dnf repository
 if [ ${#need[@]} -gt 0 ]; then
   echo "installing test dependencies: ${need[*]}"
   sudo=""; [ "$(id -u)" -eq 0 ] || sudo="sudo"
@@ -39,10 +36,10 @@ if [ ${#need[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -q --no-install-recommends "${need[@]}"
 fi
 
-# The cargo plugins packaging/build uses, pinned.
+# What packaging/build needs (linters, repository tools, the pinned cargo plugins), up front:
+# the package tests run it in parallel with other tests that must not race it for dpkg's lock.
+bash packaging/build --tools
 export PATH="$HOME/.cargo/bin:$PATH"
-command -v cargo-deb >/dev/null || cargo install --locked --version 3.8.0 cargo-deb
-command -v cargo-generate-rpm >/dev/null || cargo install --locked --version 0.21.1 cargo-generate-rpm
 
 # The tests run `python3`: make it Debian's, whatever else is first on PATH (a pyenv or venv
 # Python would hide a missing Debian package).

@@ -33,6 +33,7 @@ fn boot_with(suite: &str, scenario: &str, extra: impl FnOnce(&std::path::Path)) 
     std::fs::copy(CORRAL, inp.join("corral")).unwrap();
     std::fs::copy(worker_py(), inp.join("worker.py")).unwrap();
     std::fs::copy(format!("{here}/{scenario}"), inp.join("run")).unwrap();
+    std::fs::copy(format!("{here}/lib.sh"), inp.join("lib.sh")).unwrap();
     std::fs::copy(concat!(env!("CARGO_MANIFEST_DIR"), "/units/corral@.service"), inp.join("corral@.service")).unwrap();
     extra(&inp);
 

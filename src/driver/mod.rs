@@ -151,8 +151,6 @@ pub struct Driver {
     resumed: Option<String>,
     /// Inodes of the listening sockets: a process holding one of them can serve.
     listen_inodes: Vec<u64>,
-    /// While an exit is handled: the worker's last lines, for the notice that explains it.
-    exited_tail: Option<journal::Tail>,
     /// When the workers' processes were last sampled.
     last_sample: Option<Instant>,
 }
@@ -299,7 +297,6 @@ impl Driver {
             pending_upgrade: None,
             resumed: None,
             listen_inodes: Vec::new(),
-            exited_tail: None,
             last_sample: None,
         }
         .with_listen_inodes())
@@ -433,7 +430,7 @@ impl Driver {
         while let Some(event) = self.events.pop_front() {
             let actions = self.pool.handle(Instant::now(), event);
             for notice in self.pool.take_notices() {
-                log_notice(&notice, self.exited_tail.as_ref());
+                log_notice(&notice);
             }
             for action in actions {
                 self.execute(action);
@@ -507,9 +504,7 @@ impl Driver {
             if let Some(meta) = self.workers.remove(&pid) {
                 // Whatever the worker left behind in its process group goes with it.
                 let _ = killpg(pid, Signal::SIGKILL);
-                self.exited_tail = Some(meta.tail);
-                self.dispatch(Event::Exited { pid, status });
-                self.exited_tail = None;
+                self.dispatch(Event::Exited { pid, status, last_output: journal::tail_lines(&meta.tail) });
             } else {
                 tracing::debug!(pid = pid.as_raw(), "reaped a stray process ({status})");
                 if let Some(s) = &self.strays {
@@ -605,9 +600,8 @@ fn own_children() -> Vec<Pid> {
     out
 }
 
-/// A pool notice as a log line, inside a span naming the worker it is about. A worker that
-/// exited right after it started gets its last lines of output quoted (`tail`).
-fn log_notice(notice: &Notice, tail: Option<&journal::Tail>) {
+/// A pool notice as a log line, inside a span naming the worker it is about.
+fn log_notice(notice: &Notice) {
     let span = match notice.worker() {
         Some(w) => {
             tracing::info_span!("worker", slot = w.slot, pid = w.pid.map(Pid::as_raw), generation = w.generation)
@@ -615,23 +609,10 @@ fn log_notice(notice: &Notice, tail: Option<&journal::Tail>) {
         None => tracing::Span::none(),
     };
     let _in = span.enter();
-    let mut text = notice.to_string();
-    if let (Notice::ExitedBeforeReady(_, _, after), Some(tail)) = (notice, tail) {
-        if *after < crate::pool::EARLY_EXIT {
-            let lines = journal::tail_lines(tail);
-            if lines.is_empty() {
-                text.push_str("; it wrote nothing");
-            } else {
-                let quoted: Vec<String> =
-                    lines.iter().map(|l| format!("{:?}", crate::status::escape_terminal(l))).collect();
-                text.push_str(&format!("; its last output: {}", quoted.join(", ")));
-            }
-        }
-    }
     match notice.severity() {
-        Severity::Error => tracing::error!("{text}"),
-        Severity::Warning => tracing::warn!("{text}"),
-        Severity::Info => tracing::info!("{text}"),
+        Severity::Error => tracing::error!("{notice}"),
+        Severity::Warning => tracing::warn!("{notice}"),
+        Severity::Info => tracing::info!("{notice}"),
     }
 }
 

@@ -281,7 +281,6 @@ impl Driver {
             pending_upgrade: None,
             resumed: Some(state.from_version),
             listen_inodes: Vec::new(),
-            exited_tail: None,
             last_sample: None,
         }
         .with_listen_inodes();

@@ -21,7 +21,14 @@ impl Pool {
     }
 
     /// A worker process was reaped.
-    pub(super) fn on_exited(&mut self, now: Instant, pid: Pid, status: ExitStatus, out: &mut Vec<Action>) {
+    pub(super) fn on_exited(
+        &mut self,
+        now: Instant,
+        pid: Pid,
+        status: ExitStatus,
+        last_output: Vec<String>,
+        out: &mut Vec<Action>,
+    ) {
         let Some(i) = self.workers.iter().position(|w| w.pid == Some(pid)) else { return };
         let w = self.workers.remove(i);
         if !w.is_live() {
@@ -36,7 +43,8 @@ impl Pool {
             format!("worker {} (pid {pid}) exited with {status}", w.slot)
         } else {
             let after = now.saturating_duration_since(w.started);
-            self.notices.push(Notice::ExitedBeforeReady(w.who(), status, after));
+            let last_output = if after < EARLY_EXIT { last_output } else { Vec::new() };
+            self.notices.push(Notice::ExitedBeforeReady(w.who(), status, after, last_output));
             format!(
                 "worker {} (pid {pid}) of generation {} exited with {status} before it was ready",
                 w.slot, w.generation

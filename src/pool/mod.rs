@@ -175,7 +175,7 @@ impl Pool {
             }
             Event::SpawnFailed { id, error } => self.on_spawn_failed(now, id, error, &mut out),
             Event::Ready { pid } => self.on_ready(now, pid, &mut out),
-            Event::Exited { pid, status } => self.on_exited(now, pid, status, &mut out),
+            Event::Exited { pid, status, last_output } => self.on_exited(now, pid, status, last_output, &mut out),
             Event::WatchdogPing { pid } => self.on_ping(now, pid),
             Event::MemorySamples(samples) => {
                 for (pid, rss) in samples {

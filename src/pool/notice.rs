@@ -32,8 +32,9 @@ pub enum Notice {
     /// Exited after it was asked to stop.
     Stopped(WorkerRef, ExitStatus),
     ExitedUnexpectedly(WorkerRef, ExitStatus),
-    /// With how long after its start: moments mean it never got going.
-    ExitedBeforeReady(WorkerRef, ExitStatus, Duration),
+    /// With how long after its start (moments mean it never got going) and, then, its last
+    /// lines of output.
+    ExitedBeforeReady(WorkerRef, ExitStatus, Duration, Vec<String>),
     CannotStart(WorkerRef, String),
     /// With whether it was waited for as `ready.mode = "notify"` (then the hint names the
     /// other modes).
@@ -148,14 +149,25 @@ impl fmt::Display for Notice {
             Notice::Ready(_) => write!(f, "worker ready"),
             Notice::Stopped(_, status) => write!(f, "worker stopped ({status})"),
             Notice::ExitedUnexpectedly(_, status) => write!(f, "worker exited unexpectedly ({status})"),
-            Notice::ExitedBeforeReady(_, status, after) if *after < EARLY_EXIT => write!(
-                f,
-                "worker exited {} after it started, before it was ready ({status}); usual causes: it binds \
-                 its own port instead of taking the socket at fd 3 (LISTEN_FDS), or it ignores LISTEN_FDS \
-                 and LISTEN_PID; or its command or environment is wrong",
-                human(*after)
-            ),
-            Notice::ExitedBeforeReady(_, status, _) => write!(f, "worker exited before it was ready ({status})"),
+            Notice::ExitedBeforeReady(_, status, after, last_output) if *after < EARLY_EXIT => {
+                write!(
+                    f,
+                    "worker exited {} after it started, before it was ready ({status}); usual causes: it binds \
+                     its own port instead of taking the socket at fd 3 (LISTEN_FDS), or it ignores LISTEN_FDS \
+                     and LISTEN_PID; or its command or environment is wrong",
+                    human(*after)
+                )?;
+                if last_output.is_empty() {
+                    return write!(f, "; it wrote nothing");
+                }
+                write!(f, "; its last output: ")?;
+                for (i, line) in last_output.iter().enumerate() {
+                    let sep = if i == 0 { "" } else { ", " };
+                    write!(f, "{sep}{:?}", crate::status::escape_terminal(line))?;
+                }
+                Ok(())
+            }
+            Notice::ExitedBeforeReady(_, status, ..) => write!(f, "worker exited before it was ready ({status})"),
             Notice::CannotStart(_, error) => write!(f, "cannot start worker: {error}"),
             Notice::NotReadyInTime(_, after, true) => write!(
                 f,

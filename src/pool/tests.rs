@@ -112,7 +112,7 @@ fn ready(pid: i32) -> Event {
     Event::Ready { pid: Pid::from_raw(pid) }
 }
 fn exited(pid: i32, code: i32) -> Event {
-    Event::Exited { pid: Pid::from_raw(pid), status: ExitStatus::Code(code) }
+    Event::Exited { pid: Pid::from_raw(pid), status: ExitStatus::Code(code), last_output: Vec::new() }
 }
 fn reload(config: Arc<Config>, reply: ReplyId) -> Event {
     Event::Reload { config: Ok(config), reply: Some(reply) }

@@ -67,6 +67,9 @@ pub enum Event {
     Exited {
         pid: Pid,
         status: ExitStatus,
+        /// Its last lines of output (recorded during its first second only: they explain a
+        /// worker that exits right after it starts).
+        last_output: Vec<String>,
     },
     /// `WATCHDOG=1` from this pid.
     WatchdogPing {

@@ -4,22 +4,11 @@
 # /e2e/worker.py is the test worker. Every check prints "ok: …" or "FAIL: …"; the last line is
 # "E2E PASSED" or "E2E FAILED", and "FIGURE: …" lines carry the measured counts.
 set -u
-failed=0
-ok() { echo "ok: $*"; }
-fail() { echo "FAIL: $*"; failed=1; }
-wait_for() { # wait_for DESCRIPTION COMMAND…: poll up to 30 s
-  what=$1; shift; i=0
-  until "$@" >/dev/null 2>&1; do i=$((i+1)); [ $i -gt 300 ] && { fail "$what"; return 1; }; sleep 0.1; done
-  ok "$what"
-}
+. /e2e/lib.sh
 V1=$(cat /e2e/v1/VERSION)
 V2=$(cat /e2e/v2/VERSION)
 echo "systemd $(systemctl --version | head -1 | awk '{print $2}'), corral $V1 -> $V2"
 
-if ! python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); s.listen(); c=socket.create_connection(s.getsockname(), timeout=5)' 2>/dev/null; then
-  echo "FAIL: no working loopback in the container (nested containers may not get one): the E2E checks cannot run here"
-  echo "E2E FAILED"; exit 1
-fi
 
 # Only our repository: the container has no network for the Debian mirror in its sources.
 apt_repo() { # apt_repo v1|v2
@@ -164,4 +153,4 @@ wait_for "no worker left after rpm -e" sh -c '! pgrep -f "[a]pp.js|[w]orker.py"'
 [ -e /etc/corral/myapi.toml ] && ok "rpm -e keeps the pool configs" || fail "rpm -e removed configs"
 [ -z "$(find /etc/systemd/system -xtype l)" ] && ok "no dangling unit links after rpm -e" || fail "dangling after rpm -e"
 
-[ $failed = 0 ] && echo "E2E PASSED" || echo "E2E FAILED"
+finish

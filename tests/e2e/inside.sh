@@ -2,22 +2,9 @@
 # Runs inside the booted container (as /e2e/run): the user's story, under a real systemd.
 # Every check prints "ok: …" or "FAIL: …"; the last line is "E2E PASSED" or "E2E FAILED".
 set -u
-failed=0
-ok() { echo "ok: $*"; }
-fail() { echo "FAIL: $*"; failed=1; }
-wait_for() { # wait_for DESCRIPTION COMMAND…: poll up to 30 s
-  what=$1; shift; i=0
-  until "$@" >/dev/null 2>&1; do i=$((i+1)); [ $i -gt 300 ] && { fail "$what"; return 1; }; sleep 0.1; done
-  ok "$what"
-}
+. /e2e/lib.sh
 status_text() { systemctl show myapi -p StatusText --value; }
 
-# Nested containers sometimes cannot bring their loopback device up; every check below needs it.
-if ! python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); s.listen(); c=socket.create_connection(s.getsockname(), timeout=5)' 2>/dev/null; then
-  echo "FAIL: no working loopback in the container (nested containers may not get one): the E2E checks cannot run here"
-  echo "E2E FAILED"; exit 1
-fi
-ok "loopback works"
 
 install -m 0755 /e2e/corral /usr/bin/corral
 cp /e2e/worker.py /srv/worker.py
@@ -83,4 +70,4 @@ kill -9 "$wrapped_main"
 wait_for "the wrapped worker ended with its killed master's cgroup" sh -c "! kill -0 $wrapped_worker"
 systemctl stop corral@wrapped.service
 
-[ $failed = 0 ] && echo "E2E PASSED" || echo "E2E FAILED"
+finish
