@@ -22,6 +22,8 @@
 //! - [`control`], [`status`], [`metrics`], `accept`: the control socket behind `corral status`,
 //!   `reload` and `scale`; status snapshots and /proc sampling; Prometheus `/metrics` and
 //!   `/health`; the connection limits and accept back-off both listeners share.
+//! - [`accepting`], `ipc`: the two ready modes the master observes itself ("listen": a worker
+//!   waiting for connections, seen in /proc; "ipc": Node's `process.send('ready')`).
 //! - [`runtime`]: the pool's runtime directory, created and checked without following links.
 //! - [`init`]: `corral init`, which writes a pool's config and systemd units.
 //! - [`upgrade`]: `corral upgrade`, the master re-executing its new binary in place (same pid,
@@ -39,6 +41,8 @@ pub const VERSION: &str = match option_env!("CORRAL_BUILD_VERSION") {
 };
 
 pub(crate) mod accept;
+pub mod accepting;
+pub(crate) mod ipc;
 pub mod cli;
 pub mod config;
 pub mod control;

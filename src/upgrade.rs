@@ -78,6 +78,9 @@ pub struct WorkerFds {
     pub generation: u64,
     pub stdout: Option<RawFd>,
     pub stderr: Option<RawFd>,
+    /// The master's end of its Node IPC channel ("ipc" mode).
+    #[serde(default)]
+    pub ipc: Option<RawFd>,
     pub status: Option<String>,
 }
 
@@ -88,7 +91,7 @@ impl UpgradeState {
         fds.extend([self.notify.fd, self.control.fd, self.runtime.fd]);
         fds.extend(self.metrics);
         for w in &self.workers {
-            fds.extend(w.stdout.into_iter().chain(w.stderr));
+            fds.extend(w.stdout.into_iter().chain(w.stderr).chain(w.ipc));
         }
         fds
     }

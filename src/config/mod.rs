@@ -48,9 +48,55 @@ fn line_col(text: &str, offset: usize) -> (usize, usize) {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ReadyMode {
+    /// The worker sends `READY=1` on `NOTIFY_SOCKET`.
     Notify,
+    /// A process of the worker's group waits for connections on an inherited socket (seen by
+    /// the master in /proc: see `crate::accepting`).
+    Listen,
+    /// Node's `process.send('ready')` on the IPC channel corral gives (`NODE_CHANNEL_FD`).
+    Ipc,
     Spawn,
     Delay,
+}
+
+/// Where a worker's readiness came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReadySignal {
+    /// `READY=1` on the notify socket.
+    Notify,
+    /// Seen waiting for connections on an inherited socket.
+    Listening,
+    /// `'ready'` on the Node IPC channel.
+    Ipc,
+}
+
+impl ReadyMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ReadyMode::Notify => "notify",
+            ReadyMode::Listen => "listen",
+            ReadyMode::Ipc => "ipc",
+            ReadyMode::Spawn => "spawn",
+            ReadyMode::Delay => "delay",
+        }
+    }
+
+    /// Whether a worker in this mode is made ready by `signal`. `READY=1` counts in every mode
+    /// except "listen": there the master's own observation decides, because the process that
+    /// sends `READY=1` is not always the one that serves (gunicorn's arbiter sends it before its
+    /// worker process accepts). In "delay" and "spawn" it can only make a worker ready sooner.
+    pub fn accepts(self, signal: ReadySignal) -> bool {
+        match (self, signal) {
+            (ReadyMode::Listen, s) => s == ReadySignal::Listening,
+            (ReadyMode::Ipc, s) => s != ReadySignal::Listening,
+            (_, s) => s == ReadySignal::Notify,
+        }
+    }
+
+    /// Whether the worker has `ready.timeout` to become ready.
+    pub fn has_timeout(self) -> bool {
+        matches!(self, ReadyMode::Notify | ReadyMode::Listen | ReadyMode::Ipc)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]

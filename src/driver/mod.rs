@@ -36,6 +36,7 @@ use crate::sockets::ListenSockets;
 use crate::status::{self, LastReload, PoolStatus, WorkerStatus};
 
 mod observe;
+mod readiness;
 mod requests;
 mod upgrade;
 mod workers;
@@ -62,6 +63,9 @@ pub enum StartError {
     /// The new image of `corral upgrade` could not take over.
     #[error("cannot take over after the upgrade: {0}")]
     Resume(String),
+    /// The config asks for what this pool cannot do (e.g. "listen" readiness without sockets).
+    #[error("{0}")]
+    Config(String),
 }
 
 /// What the driver knows about a live worker process.
@@ -71,6 +75,8 @@ struct WorkerMeta {
     /// over (the forwarding tasks own the originals).
     stdout: Option<OwnedFd>,
     stderr: Option<OwnedFd>,
+    /// A duplicate of the master's end of its Node IPC channel ("ipc" mode), for the same.
+    ipc: Option<OwnedFd>,
     /// The worker's own `STATUS=`.
     status: Option<String>,
     /// Last /proc sample: RSS bytes and CPU ticks of the process group.
@@ -90,6 +96,7 @@ impl WorkerMeta {
         WorkerMeta {
             stdout: None,
             stderr: None,
+            ipc: None,
             status: None,
             rss: None,
             cpu_ticks: None,
@@ -153,6 +160,8 @@ pub struct Driver {
     listen_inodes: Vec<u64>,
     /// When the workers' processes were last sampled.
     last_sample: Option<Instant>,
+    /// Starting workers watched for readiness by the master ("listen" and "ipc" modes).
+    ready_watch: readiness::ReadyWatch,
 }
 
 /// The last step of a stop: processes left behind by workers.
@@ -273,7 +282,7 @@ impl Driver {
             );
         }
         tracing::info!("pool {}: {} workers of `{}`", config.name, config.instances, config.command.join(" "));
-        Ok(Driver {
+        let driver = Driver {
             name: Arc::from(config.name.as_str()),
             pool: Pool::new(config),
             config_path: config_path.to_owned(),
@@ -298,8 +307,11 @@ impl Driver {
             resumed: None,
             listen_inodes: Vec::new(),
             last_sample: None,
+            ready_watch: readiness::ReadyWatch::new(),
         }
-        .with_listen_inodes())
+        .with_listen_inodes();
+        driver.check_ready_mode(driver.pool.config()).map_err(StartError::Config)?;
+        Ok(driver)
     }
 
     async fn run(&mut self) -> i32 {
@@ -361,6 +373,7 @@ impl Driver {
                 self.exec_upgrade(pending);
             }
             let deadline = self.pool.next_deadline().map(tokio::time::Instant::from_std);
+            let listen_check = self.ready_watch.next_check().map(tokio::time::Instant::from_std);
             let sleep = tokio::time::sleep_until(deadline.unwrap_or_else(|| tokio::time::Instant::now() + hour));
             tokio::select! {
                 biased;
@@ -371,6 +384,10 @@ impl Driver {
                 Some(()) = ttin.recv() => self.dispatch(Event::Scale { request: ScaleRequest::Add(1), reply: None }),
                 Some(()) = ttou.recv() => self.dispatch(Event::Scale { request: ScaleRequest::Add(-1), reply: None }),
                 Some(()) = usr2.recv() => self.begin_upgrade(None),
+                Some(pid) = self.ready_watch.ipc_rx.recv() => {
+                    self.dispatch(Event::Ready { pid, signal: crate::config::ReadySignal::Ipc });
+                }
+                () = sleep_until_some(listen_check), if listen_check.is_some() => self.check_listening(),
                 msg = self.notify.recv() => match msg {
                     Ok(msg) => self.on_notify(msg),
                     Err(e) => tracing::warn!("notify socket: {e}"),
@@ -617,6 +634,12 @@ fn log_notice(notice: &Notice) {
 }
 
 /// The moment left-behind processes get SIGKILL, or never.
+async fn sleep_until_some(at: Option<tokio::time::Instant>) {
+    if let Some(at) = at {
+        tokio::time::sleep_until(at).await;
+    }
+}
+
 async fn stray_deadline(strays: Option<&Strays>) {
     match strays {
         Some(s) if !s.killed => tokio::time::sleep_until(s.kill_at).await,

@@ -45,7 +45,9 @@ impl Driver {
 
     pub(super) fn reload(&mut self, reply: Option<ReplyId>) {
         tracing::info!("reload requested: reading {}", self.config_path.display());
-        let config = Config::load(&self.config_path).map(Arc::new).map_err(|e| e.to_string());
+        let config = Config::load(&self.config_path)
+            .map_err(|e| e.to_string())
+            .and_then(|c| self.check_ready_mode(&c).map(|()| Arc::new(c)));
         if let Ok(c) = &config {
             if c.listen != self.pool.config().listen && !self.sockets.activated {
                 tracing::warn!(
@@ -94,7 +96,7 @@ impl Driver {
             }
         }
         if msg.get("READY") == Some("1") {
-            self.dispatch(Event::Ready { pid });
+            self.dispatch(Event::Ready { pid, signal: crate::config::ReadySignal::Notify });
         }
         if msg.get("WATCHDOG") == Some("1") {
             self.dispatch(Event::WatchdogPing { pid });

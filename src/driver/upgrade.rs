@@ -79,6 +79,7 @@ impl Driver {
                 generation: w.generation,
                 stdout: meta.and_then(|m| m.stdout.as_ref()).map(|f| f.as_raw_fd()),
                 stderr: meta.and_then(|m| m.stderr.as_ref()).map(|f| f.as_raw_fd()),
+                ipc: meta.and_then(|m| m.ipc.as_ref()).map(|f| f.as_raw_fd()),
                 status: meta.and_then(|m| m.status.clone()),
             });
         }
@@ -282,6 +283,7 @@ impl Driver {
             resumed: Some(state.from_version),
             listen_inodes: Vec::new(),
             last_sample: None,
+            ready_watch: super::readiness::ReadyWatch::new(),
         }
         .with_listen_inodes();
         for w in state.workers {
@@ -303,7 +305,18 @@ impl Driver {
             if let Some(fd) = w.stderr {
                 meta.stderr = driver.forward_kept(adopt(fd)?, Stream::Stderr, origin);
             }
+            let ipc = w.ipc.map(adopt).transpose()?;
+            meta.ipc = ipc.as_ref().and_then(|fd| fd.try_clone().ok());
             driver.workers.insert(pid, meta);
+            // A worker still starting is watched again for the signal its mode waits for (its
+            // channel is read again in any case: a ready worker may keep writing to it).
+            let mode = driver
+                .pool
+                .workers()
+                .iter()
+                .find(|x| x.pid == Some(pid) && x.is_starting())
+                .map(|x| driver.pool.config_of(x.generation).ready.mode);
+            driver.watch_ready(pid, mode.unwrap_or(crate::config::ReadyMode::Notify), ipc);
         }
         drop(crate::os::fds::adopt(state_fd));
         Ok(driver)

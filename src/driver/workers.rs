@@ -2,6 +2,7 @@
 //! (`crate::spawn`) and the tasks that forward its output.
 
 use super::*;
+use crate::config::ReadyMode;
 
 impl Driver {
     pub(super) fn spawn_worker(&mut self, slot: usize, generation: u64, config: &Config) -> Result<Pid, SpawnError> {
@@ -18,10 +19,25 @@ impl Driver {
                 }
             }
         };
-        let env = self.worker_env(slot, generation, config, credentials.as_ref());
+        let mut env = self.worker_env(slot, generation, config, credentials.as_ref());
+        if config.ready.mode == ReadyMode::Ipc {
+            env.push(("NODE_CHANNEL_FD".into(), (3 + self.sockets.sockets.len()).to_string()));
+            env.push(("NODE_CHANNEL_SERIALIZATION_MODE".into(), "json".into()));
+        }
         let path = env.iter().rev().find(|(k, _)| k == "PATH").map(|(_, v)| OsString::from(v));
         let program = spawn::resolve_program(&config.command[0], path.as_deref())?;
-        let fds = self.sockets.fds();
+        // "ipc": Node's channel goes after the listening sockets.
+        let ipc = match config.ready.mode {
+            ReadyMode::Ipc => Some(crate::ipc::channel().map_err(|e| SpawnError::Resources {
+                what: "create the worker's IPC channel".into(),
+                error: e.to_string(),
+            })?),
+            _ => None,
+        };
+        let mut fds = self.sockets.fds();
+        if let Some((_, theirs)) = &ipc {
+            fds.push(theirs.as_fd());
+        }
         let mut pid_vars = Vec::new();
         if !fds.is_empty() {
             pid_vars.push("LISTEN_PID");
@@ -34,7 +50,7 @@ impl Driver {
             argv: &config.command,
             env: &env,
             pid_vars: &pid_vars,
-            listen_fds: &fds,
+            fds: &fds,
             workdir: config.workdir.as_deref(),
             credentials: credentials.as_ref(),
             inherit_output: config.logs.target == LogTarget::Inherit,
@@ -56,7 +72,10 @@ impl Driver {
         if let Some(err) = child.stderr {
             meta.stderr = self.forward_kept(err, Stream::Stderr, origin);
         }
+        let ours = ipc.map(|(ours, _theirs)| ours);
+        meta.ipc = ours.as_ref().and_then(|fd| fd.try_clone().ok());
         self.workers.insert(pid, meta);
+        self.watch_ready(pid, config.ready.mode, ours);
         Ok(pid)
     }
 

@@ -57,8 +57,8 @@ impl Pool {
     pub(super) fn not_ready_in_time(&mut self, now: Instant, i: usize, out: &mut Vec<Action>) {
         let w = self.workers[i].clone();
         let timeout = self.configs[&w.generation].ready.timeout.0;
-        let notify = self.configs[&w.generation].ready.mode == crate::config::ReadyMode::Notify;
-        self.notices.push(Notice::NotReadyInTime(w.who(), timeout, notify));
+        let mode = self.configs[&w.generation].ready.mode;
+        self.notices.push(Notice::NotReadyInTime(w.who(), timeout, mode));
         self.enter(now, i, Enter::Stop(StopReason::ReadyTimeout), out);
         let pid = w.pid.map_or_else(String::new, |p| format!(" (pid {p})"));
         let reason = format!(

@@ -49,7 +49,7 @@ use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::config::{Config, ReadyMode, StopMode, MAX_INSTANCES};
+use crate::config::{Config, ReadyMode, ReadySignal, StopMode, MAX_INSTANCES};
 
 mod converge;
 mod crash;
@@ -174,7 +174,7 @@ impl Pool {
                 }
             }
             Event::SpawnFailed { id, error } => self.on_spawn_failed(now, id, error, &mut out),
-            Event::Ready { pid } => self.on_ready(now, pid, &mut out),
+            Event::Ready { pid, signal } => self.on_ready(now, pid, signal, &mut out),
             Event::Exited { pid, status, last_output } => self.on_exited(now, pid, status, last_output, &mut out),
             Event::WatchdogPing { pid } => self.on_ping(now, pid),
             Event::MemorySamples(samples) => {
@@ -287,6 +287,11 @@ impl Pool {
 
     pub fn config(&self) -> &Arc<Config> {
         &self.configs[&self.target]
+    }
+
+    /// The config a generation runs with (the target's, for a generation not known).
+    pub fn config_of(&self, generation: Generation) -> &Arc<Config> {
+        self.configs.get(&generation).unwrap_or_else(|| self.config())
     }
 
     /// Slots (of the desired ones) that have a ready worker: what "4/4 ready" counts.

@@ -8,6 +8,7 @@ use std::time::Duration;
 use super::Pid;
 
 use super::{ExitStatus, Generation, SlotId};
+use crate::config::ReadyMode;
 
 /// Which worker a notice is about.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -38,7 +39,7 @@ pub enum Notice {
     CannotStart(WorkerRef, String),
     /// With whether it was waited for as `ready.mode = "notify"` (then the hint names the
     /// other modes).
-    NotReadyInTime(WorkerRef, Duration, bool),
+    NotReadyInTime(WorkerRef, Duration, ReadyMode),
     WatchdogSilent(WorkerRef, Duration),
     OverMemory {
         worker: WorkerRef,
@@ -169,7 +170,7 @@ impl fmt::Display for Notice {
             }
             Notice::ExitedBeforeReady(_, status, ..) => write!(f, "worker exited before it was ready ({status})"),
             Notice::CannotStart(_, error) => write!(f, "cannot start worker: {error}"),
-            Notice::NotReadyInTime(_, after, true) => write!(
+            Notice::NotReadyInTime(_, after, ReadyMode::Notify) => write!(
                 f,
                 "worker not ready after {}: with ready.mode = \"notify\" it must send READY=1 to \
                  $NOTIFY_SOCKET (sd_notify; from Node, the `systemd-notify --ready` binary or a native \
@@ -177,7 +178,21 @@ impl fmt::Display for Notice {
                  (ready at exec), see corral.toml(5)",
                 human(*after)
             ),
-            Notice::NotReadyInTime(_, after, false) => write!(f, "worker not ready after {}", human(*after)),
+            Notice::NotReadyInTime(_, after, ReadyMode::Listen) => write!(
+                f,
+                "worker not ready after {}: with ready.mode = \"listen\" a process of the worker must wait \
+                 for connections on the socket it inherited (fd 3 on, see LISTEN_FDS), not on a socket of \
+                 its own; an app that uses io_uring or binds its own port needs \"notify\", see corral.toml(5)",
+                human(*after)
+            ),
+            Notice::NotReadyInTime(_, after, ReadyMode::Ipc) => write!(
+                f,
+                "worker not ready after {}: with ready.mode = \"ipc\" the Node worker must call \
+                 process.send('ready') (PM2's wait_ready); a program that is not Node has no IPC channel, \
+                 use \"listen\" or \"notify\", see corral.toml(5)",
+                human(*after)
+            ),
+            Notice::NotReadyInTime(_, after, _) => write!(f, "worker not ready after {}", human(*after)),
             Notice::WatchdogSilent(_, after) => {
                 write!(f, "no WATCHDOG=1 for {}: killing the worker with SIGABRT", human(*after))
             }

@@ -109,7 +109,7 @@ impl Sim {
 }
 
 fn ready(pid: i32) -> Event {
-    Event::Ready { pid: Pid::from_raw(pid) }
+    Event::Ready { pid: Pid::from_raw(pid), signal: ReadySignal::Notify }
 }
 fn exited(pid: i32, code: i32) -> Event {
     Event::Exited { pid: Pid::from_raw(pid), status: ExitStatus::Code(code), last_output: Vec::new() }

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use super::Pid;
 use nix::sys::signal::Signal;
 
-use crate::config::Config;
+use crate::config::{Config, ReadySignal};
 
 pub type SlotId = usize;
 pub type Generation = u64;
@@ -59,9 +59,12 @@ pub enum Event {
         id: WorkerId,
         error: String,
     },
-    /// `READY=1` from this pid (credentials checked by the driver).
+    /// Worker `pid` says, or was seen to be, ready: `READY=1` (credentials checked by the
+    /// driver), accepting on an inherited socket, or `'ready'` on its IPC channel. Counts only
+    /// where the worker's `ready.mode` takes that signal.
     Ready {
         pid: Pid,
+        signal: ReadySignal,
     },
     /// A worker process was reaped.
     Exited {

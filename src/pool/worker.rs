@@ -111,7 +111,7 @@ impl Worker {
     pub(super) fn is_ready(&self) -> bool {
         self.state == WorkerState::Ready
     }
-    pub(super) fn is_starting(&self) -> bool {
+    pub fn is_starting(&self) -> bool {
         matches!(self.state, WorkerState::Spawning | WorkerState::Starting { .. })
     }
     /// Alive, of the target generation, and not marked for replacement.
@@ -165,7 +165,7 @@ impl Pool {
                     ReadyMode::Delay => {
                         WorkerState::Starting { timeout_at: None, ready_at: Some(later(now, ready.delay.0)) }
                     }
-                    ReadyMode::Notify => {
+                    ReadyMode::Notify | ReadyMode::Listen | ReadyMode::Ipc => {
                         WorkerState::Starting { timeout_at: Some(later(now, ready.timeout.0)), ready_at: None }
                     }
                 };
@@ -220,9 +220,11 @@ impl Pool {
     }
 
     /// `READY=1` from `pid` (credentials checked by the driver).
-    pub(super) fn on_ready(&mut self, now: Instant, pid: Pid, out: &mut Vec<Action>) {
+    pub(super) fn on_ready(&mut self, now: Instant, pid: Pid, signal: ReadySignal, out: &mut Vec<Action>) {
         if let Some(i) = self.workers.iter().position(|w| w.pid == Some(pid) && w.is_starting()) {
-            self.enter(now, i, Enter::Ready, out);
+            if self.configs[&self.workers[i].generation].ready.mode.accepts(signal) {
+                self.enter(now, i, Enter::Ready, out);
+            }
         }
     }
 
