@@ -307,8 +307,8 @@ mod tests {
         assert!(wait_until(false), "accept returned");
 
         let t = std::thread::spawn(move || {
-            let mut p = [nix::poll::PollFd::new(&listener, nix::poll::PollFlags::POLLIN)];
-            nix::poll::poll(&mut p, 10_000).map(|_| ())
+            let mut p = [nix::poll::PollFd::new(std::os::fd::AsFd::as_fd(&listener), nix::poll::PollFlags::POLLIN)];
+            nix::poll::poll(&mut p, nix::poll::PollTimeout::from(10_000u16)).map(|_| ())
         });
         assert!(wait_until(true), "a thread blocked in poll");
         std::net::TcpStream::connect(addr).unwrap();

@@ -24,20 +24,20 @@ use tokio::sync::mpsc;
 /// A message longer than this is not a readiness message: the rest of it is skipped.
 pub const MAX_LINE: usize = 64 * 1024;
 /// Bytes read per second before the reader pauses.
-pub const BUDGET: usize = 1 << 20;
+pub const BUDGET: usize = 8 << 20;
 
 /// A fresh channel: (the master's end, the worker's end). Both close on exec and block (the
 /// worker gets a descriptor as Node's own fork makes it); the spawn places the worker's end at
 /// its number, which clears close-on-exec there, and [`watch`] makes the master's non-blocking.
 pub fn channel() -> std::io::Result<(OwnedFd, OwnedFd)> {
-    socketpair(AddressFamily::Unix, SockType::Stream, None, SockFlag::SOCK_CLOEXEC)
-        .map_err(std::io::Error::from)
+    socketpair(AddressFamily::Unix, SockType::Stream, None, SockFlag::SOCK_CLOEXEC).map_err(std::io::Error::from)
 }
 
 /// Whether one line of Node's JSON serialization says the worker is ready: the string
-/// `"ready"`, as `process.send('ready')` writes it.
+/// `"ready"`, as `process.send('ready')` writes it. Longer lines are not even parsed.
 pub fn is_ready(line: &[u8]) -> bool {
-    matches!(serde_json::from_slice::<serde_json::Value>(line), Ok(serde_json::Value::String(s)) if s == "ready")
+    line.len() <= 64
+        && matches!(serde_json::from_slice::<serde_json::Value>(line), Ok(serde_json::Value::String(s)) if s == "ready")
 }
 
 /// Read worker `pid`'s channel until it closes; send `pid` to `ready` at its first `"ready"`.
@@ -54,7 +54,7 @@ pub async fn watch(fd: OwnedFd, pid: Pid, ready: mpsc::UnboundedSender<Pid>) {
 }
 
 async fn read_messages(mut stream: tokio::net::UnixStream, pid: Pid, ready: mpsc::UnboundedSender<Pid>) {
-    let mut buf = vec![0u8; 16 * 1024];
+    let mut buf = vec![0u8; 64 * 1024];
     let mut line: Vec<u8> = Vec::new();
     let mut skipping = false;
     let mut sent = false;
@@ -67,13 +67,17 @@ async fn read_messages(mut stream: tokio::net::UnixStream, pid: Pid, ready: mpsc
             Ok(n) => n,
         };
         read_in_window += n;
-        for &b in &buf[..n] {
-            if b != b'\n' {
-                if line.len() < MAX_LINE {
-                    line.push(b);
-                } else {
-                    skipping = true;
-                }
+        let mut rest = &buf[..n];
+        while !rest.is_empty() {
+            let (part, ended) = match rest.iter().position(|&b| b == b'\n') {
+                Some(i) => (&rest[..i], true),
+                None => (rest, false),
+            };
+            rest = &rest[part.len() + usize::from(ended)..];
+            let room = MAX_LINE.saturating_sub(line.len());
+            line.extend_from_slice(&part[..part.len().min(room)]);
+            skipping |= part.len() > room;
+            if !ended {
                 continue;
             }
             if !skipping && !sent && is_ready(&line) {
@@ -118,7 +122,9 @@ mod tests {
     fn ready_messages() {
         assert!(is_ready(br#""ready""#));
         assert!(is_ready(br#"  "ready" "#));
-        for other in [&br#""online""#[..], br#"{"raw":"ready"}"#, br#"{"cmd":"NODE_HANDLE_ACK"}"#, b"ready", b"", b"\xff"] {
+        for other in
+            [&br#""online""#[..], br#"{"raw":"ready"}"#, br#"{"cmd":"NODE_HANDLE_ACK"}"#, b"ready", b"", b"\xff"]
+        {
             assert!(!is_ready(other), "{:?}", String::from_utf8_lossy(other));
         }
     }

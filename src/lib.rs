@@ -42,12 +42,12 @@ pub const VERSION: &str = match option_env!("CORRAL_BUILD_VERSION") {
 
 pub(crate) mod accept;
 pub mod accepting;
-pub(crate) mod ipc;
 pub mod cli;
 pub mod config;
 pub mod control;
 pub mod driver;
 pub mod init;
+pub(crate) mod ipc;
 pub mod journal;
 pub mod metrics;
 pub mod notify;

@@ -63,9 +63,6 @@ pub enum StartError {
     /// The new image of `corral upgrade` could not take over.
     #[error("cannot take over after the upgrade: {0}")]
     Resume(String),
-    /// The config asks for what this pool cannot do (e.g. "listen" readiness without sockets).
-    #[error("{0}")]
-    Config(String),
 }
 
 /// What the driver knows about a live worker process.
@@ -282,7 +279,7 @@ impl Driver {
             );
         }
         tracing::info!("pool {}: {} workers of `{}`", config.name, config.instances, config.command.join(" "));
-        let driver = Driver {
+        Ok(Driver {
             name: Arc::from(config.name.as_str()),
             pool: Pool::new(config),
             config_path: config_path.to_owned(),
@@ -309,9 +306,7 @@ impl Driver {
             last_sample: None,
             ready_watch: readiness::ReadyWatch::new(),
         }
-        .with_listen_inodes();
-        driver.check_ready_mode(driver.pool.config()).map_err(StartError::Config)?;
-        Ok(driver)
+        .with_listen_inodes())
     }
 
     async fn run(&mut self) -> i32 {

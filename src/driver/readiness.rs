@@ -55,11 +55,15 @@ impl Driver {
         let now = Instant::now();
         // Workers that are no longer starting (ready by another signal, stopped, exited) are
         // not watched any more.
-        let starting: Vec<Pid> =
-            self.pool.workers().iter().filter(|w| w.is_starting()).filter_map(|w| w.pid).collect();
+        let starting: Vec<Pid> = self.pool.workers().iter().filter(|w| w.is_starting()).filter_map(|w| w.pid).collect();
         self.ready_watch.listening.retain(|pid, _| starting.contains(pid));
-        let due: Vec<(Pid, Duration)> =
-            self.ready_watch.listening.iter().filter(|(_, (at, _))| *at <= now).map(|(p, (_, wait))| (*p, *wait)).collect();
+        let due: Vec<(Pid, Duration)> = self
+            .ready_watch
+            .listening
+            .iter()
+            .filter(|(_, (at, _))| *at <= now)
+            .map(|(p, (_, wait))| (*p, *wait))
+            .collect();
         if due.is_empty() {
             return;
         }
@@ -79,18 +83,5 @@ impl Driver {
                 self.ready_watch.listening.insert(pid, (Instant::now() + wait, next));
             }
         }
-    }
-
-    /// `ready.mode = "listen"` needs sockets to watch: refuse it (at start and at reload) when
-    /// the pool has none.
-    pub(super) fn check_ready_mode(&self, config: &Config) -> Result<(), String> {
-        if config.ready.mode == ReadyMode::Listen && self.sockets.sockets.is_empty() {
-            return Err(format!(
-                "{}: ready.mode = \"listen\" needs a listening socket, and this pool has none (no `listen` \
-                 in the config and none from systemd): add `listen`, or use mode = \"notify\"",
-                config.path.display()
-            ));
-        }
-        Ok(())
     }
 }

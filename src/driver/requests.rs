@@ -45,9 +45,7 @@ impl Driver {
 
     pub(super) fn reload(&mut self, reply: Option<ReplyId>) {
         tracing::info!("reload requested: reading {}", self.config_path.display());
-        let config = Config::load(&self.config_path)
-            .map_err(|e| e.to_string())
-            .and_then(|c| self.check_ready_mode(&c).map(|()| Arc::new(c)));
+        let config = Config::load(&self.config_path).map(Arc::new).map_err(|e| e.to_string());
         if let Ok(c) = &config {
             if c.listen != self.pool.config().listen && !self.sockets.activated {
                 tracing::warn!(

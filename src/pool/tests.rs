@@ -902,3 +902,35 @@ fn the_first_crash_after_a_healthy_run_restarts_at_once_and_a_crash_loop_backs_o
     assert_eq!(sim.pool.restarts_total(), 4);
     assert_eq!(count(&sim, RestartReason::Crash), 4);
 }
+
+/// Each ready mode takes its own signals: "listen" only what the master saw (not `READY=1`,
+/// which gunicorn's arbiter sends before its workers accept), "ipc" Node's message or
+/// `READY=1`, the others `READY=1`; and "listen"/"ipc" have `ready.timeout` like "notify".
+#[test]
+fn each_ready_mode_takes_its_own_signals() {
+    use crate::config::ReadySignal::{Ipc, Listening, Notify};
+    let table = [
+        ("notify", Notify, true),
+        ("notify", Listening, false),
+        ("notify", Ipc, false),
+        ("listen", Listening, true),
+        ("listen", Notify, false),
+        ("listen", Ipc, false),
+        ("ipc", Ipc, true),
+        ("ipc", Notify, true),
+        ("ipc", Listening, false),
+        ("delay", Notify, true),
+        ("delay", Listening, false),
+        ("delay", Ipc, false),
+    ];
+    for (mode, signal, taken) in table {
+        let mut sim = Sim::new(config(&BASE.replace("[ready]\n", &format!("[ready]\nmode = \"{mode}\"\n"))));
+        assert_eq!(sim.step(0, Event::Start), ["spawn 0 g1 = 100", "spawn 1 g1 = 101"]);
+        if mode != "delay" {
+            assert_eq!(sim.pool.next_deadline(), Some(sim.at(10_000)), "{mode}: ready.timeout applies");
+        }
+        assert!(sim.step(5, Event::Ready { pid: Pid::from_raw(100), signal }).is_empty());
+        let want: &[&str] = if taken { &["READY"] } else { &[] };
+        assert_eq!(sim.step(6, Event::Ready { pid: Pid::from_raw(101), signal }), want, "{mode} {signal:?}");
+    }
+}
