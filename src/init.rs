@@ -65,7 +65,10 @@ pub fn render(req: &InitRequest) -> Result<Vec<File>, String> {
     cfg += "# Used when the pool runs without its .socket unit (`corral run` by hand):\n";
     let addrs: Vec<String> = req.listen.iter().map(|l| toml_str(l)).collect();
     cfg += &format!("listen = [{}]\n", addrs.join(", "));
-    cfg += "\n[ready]\nmode = \"notify\"   # the worker sends READY=1 on NOTIFY_SOCKET; \"delay\" if it cannot\ntimeout = \"30s\"\n";
+    cfg += "\n[ready]\n\
+             mode = \"listen\"   # ready once it waits for connections on its socket: no app change needed;\n\
+             \x20                 # \"notify\" if the app sends READY=1 when warm, \"ipc\" for process.send('ready')\n\
+             timeout = \"30s\"\n";
     Config::parse(&config_path, &cfg, 1).map_err(|e| format!("the config would be invalid: {e}"))?;
 
     let header =
