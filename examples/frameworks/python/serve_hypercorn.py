@@ -1,0 +1,38 @@
+"""hypercorn (FastAPI) under corral, with the drain. Socket: `fd://3`. Ready: mode = "listen".
+(The stock way is `hypercorn --bind fd://3 app:app`, which shuts down at once on SIGTERM.)"""
+
+import asyncio
+import os
+import signal
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from hypercorn.asyncio import serve  # noqa: E402
+from hypercorn.config import Config  # noqa: E402
+
+from app import app  # noqa: E402
+from drain import GRACE, Drain  # noqa: E402
+
+config = Config()
+config.bind = ["fd://3"]
+config.graceful_timeout = 10
+config.loglevel = "WARNING"
+drain = Drain(app)
+
+
+async def main():
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+
+    async def shutdown_trigger():
+        await stop.wait()
+        drain.closing = True
+        await asyncio.sleep(GRACE)
+
+    await serve(drain, config, shutdown_trigger=shutdown_trigger)
+
+
+asyncio.run(main())
