@@ -11,6 +11,8 @@
 # - installs Debian packages the tests use, once: systemd (systemd-socket-activate, journald),
 #   util-linux, mandoc, python3-prometheus-client (Debian's python3 runs the test worker and
 #   validates /metrics: no pip), mmdebstrap and systemd-container (the E2E images);
+# - fetches pinned framework versions (Node 22 and npm packages, a Python virtualenv) into
+#   target/frameworks-cache/ for the framework recipes (docs/frameworks.md);
 # - builds Debian root filesystems for the E2E tests into /var/cache/corral-e2e (about 300 MB
 #   each for bookworm and trixie, kept between runs; delete the folder to reclaim the space).
 #   The E2E tests need a machine where systemd-nspawn can boot a container;
@@ -29,6 +31,12 @@ command -v mandoc >/dev/null || need+=(mandoc)                       # man page 
 command -v mmdebstrap >/dev/null || need+=(mmdebstrap)               # E2E images
 command -v systemd-nspawn >/dev/null || need+=(systemd-container)    # E2E boots
 command -v dnf >/dev/null || need+=(dnf)                             # reads the test dnf repository
+# The framework recipes (tests/frameworks/run.py): npm fetches Node 22, Express and Fastify;
+# a virtualenv takes the pinned Python servers (no pip into Debian's Python); Go 1.19 builds.
+command -v node >/dev/null || need+=(nodejs)                          # the "ipc" ready-mode tests
+command -v npm >/dev/null || need+=(npm)
+/usr/bin/python3 -c 'import ensurepip' 2>/dev/null || need+=(python3-venv)
+command -v go >/dev/null || need+=(golang-go)
 if [ ${#need[@]} -gt 0 ]; then
   echo "installing test dependencies: ${need[*]}"
   sudo=""; [ "$(id -u)" -eq 0 ] || sudo="sudo"

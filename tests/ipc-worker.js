@@ -4,6 +4,8 @@
 //   FLOOD=N         first send N junk messages of 1 KiB (as a chatty PM2 module would)
 //   MARKER=DIR      write DIR/<pid> just before process.send('ready')
 //   NEVER=1         never send 'ready'
+//   PING_EVERY=MS   send 'ping' this often (a closed channel then crashes the worker: Node
+//                   emits ERR_IPC_CHANNEL_CLOSED as an unhandled 'error')
 'use strict';
 const http = require('http');
 const fs = require('fs');
@@ -14,6 +16,7 @@ server.listen({ fd: 3 }, () => {
   for (let i = 0; i < Number(process.env.FLOOD || 0); i++) {
     process.send({ type: 'axm:monitor', data: junk, i });
   }
+  if (process.env.PING_EVERY) setInterval(() => process.send('ping'), Number(process.env.PING_EVERY));
   setTimeout(() => {
     if (process.env.NEVER) return;
     if (process.env.MARKER) fs.writeFileSync(`${process.env.MARKER}/${process.pid}`, 'ready');

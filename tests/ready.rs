@@ -176,3 +176,29 @@ fn ipc_mode_with_a_program_that_is_not_node() {
     m.wait_log("with ready.mode = \"ipc\" the Node worker must call process.send('ready')");
     assert_eq!(m.wait_exit(), Some(1));
 }
+
+/// `corral upgrade` hands the IPC channels over: workers that keep writing to theirs do not see
+/// it close (Node would crash on ERR_IPC_CHANNEL_CLOSED), and a worker started by the new image
+/// is made ready by its 'ready' message.
+#[test]
+fn ipc_channels_survive_an_upgrade() {
+    let mut m = Master::start("ipc-upgrade", &ipc_pool(", PING_EVERY = \"10\"", "30s"), Options::default());
+    std::fs::create_dir_all(m.dir.join("marks")).unwrap();
+    m.systemd().wait("READY=1");
+    let before = m.wait_workers(2);
+    let (code, out, err) = m.cli(&["upgrade", "pool"]);
+    assert_eq!(code, Some(0), "{out}{err}");
+    m.wait_log("took over from corral");
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(before[0]), nix::sys::signal::Signal::SIGKILL).unwrap();
+    let status = || -> serde_json::Value {
+        let (_, out, _) = m.cli(&["status", "pool", "--json"]);
+        serde_json::from_str(&out).unwrap_or_default()
+    };
+    let replaced = wait_for("a replacement made ready over IPC by the new image", TIMEOUT, || {
+        let s = status();
+        let pids: Vec<i64> = s["workers"].as_array()?.iter().filter_map(|w| w["pid"].as_i64()).collect();
+        (s["ready"] == 2 && !pids.contains(&i64::from(before[0]))).then_some(pids)
+    });
+    assert!(replaced.contains(&i64::from(before[1])), "the other worker kept its channel: {replaced:?}");
+    assert!(marked(m.dir.path()).len() >= 3, "the replacement sent 'ready'");
+}

@@ -291,6 +291,8 @@ def main():
     ap.add_argument("--docs", action="store_true")
     ap.add_argument("--no-stock", action="store_true", help="run only the recipes")
     a = ap.parse_args()
+    if a.docs and (a.only or a.no_stock):
+        ap.error("--docs rewrites the whole table: run every framework, recipe and stock")
     only = set(a.only.split(",")) if a.only else None
     s = Setup(a.cache, a.corral)
     wanted = lambda *names: only is None or any(n in only for n in names)  # noqa: E731
@@ -310,12 +312,13 @@ def main():
             for variant in ("recipe",) if a.no_stock else ("recipe", "stock"):
                 row = measure(s, fw, variant, a.reloads, tmp)
                 if "error" in row or row["reloads_ok"] < row["reloads"]:
-                    print(open(row["log"]).read()[-3000:], file=sys.stderr)
+                    print(f"---- {row['log']} ----\n" + open(row["log"]).read()[-3000:], file=sys.stderr)
+                row.pop("log")
                 rows.append(row)
                 log(f"{fw['name']:17} {variant:6} reloads {row['reloads_ok']}/{row['reloads']} "
                     f"new-connection {cell(row, 'close'):>14}  keep-alive {cell(row, 'keepalive'):>14}"
-                    + (f"  {row.get('keepalive', {}).get('errors') or ''}" if "error" not in row else
-                       f"  {row['error']}"))
+                    + (f"  {row['close']['errors'] or ''} {row['keepalive']['errors'] or ''}"
+                       if "error" not in row else f"  {row['error']}"))
     text = table(fws, rows)
     print(text)
     if a.json:
@@ -326,10 +329,9 @@ def main():
         p = os.path.join(ROOT, "docs", "frameworks.md")
         doc = open(p).read()
         i, j = doc.index(TABLE_BEGIN) + len(TABLE_BEGIN), doc.index(TABLE_END)
-        when = time.strftime("%Y-%m-%d")
-        doc = doc[:i] + f"\n{text}\n\n_{a.reloads} rolling reloads per run, 2 workers, batch 1; "
-        doc += f"measured {when} on a 2-core machine._\n" + doc[j:]
-        open(p, "w").write(doc)
+        note = (f"_{a.reloads} rolling reloads per run, 2 workers, batch 1; measured "
+                f"{time.strftime('%Y-%m-%d')} on a {os.cpu_count()}-core machine._")
+        open(p, "w").write(f"{doc[:i]}\n{text}\n\n{note}\n{doc[j:]}")
     bad = [r for r in rows if r["variant"] == "recipe" and
            ("error" in r or r["reloads_ok"] < r["reloads"] or r["close"]["failed"] or r["keepalive"]["failed"])]
     bad += [r for r in rows if r["variant"] == "stock" and "error" in r]

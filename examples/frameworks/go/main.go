@@ -1,9 +1,10 @@
 // Go net/http under corral, standard library only. Socket: fd 3 (`net.FileListener`). Ready:
 // mode = "listen" (Go's netpoller registers the socket in epoll when Serve starts).
 //
-// The drain, on SIGTERM: every response says `Connection: close` (so clients move to another
-// worker after their answer), then after a grace second `Shutdown`, which stops accepting,
-// closes idle connections and waits for requests in flight. `Shutdown` alone closes idle
+// The drain, on SIGTERM: stop accepting (close this process's listener: the socket stays open
+// in the other workers), every response says `Connection: close` (so clients move to another
+// worker after their answer), then after a grace second `Shutdown`, which closes the
+// connections left idle and waits for requests in flight. `Shutdown` alone closes idle
 // keep-alive connections at once, racing requests already sent on them (and so does
 // `SetKeepAlivesEnabled(false)`: it closes idle connections too).
 // SHUTDOWN=stock calls `Shutdown` at once, for comparison.
@@ -46,6 +47,7 @@ func main() {
 		<-stop
 		if os.Getenv("SHUTDOWN") != "stock" {
 			draining.Store(true)
+			ln.Close()
 			time.Sleep(time.Second)
 		}
 		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
@@ -53,7 +55,7 @@ func main() {
 		srv.Shutdown(ctx)
 		close(done)
 	}()
-	if err := srv.Serve(ln); err != http.ErrServerClosed {
+	if err := srv.Serve(ln); err != http.ErrServerClosed && !draining.Load() {
 		fmt.Fprintln(os.Stderr, err)
 		os.Exit(1)
 	}

@@ -26,10 +26,24 @@ async def main():
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    # hypercorn stops accepting only when the shutdown trigger returns, and then closes the
+    # connections it just accepted whose request has not arrived yet: keep its listening
+    # servers, to stop accepting as soon as the drain starts.
+    servers = []
+    create_server = loop.create_server
+
+    async def keep_server(*args, **kwargs):
+        server = await create_server(*args, **kwargs)
+        servers.append(server)
+        return server
+
+    loop.create_server = keep_server
 
     async def shutdown_trigger():
         await stop.wait()
         drain.closing = True
+        for server in servers:
+            server.close()
         await asyncio.sleep(GRACE)
 
     await serve(drain, config, shutdown_trigger=shutdown_trigger)
