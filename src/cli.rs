@@ -75,6 +75,33 @@ pub enum Command {
         #[arg(allow_hyphen_values = true, value_name = "N|+N|-N")]
         count: String,
     },
+    /// Turn a PM2 ecosystem file into corral pools: a config and units per app, like `init`.
+    ///
+    /// Reads .js/.cjs/.mjs (evaluated with node), .json and .yaml/.yml. Prints every PM2 option
+    /// it mapped, and every one it did not with the reason and what to do instead. Nothing is
+    /// overwritten without --force; --dry-run prints the files instead.
+    Import {
+        /// The ecosystem file (ecosystem.config.js, .json, .yaml)
+        file: PathBuf,
+        /// Import only this app (its PM2 name)
+        #[arg(long)]
+        app: Option<String>,
+        /// Merge env_ENV over env, like `pm2 start --env ENV`
+        #[arg(long, value_name = "ENV")]
+        env: Option<String>,
+        /// Listen here instead of on PORT from the app's env (repeatable; one app only)
+        #[arg(long)]
+        listen: Vec<String>,
+        /// Print the report and the files instead of writing them
+        #[arg(long)]
+        dry_run: bool,
+        /// Overwrite existing files
+        #[arg(long)]
+        force: bool,
+        /// Write under this directory instead of / (for packaging and tests)
+        #[arg(long, hide = true, default_value = "/")]
+        root: PathBuf,
+    },
     /// Write /etc/corral/NAME.toml and the NAME.socket / NAME.service units for a new pool.
     ///
     /// Nothing is overwritten without --force; --dry-run prints the files instead.

@@ -46,6 +46,7 @@ pub mod cli;
 pub mod config;
 pub mod control;
 pub mod driver;
+pub mod import;
 pub mod init;
 pub(crate) mod ipc;
 pub mod journal;

@@ -116,6 +116,54 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Command::Import { file, app, env, listen, dry_run, force, root } => {
+            let binary = std::env::current_exe()
+                .ok()
+                .and_then(|p| p.canonicalize().ok())
+                .unwrap_or_else(|| "/usr/bin/corral".into());
+            let req = corral::import::ImportRequest { file, app, env, listen, root, binary };
+            let outcome = match corral::import::import(&req) {
+                Ok(o) => o,
+                Err(e) => {
+                    eprintln!("corral import: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            for p in &outcome.pools {
+                print!("{}", corral::import::render_report(p));
+            }
+            for l in &outcome.notes {
+                if let corral::import::Line::NotMapped { key, why } = l {
+                    println!("file: not mapped  {key:<22} {why}");
+                }
+            }
+            for (app, why) in &outcome.skipped {
+                eprintln!("corral import: skipped app {app:?}: {why}");
+            }
+            let files: Vec<_> = outcome.pools.iter().flat_map(|p| p.files.clone()).collect();
+            let partial = if outcome.skipped.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(1) };
+            if files.is_empty() {
+                eprintln!("corral import: nothing to import");
+                return ExitCode::from(2);
+            }
+            if dry_run {
+                for f in &files {
+                    println!("\n# {}\n{}", f.path.display(), f.text);
+                }
+                return partial;
+            }
+            if let Err(e) = corral::init::write(&files, force) {
+                eprintln!("corral import: {e}");
+                return ExitCode::from(1);
+            }
+            for f in &files {
+                println!("wrote {}", f.path.display());
+            }
+            for p in &outcome.pools {
+                print!("{}", corral::import::next_steps(p));
+            }
+            partial
+        }
         Command::Completions { shell } => {
             clap_complete::generate(shell, &mut Cli::command(), "corral", &mut std::io::stdout());
             ExitCode::SUCCESS

@@ -416,9 +416,14 @@ pub fn read_report(path: &Path) -> serde_json::Value {
 
 /// One GET over a fresh connection; returns the body.
 pub fn get(addr: SocketAddr) -> std::io::Result<String> {
+    get_path(addr, "/")
+}
+
+/// GET `path`; the body of a 200 answer.
+pub fn get_path(addr: SocketAddr, path: &str) -> std::io::Result<String> {
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
     s.set_read_timeout(Some(Duration::from_secs(10)))?;
-    s.write_all(b"GET / HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n")?;
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n").as_bytes())?;
     let mut resp = String::new();
     s.read_to_string(&mut resp)?;
     if !resp.starts_with("HTTP/1.1 200") && !resp.starts_with("HTTP/1.0 200") {

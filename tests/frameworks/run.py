@@ -104,7 +104,8 @@ class Setup:
         d = os.path.join(self.cache, "go")
         os.makedirs(d, exist_ok=True)
         self.go_bin = os.path.join(d, "server")
-        env = dict(os.environ, GOCACHE=os.path.join(d, "build-cache"), GO111MODULE="off", GOFLAGS="")
+        env = dict(os.environ, GOCACHE=os.path.join(d, "build-cache"), GOPATH=os.path.join(d, "gopath"),
+                   GO111MODULE="off", GOFLAGS="")
         run(["go", "build", "-o", self.go_bin, src], env=env)
 
     def axum(self):
