@@ -120,7 +120,7 @@ fn man_pages_render_their_value_lists_correctly() {
         assert!(!plain.contains("\"\""), "{page} renders doubled quotes:\n{text}");
         if page == "corral.toml.5" {
             for want in [
-                "mode = \"notify\" | \"spawn\" | \"delay\"",
+                "mode = \"notify\" | \"listen\" | \"ipc\" | \"spawn\" | \"delay\"",
                 "instances = N | \"max\" | \"max-K\" | \"P%\"",
                 "target = \"auto\" | \"journal\" | \"stderr\" | \"inherit\"",
             ] {
