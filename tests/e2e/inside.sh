@@ -70,4 +70,19 @@ kill -9 "$wrapped_main"
 wait_for "the wrapped worker ended with its killed master's cgroup" sh -c "! kill -0 $wrapped_worker"
 systemctl stop corral@wrapped.service
 
+# ready.mode = "listen" (what `corral init` writes) for a worker that runs as another user and
+# never sends READY=1: the master sees it wait in poll() on its socket, which needs the unit's
+# CAP_SYS_PTRACE to read /proc/PID/task/TID/syscall of a process of another user.
+corral init asnobody --listen 127.0.0.1:3300 --user nobody --instances 1 -- python3 /srv/worker.py --never-ready \
+  && ok "corral init --user nobody" || fail "corral init --user nobody"
+grep -q '^mode = "listen"' /etc/corral/asnobody.toml && ok "init writes ready.mode = listen" || fail "init ready mode"
+systemctl daemon-reload
+systemctl enable --now asnobody.socket >/dev/null 2>&1
+curl -sf --max-time 30 http://127.0.0.1:3300/ >/dev/null && ok "asnobody answers" || fail "asnobody answers"
+wait_for "a worker of user nobody that never sends READY=1 is ready once it polls its socket" \
+  sh -c 'systemctl show asnobody -p StatusText --value | grep -q "^1/1 workers ready"'
+[ "$(ps -o user= -p "$(systemctl show asnobody -p MainPID --value | xargs pgrep -P)")" = nobody ] \
+  && ok "the worker runs as nobody" || fail "the worker's user"
+systemctl stop asnobody.socket asnobody.service
+
 finish
