@@ -11,6 +11,7 @@
 # - installs Debian packages the tests use, once: systemd (systemd-socket-activate, journald),
 #   util-linux, mandoc, python3-prometheus-client (Debian's python3 runs the test worker and
 #   validates /metrics: no pip), mmdebstrap and systemd-container (the E2E images);
+# - unpacks Debian's nginx package into target/nginx (for tests/nginx.rs; not installed);
 # - fetches pinned framework versions (Node 22 and npm packages, a Python virtualenv) into
 #   target/frameworks-cache/ for the framework recipes (docs/frameworks.md);
 # - builds Debian root filesystems for the E2E tests into /var/cache/corral-e2e (about 300 MB
@@ -42,6 +43,18 @@ if [ ${#need[@]} -gt 0 ]; then
   sudo=""; [ "$(id -u)" -eq 0 ] || sudo="sudo"
   $sudo apt-get update -q
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -q --no-install-recommends "${need[@]}"
+fi
+
+# Debian's NGINX for tests/nginx.rs, unpacked into target/nginx: installing the package would
+# also start a system NGINX on port 80.
+if [ ! -x target/nginx/usr/sbin/nginx ]; then
+  rm -rf target/nginx-deb && mkdir -p target/nginx-deb
+  if ! (cd target/nginx-deb && apt-get download -q nginx >/dev/null 2>&1); then
+    sudo=""; [ "$(id -u)" -eq 0 ] || sudo="sudo"
+    $sudo apt-get update -q
+    (cd target/nginx-deb && apt-get download -q nginx)
+  fi
+  dpkg -x target/nginx-deb/nginx_*.deb target/nginx
 fi
 
 # What packaging/build needs (linters, repository tools, the pinned cargo plugins), up front:

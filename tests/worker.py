@@ -90,6 +90,8 @@ class Handler(http.server.BaseHTTPRequestHandler):
 
     def setup(self):
         self.request.setblocking(True)
+        # TCP_NODELAY exists for TCP only (a unix socket refuses it).
+        self.disable_nagle_algorithm = self.request.family != socket.AF_UNIX
         super().setup()
 
     def handle(self):
