@@ -28,6 +28,10 @@ pub enum Command {
         /// Take over from a previous image of this master (`corral upgrade` passes it)
         #[arg(long, hide = true, value_name = "FD")]
         state_fd: Option<i32>,
+        /// Act as a container's init even when not PID 1 (as PID 1 it always does): logs never
+        /// go to journald, and the process tree below is reaped and stopped with the pool
+        #[arg(long)]
+        init: bool,
     },
     /// Validate a config: exit 0, or 78 with `file:line:col: message`.
     Check {

@@ -99,6 +99,8 @@ pub const JOURNAL_SOCKET: &str = "/run/systemd/journal/socket";
 pub enum Sink {
     /// `name[slot]: line` on the master's stderr.
     Stderr,
+    /// One JSON object per line on the master's stderr (which then is its stdout).
+    Json,
     /// journald's native protocol, on a datagram socket connected to [`JOURNAL_SOCKET`].
     Journal(tokio::net::UnixDatagram),
 }
@@ -115,6 +117,7 @@ impl Sink {
     pub async fn write(&self, origin: &Origin, rec: &Record<'_>) {
         match self {
             Sink::Stderr => write_stderr(origin, rec).await,
+            Sink::Json => crate::stderr::write_waiting(json_line(origin, rec).as_bytes()).await,
             Sink::Journal(sock) => {
                 let msg = journal_message(origin, rec);
                 match sock.send(&msg).await {
@@ -140,6 +143,28 @@ async fn write_stderr(origin: &Origin, rec: &Record<'_>) {
     // A log line is text for a terminal or a file: no escape sequence of the worker's gets through.
     let line = format!("{}[{}]: {}\n", origin.name, origin.slot, crate::status::escape_terminal(rec.message));
     crate::stderr::write_waiting(line.as_bytes()).await;
+}
+
+/// A worker's line as one JSON object, with the fields journald would get.
+pub fn json_line(origin: &Origin, rec: &Record<'_>) -> String {
+    let level = match rec.priority {
+        0..=3 => "ERROR",
+        4 => "WARN",
+        5 | 6 => "INFO",
+        _ => "DEBUG",
+    };
+    let mut line = serde_json::json!({
+        "timestamp": humantime::format_rfc3339_micros(std::time::SystemTime::now()).to_string(),
+        "level": level,
+        "pool": &*origin.name,
+        "worker": origin.slot,
+        "pid": origin.pid,
+        "generation": origin.generation,
+        "message": rec.message,
+    })
+    .to_string();
+    line.push('\n');
+    line
 }
 
 /// One journal entry in the native protocol: `KEY=value` lines, or for values containing a

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use clap::{CommandFactory, Parser};
 use corral::cli::{Cli, Command};
-use corral::config::{self, Config, LogTarget};
+use corral::config::{self, Config, LogFormat, LogTarget};
 use corral::control::{self, Reply, Request};
 use corral::driver;
 
@@ -21,10 +21,11 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Run { state_fd: Some(fd), .. } => {
             corral::stderr::init();
-            let target = corral::upgrade::borrow(fd)
+            let (target, format) = corral::upgrade::borrow(fd)
                 .and_then(corral::upgrade::read_state)
-                .map_or(LogTarget::Auto, |s| s.log_target);
-            init_logging(target);
+                .map_or((LogTarget::Auto, LogFormat::Text), |s| (s.log_target, s.log_format));
+            // A JSON-logging master already pointed its stderr at stdout before the upgrade.
+            init_logging(target, format == LogFormat::Json && !uses_journal(target));
             finish_run(driver::resume(fd))
         }
         Command::UpgradeCheck { state_fd } => match corral::upgrade::check(state_fd) {
@@ -38,18 +39,43 @@ fn main() -> ExitCode {
             }
         },
         Command::Upgrade { name, timeout } => upgrade(name.as_deref(), timeout),
-        Command::Run { config, state_fd: None } => {
-            corral::stderr::init();
+        Command::Run { config, state_fd: None, init } => {
             let path = config::locate(config.as_deref(), env_config.as_deref(), None);
-            let config = match Config::load(&path) {
+            let mut config = match Config::load(&path) {
                 Ok(c) => c,
                 Err(e) => {
-                    init_logging(LogTarget::Auto);
+                    corral::stderr::init();
+                    init_logging(LogTarget::Auto, false);
                     tracing::error!("{e}");
                     return ExitCode::from(EX_CONFIG);
                 }
             };
-            init_logging(config.logs.target);
+            // A container's init: its logs are the container's output, whatever is mounted.
+            let container = init || std::process::id() == 1;
+            if container && config.logs.target == LogTarget::Auto {
+                config.logs.target = LogTarget::Stderr;
+            }
+            let json = config.logs.format == LogFormat::Json && !uses_journal(config.logs.target);
+            if json {
+                // Every line, the master's and the workers', goes to stdout as JSON.
+                if let Err(e) = nix::unistd::dup2_stderr(std::io::stdout()) {
+                    eprintln!("corral: cannot send the logs to stdout ({e}); they stay on stderr");
+                }
+            }
+            corral::stderr::init();
+            init_logging(config.logs.target, json);
+            if container {
+                tracing::info!(
+                    "running as the container's init (pid {}): orphans are reaped, SIGTERM/SIGINT stop the pool \
+                     gracefully{}",
+                    std::process::id(),
+                    if config.stop.drain.0.is_zero() {
+                        String::new()
+                    } else {
+                        format!(" after draining for {}", humantime::format_duration(config.stop.drain.0))
+                    }
+                );
+            }
             finish_run(driver::run(config))
         }
         Command::Check { config, name } => {
@@ -357,22 +383,37 @@ fn check(path: &Path) -> ExitCode {
     }
 }
 
+/// Whether logs for `target` go to journald.
+fn uses_journal(target: LogTarget) -> bool {
+    match target {
+        LogTarget::Journal => true,
+        LogTarget::Auto => corral::journal::stderr_is_journal(),
+        LogTarget::Stderr | LogTarget::Inherit => false,
+    }
+}
+
 /// Master logs: to journald when our stderr is connected to it (JOURNAL_STREAM) or `[logs]
 /// target = "journal"`, else text on stderr. CORRAL_LOG sets the level: error, warn, info (default), debug, trace. (A plain level
 /// rather than an EnvFilter: the master logs only its own events, and the regex engine an
 /// EnvFilter brings would be most of the master's memory.)
-fn init_logging(target: LogTarget) {
+fn init_logging(target: LogTarget, json: bool) {
     use tracing_subscriber::prelude::*;
     let filter = std::env::var("CORRAL_LOG")
         .ok()
         .and_then(|l| l.trim().parse::<tracing_subscriber::filter::LevelFilter>().ok())
         .unwrap_or(tracing_subscriber::filter::LevelFilter::INFO);
-    let journal = match target {
-        LogTarget::Journal => true,
-        LogTarget::Auto => corral::journal::stderr_is_journal(),
-        LogTarget::Stderr | LogTarget::Inherit => false,
-    };
-    if journal {
+    if json {
+        let layer = tracing_subscriber::fmt::layer()
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .with_span_list(false)
+            .with_writer(|| corral::stderr::LogWriter)
+            .with_target(false);
+        tracing_subscriber::registry().with(filter).with(layer).init();
+        return;
+    }
+    if uses_journal(target) {
         if let Ok(layer) = tracing_journald::layer() {
             tracing_subscriber::registry().with(filter).with(layer.with_syslog_identifier("corral".into())).init();
             return;

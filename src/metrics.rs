@@ -105,13 +105,28 @@ pub fn render(p: &PoolStatus) -> String {
     out
 }
 
-/// `/health`: 200 when at least one worker is ready, else 503; a small JSON body either way.
-pub fn health(p: &PoolStatus) -> (u16, String) {
-    let code = if p.ready > 0 { 200 } else { 503 };
+/// `/health`: 200 when at least one worker is ready and the pool is not draining before a
+/// stop, else 503; `/ready`: the same with `metrics.min_ready` workers; `/live`: 200 whenever
+/// the master's loop answers (a stuck master does not answer at all). A small JSON body each.
+pub fn health(p: &PoolStatus, path: &str) -> (u16, String) {
+    let needed = match path {
+        "/ready" => p.min_ready.max(1),
+        "/live" => 0,
+        _ => 1,
+    };
+    let ok = path == "/live" || (p.ready >= needed && !p.draining);
+    let code = if ok { 200 } else { 503 };
+    let status = match (ok, path) {
+        (true, "/live") => "alive",
+        (true, _) => "ok",
+        (false, _) if p.draining => "draining",
+        (false, _) => "unavailable",
+    };
     let body = serde_json::json!({
-        "status": if code == 200 { "ok" } else { "unavailable" },
+        "status": status,
         "ready": p.ready,
         "desired": p.desired,
+        "needed": needed,
         "generation": p.generation,
     });
     (code, format!("{body}\n"))
@@ -152,8 +167,8 @@ pub async fn serve(mut stream: tokio::net::TcpStream, driver: mpsc::UnboundedSen
     let (method, path) = (method.as_str(), path.as_str());
     let (code, kind, body) = if method != "GET" && method != "HEAD" {
         (405, "text/plain", "only GET\n".to_string())
-    } else if path != "/metrics" && path != "/health" {
-        (404, "text/plain", "try /metrics or /health\n".to_string())
+    } else if !["/metrics", "/health", "/ready", "/live"].contains(&path) {
+        (404, "text/plain", "try /metrics, /health, /ready or /live\n".to_string())
     } else {
         let (tx, rx) = oneshot::channel();
         let snapshot = match driver.send(SnapshotRequest(tx)) {
@@ -164,7 +179,7 @@ pub async fn serve(mut stream: tokio::net::TcpStream, driver: mpsc::UnboundedSen
             (None, _) => (503, "text/plain", "shutting down\n".to_string()),
             (Some(s), "/metrics") => (200, "application/openmetrics-text; version=1.0.0; charset=utf-8", render(&s)),
             (Some(s), _) => {
-                let (code, body) = health(&s);
+                let (code, body) = health(&s, path);
                 (code, "application/json", body)
             }
         }

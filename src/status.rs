@@ -37,6 +37,12 @@ pub struct PoolStatus {
     /// The master's own log messages dropped because its stderr's reader did not keep up.
     #[serde(default)]
     pub log_messages_dropped: u64,
+    /// Draining before a stop (`stop.drain`): serving, but /health and /ready answer 503.
+    #[serde(default)]
+    pub draining: bool,
+    /// Ready workers needed for `/ready` to answer 200 (`metrics.min_ready`, resolved).
+    #[serde(default)]
+    pub min_ready: usize,
     pub workers: Vec<WorkerStatus>,
 }
 
@@ -388,6 +394,8 @@ mod tests {
             reloads_failed: 0,
             log_messages_dropped: 0,
             upgrades: 0,
+            draining: false,
+            min_ready: 1,
             workers: vec![w(0, crate::pool::WorkerPhase::Ready), w(1, crate::pool::WorkerPhase::Starting)],
         };
         let text = render(&[p], false);

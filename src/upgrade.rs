@@ -39,6 +39,8 @@ pub struct UpgradeState {
     pub name: String,
     /// Where the master's own logs go (`[logs] target`), for the new image's first lines.
     pub log_target: crate::config::LogTarget,
+    #[serde(default)]
+    pub log_format: crate::config::LogFormat,
     /// Upgrades so far (shown by `corral status`, counted by `corral upgrade`).
     pub upgrades: u64,
     /// How long ago the master started, in nanoseconds.

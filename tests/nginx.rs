@@ -36,7 +36,10 @@ struct Nginx {
 impl Drop for Nginx {
     fn drop(&mut self) {
         // SIGQUIT: graceful stop of the master and its worker processes.
-        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.child.id() as i32), nix::sys::signal::Signal::SIGQUIT);
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.child.id() as i32),
+            nix::sys::signal::Signal::SIGQUIT,
+        );
         let deadline = std::time::Instant::now() + TIMEOUT;
         while self.child.try_wait().ok().flatten().is_none() && std::time::Instant::now() < deadline {
             std::thread::sleep(std::time::Duration::from_millis(20));
@@ -44,7 +47,10 @@ impl Drop for Nginx {
         let _ = self.child.kill();
         let _ = self.child.wait();
         if std::thread::panicking() {
-            eprintln!("---- nginx error log ----\n{}", std::fs::read_to_string(self.dir.join("error.log")).unwrap_or_default());
+            eprintln!(
+                "---- nginx error log ----\n{}",
+                std::fs::read_to_string(self.dir.join("error.log")).unwrap_or_default()
+            );
         }
     }
 }
@@ -70,7 +76,11 @@ fn nginx(upstream: &str, port: u16) -> Nginx {
     );
     std::fs::write(dir.join("nginx.conf"), conf).unwrap();
     let bin = nginx_binary();
-    let t = Command::new(&bin).args(["-t", "-p", &d.to_string(), "-e", &format!("{d}/error.log"), "-c"]).arg(dir.join("nginx.conf")).output().unwrap();
+    let t = Command::new(&bin)
+        .args(["-t", "-p", &d.to_string(), "-e", &format!("{d}/error.log"), "-c"])
+        .arg(dir.join("nginx.conf"))
+        .output()
+        .unwrap();
     assert!(t.status.success(), "nginx -t: {}", String::from_utf8_lossy(&t.stderr));
     let child = Command::new(&bin)
         .args(["-p", &d.to_string(), "-e", &format!("{d}/error.log"), "-g", "daemon off;", "-c"])
@@ -104,7 +114,8 @@ fn through_reloads(tag: &str, listen: &str, upstream: &str) {
     }
     stop.store(true, Ordering::SeqCst);
     let (fresh, kept) = (fresh.join().unwrap(), kept.join().unwrap());
-    let bad_gateway = |r: &LoadResult| r.errors.iter().filter(|(e, _)| e.contains(" 502 ")).map(|(_, n)| n).sum::<usize>();
+    let bad_gateway =
+        |r: &LoadResult| r.errors.iter().filter(|(e, _)| e.contains(" 502 ")).map(|(_, n)| n).sum::<usize>();
     eprintln!(
         "{tag}: {RELOADS} reloads; new connections: {} ok, {} failed ({} 502); keep-alive: {} ok, {} failed ({} 502), {} idle closes",
         fresh.ok,
@@ -116,7 +127,13 @@ fn through_reloads(tag: &str, listen: &str, upstream: &str) {
         kept.retried_idle_close
     );
     assert!(fresh.ok > 0 && kept.ok > 0);
-    assert_eq!((fresh.failed, kept.failed), (0, 0), "new connections: {:?}; keep-alive: {:?}", fresh.errors, kept.errors);
+    assert_eq!(
+        (fresh.failed, kept.failed),
+        (0, 0),
+        "new connections: {:?}; keep-alive: {:?}",
+        fresh.errors,
+        kept.errors
+    );
     // NGINX keeps its client connections whatever the pool does.
     assert_eq!(kept.retried_idle_close, 0);
     let served: std::collections::BTreeSet<i32> = fresh.pids.keys().chain(kept.pids.keys()).copied().collect();

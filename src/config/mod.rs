@@ -131,11 +131,19 @@ pub struct Stop {
     pub signal: Sig,
     pub timeout: Dur,
     pub mode: StopMode,
+    /// On SIGTERM/SIGINT, keep serving this long with /health and /ready answering 503 (so a
+    /// load balancer or Kubernetes stops sending) before the workers are stopped.
+    pub drain: Dur,
 }
 
 impl Default for Stop {
     fn default() -> Self {
-        Stop { signal: Sig(Signal::SIGTERM), timeout: Dur(Duration::from_secs(30)), mode: StopMode::Group }
+        Stop {
+            signal: Sig(Signal::SIGTERM),
+            timeout: Dur(Duration::from_secs(30)),
+            mode: StopMode::Group,
+            drain: Dur(Duration::ZERO),
+        }
     }
 }
 
@@ -223,12 +231,65 @@ pub enum LogTarget {
 #[serde(deny_unknown_fields, default)]
 pub struct Logs {
     pub target: LogTarget,
+    /// Without journald: "text" lines on stderr, or "json": one JSON object per line, the
+    /// master's and the workers' alike, all on stdout (for container log collectors).
+    pub format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Metrics {
     pub listen: SocketAddr,
+    /// `/ready` answers 200 with at least this many ready workers: N, or "P%" of `instances`.
+    #[serde(default)]
+    pub min_ready: MinReady,
+}
+
+/// How many ready workers make the pool ready for traffic (`/ready`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "toml::Value")]
+pub enum MinReady {
+    Count(usize),
+    Percent(u8),
+}
+
+impl Default for MinReady {
+    fn default() -> Self {
+        MinReady::Count(1)
+    }
+}
+
+impl TryFrom<toml::Value> for MinReady {
+    type Error = String;
+    fn try_from(v: toml::Value) -> Result<Self, String> {
+        let bad = || "min_ready must be a number of workers (1 or more) or a percentage like \"50%\"".to_string();
+        match v {
+            toml::Value::Integer(n) if (1..=MAX_INSTANCES as i64).contains(&n) => Ok(MinReady::Count(n as usize)),
+            toml::Value::String(s) => match s.trim().strip_suffix('%').and_then(|p| p.trim().parse::<u8>().ok()) {
+                Some(p) if (1..=100).contains(&p) => Ok(MinReady::Percent(p)),
+                _ => Err(bad()),
+            },
+            _ => Err(bad()),
+        }
+    }
+}
+
+impl MinReady {
+    /// The count for a pool of `desired` workers (at least 1).
+    pub fn resolve(self, desired: usize) -> usize {
+        match self {
+            MinReady::Count(n) => n,
+            MinReady::Percent(p) => (desired * p as usize).div_ceil(100).max(1),
+        }
+    }
 }
 
 /// The file as written; checked further by [`Config::from_raw`].

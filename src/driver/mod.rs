@@ -267,7 +267,7 @@ impl Driver {
                 Some((l, crate::accept::Gate::new("metrics listener")))
             }
         };
-        let sink = Arc::new(log_sink(config.logs.target));
+        let sink = Arc::new(log_sink(config.logs.target, config.logs.format));
         let base_env = base_env();
         // Read now: once a package replaces the file, /proc/self/exe names a deleted one.
         let exe = std::env::current_exe().map_err(|e| StartError::Resume(format!("cannot find my own binary: {e}")))?;
@@ -656,15 +656,16 @@ async fn accept_metrics(
 }
 
 /// Where worker output goes for a `[logs] target`.
-fn log_sink(target: LogTarget) -> Sink {
+fn log_sink(target: LogTarget, format: crate::config::LogFormat) -> Sink {
     let journal = Path::new(journal::JOURNAL_SOCKET);
+    let text = if format == crate::config::LogFormat::Json { Sink::Json } else { Sink::Stderr };
     match target {
-        LogTarget::Stderr | LogTarget::Inherit => Sink::Stderr,
+        LogTarget::Stderr | LogTarget::Inherit => text,
         LogTarget::Journal => Sink::journal(journal).unwrap_or_else(|e| {
             tracing::warn!("cannot reach journald at {} ({e}): worker output goes to stderr", journal.display());
             Sink::Stderr
         }),
         LogTarget::Auto if crate::journal::stderr_is_journal() => Sink::journal(journal).unwrap_or(Sink::Stderr),
-        LogTarget::Auto => Sink::Stderr,
+        LogTarget::Auto => text,
     }
 }

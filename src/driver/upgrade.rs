@@ -90,6 +90,7 @@ impl Driver {
             config_path: self.config_path.clone(),
             name: self.name.to_string(),
             log_target: self.pool.config().logs.target,
+            log_format: self.pool.config().logs.format,
             upgrades: self.upgrades,
             started_ago: u64::try_from(now.duration_since(self.started).as_nanos()).unwrap_or(u64::MAX),
             nofile: spawn::original_nofile(),
@@ -255,8 +256,7 @@ impl Driver {
             }
         };
         let runtime = RuntimeDir::adopt(state.runtime.path, adopt(state.runtime.fd)?).map_err(fail)?;
-        let config = pool.config().clone();
-        let sink = Arc::new(log_sink(config.logs.target));
+        let sink = Arc::new(log_sink(state.log_target, state.log_format));
         let name: Arc<str> = Arc::from(state.name.as_str());
         let mut driver = Driver {
             pool,

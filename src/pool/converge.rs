@@ -141,7 +141,7 @@ impl Pool {
 
     /// `corral scale`, SIGTTIN/SIGTTOU: a new `desired`, saturating, at most [`MAX_INSTANCES`].
     pub(super) fn on_scale(&mut self, request: ScaleRequest, reply: Option<ReplyId>, out: &mut Vec<Action>) {
-        let result = if self.phase != Phase::Running {
+        let result = if self.phase != Phase::Running || self.drain_until.is_some() {
             Err("the pool is stopping".to_string())
         } else {
             let n = match request {

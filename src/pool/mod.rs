@@ -111,6 +111,9 @@ pub struct Pool {
     /// The reload that follows the current one.
     queued: Option<QueuedReload>,
     phase: Phase,
+    /// Set while running by a stop signal with `stop.drain`: serving on, health answering 503,
+    /// until then; the stop proper begins at that moment.
+    drain_until: Option<Instant>,
     /// `READY=1` was sent to systemd (once, for the first generation).
     announced_ready: bool,
     /// When recent failures happened, for the `restart.window` give-up rule.
@@ -148,6 +151,7 @@ impl Pool {
             reload: None,
             queued: None,
             phase: Phase::Running,
+            drain_until: None,
             announced_ready: false,
             crashes: VecDeque::new(),
             failures_since_ready: 0,
@@ -215,6 +219,9 @@ impl Pool {
 
     /// A timer is due: each worker whose state waited for this moment moves on.
     fn on_tick(&mut self, now: Instant, out: &mut Vec<Action>) {
+        if self.drain_until.is_some_and(|t| t <= now) && self.phase == Phase::Running {
+            self.begin_stop(now, 0, out);
+        }
         for i in 0..self.workers.len() {
             match self.due(&self.workers[i], now) {
                 Some(Due::Ready) => self.enter(now, i, Enter::Ready, out),
@@ -239,7 +246,8 @@ impl Pool {
             .enumerate()
             .filter(|(_, here)| here.is_empty())
             .filter_map(|(slot, _)| self.slots.get(slot).and_then(|s| s.not_before));
-        workers.chain(restarts).min()
+        let drain = self.drain_until.filter(|_| self.phase == Phase::Running);
+        workers.chain(restarts).chain(drain).min()
     }
 
     /// What happened since the last call, oldest first, for the driver to log.
@@ -253,6 +261,11 @@ impl Pool {
 
     pub fn generation(&self) -> Generation {
         self.target
+    }
+
+    /// Draining before a stop (`stop.drain`): still serving, but no longer healthy.
+    pub fn draining(&self) -> bool {
+        self.drain_until.is_some() && self.phase == Phase::Running
     }
 
     pub fn desired(&self) -> usize {
@@ -318,7 +331,9 @@ impl Pool {
             n => format!("{n} restarts"),
         };
         let mut s = format!("{ready}/{} workers ready · generation {} · {restarts}", self.desired, self.target);
-        if let Some(run) = &self.reload {
+        if self.draining() {
+            s.push_str(" · draining before stop");
+        } else if let Some(run) = &self.reload {
             s.push_str(&format!(" · reloading to generation {}", run.to));
         } else if let Some(ReloadResult::Failed(e)) = &self.last_reload {
             s.push_str(&format!(" · last reload failed: {e}"));

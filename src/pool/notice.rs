@@ -40,6 +40,8 @@ pub enum Notice {
     /// With whether it was waited for as `ready.mode = "notify"` (then the hint names the
     /// other modes).
     NotReadyInTime(WorkerRef, Duration, ReadyMode),
+    /// A stop signal with `stop.drain`: serving on, unhealthy, for this long.
+    Draining(Duration),
     WatchdogSilent(WorkerRef, Duration),
     OverMemory {
         worker: WorkerRef,
@@ -169,6 +171,11 @@ impl fmt::Display for Notice {
                 Ok(())
             }
             Notice::ExitedBeforeReady(_, status, ..) => write!(f, "worker exited before it was ready ({status})"),
+            Notice::Draining(d) => write!(
+                f,
+                "draining for {} before stopping: still serving, /health and /ready answer 503 (a second signal stops now)",
+                human(*d)
+            ),
             Notice::CannotStart(_, error) => write!(f, "cannot start worker: {error}"),
             Notice::NotReadyInTime(_, after, ReadyMode::Notify) => write!(
                 f,

@@ -18,7 +18,7 @@ impl Pool {
         reply: Option<ReplyId>,
         out: &mut Vec<Action>,
     ) {
-        if self.phase != Phase::Running {
+        if self.phase != Phase::Running || self.drain_until.is_some() {
             if let Some(to) = reply {
                 out.push(Action::Reply { to, result: Err("the pool is stopping".into()) });
             }

@@ -8,9 +8,24 @@ use std::time::Instant;
 use super::*;
 
 impl Pool {
-    /// SIGTERM/SIGINT: a graceful stop, or (the second time) stop now.
+    /// SIGTERM/SIGINT: a graceful stop, or (the second time) stop now. With `stop.drain`, the
+    /// first one drains first (serving on, health 503) and a second one ends the drain.
     pub(super) fn on_stop(&mut self, now: Instant, out: &mut Vec<Action>) {
+        let drain = self.configs[&self.target].stop.drain.0;
         match self.phase {
+            Phase::Running if self.drain_until.is_none() && !drain.is_zero() => {
+                self.drain_until = Some(later(now, drain));
+                self.queued = None;
+                if let Some(run) = self.reload.take() {
+                    for to in run.replies {
+                        out.push(Action::Reply { to, result: Err("the pool is stopping".into()) });
+                    }
+                }
+                self.notices.push(Notice::Draining(drain));
+                let longest = self.workers.iter().map(|w| self.configs[&w.generation].stop.timeout.0).max();
+                let wait = drain.saturating_add(longest.unwrap_or_default()).saturating_add(EXTEND_MARGIN);
+                out.push(Action::Notify(vec![Notify::Stopping, Notify::ExtendTimeout(wait)]));
+            }
             Phase::Running => self.begin_stop(now, 0, out),
             _ => self.stop_now(now, out),
         }

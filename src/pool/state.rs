@@ -99,7 +99,7 @@ fn abs(offset: i64, now: Instant) -> Instant {
 impl Pool {
     /// What a new image needs to carry on, or why now is not the moment.
     pub fn snapshot(&self, now: Instant) -> Result<PoolState, String> {
-        if self.phase != Phase::Running {
+        if self.phase != Phase::Running || self.drain_until.is_some() {
             return Err("the pool is stopping".into());
         }
         if let Some(run) = &self.reload {
@@ -226,6 +226,7 @@ impl Pool {
             reload: None,
             queued: None,
             phase: Phase::Running,
+            drain_until: None,
             announced_ready: state.announced_ready,
             crashes: state.crashes.into_iter().map(|t| abs(t, now)).collect(),
             failures_since_ready: state.failures_since_ready,

@@ -934,3 +934,44 @@ fn each_ready_mode_takes_its_own_signals() {
         assert_eq!(sim.step(6, Event::Ready { pid: Pid::from_raw(101), signal }), want, "{mode} {signal:?}");
     }
 }
+
+/// `stop.drain`: the first stop signal keeps the pool serving (crashed workers still replaced,
+/// health off, reloads and scaling refused) until the drain ends, then stops as usual; a second
+/// signal ends the drain at once.
+#[test]
+fn a_drain_keeps_serving_then_stops() {
+    let drained = || {
+        let mut sim = Sim::new(config(&BASE.replace("[stop]\n", "[stop]\ndrain = \"2s\"\n")));
+        sim.run(&[
+            (0, Event::Start, &["spawn 0 g1 = 100", "spawn 1 g1 = 101"]),
+            (10, ready(100), &[]),
+            (20, ready(101), &["READY"]),
+        ]);
+        sim
+    };
+    let mut sim = drained();
+    sim.run(&[
+        // 2s drain + 5s stop timeout + 5s margin for systemd.
+        (1_000, Event::Stop, &["STOPPING", "EXTEND 12s"]),
+        (1_100, exited(100, 1), &[]),
+        (1_200, Event::Tick, &["spawn 0 g1 = 102"]),
+        (1_250, reload(with("env = { R = \"2\" }"), 7), &["reply 7 err: the pool is stopping"]),
+        (1_300, Event::Scale { request: ScaleRequest::Add(1), reply: Some(8) }, &["reply 8 err: the pool is stopping"]),
+        (2_999, Event::Tick, &[]),
+        (3_000, Event::Tick, &["STOPPING", "EXTEND 10s", "kill 101 SIGTERM", "kill 102 SIGTERM"]),
+        (3_100, exited(101, 0), &[]),
+        (3_200, exited(102, 0), &["exit 0"]),
+    ]);
+    assert!(sim.pool.status_line().starts_with("Stopping"));
+
+    let mut sim = drained();
+    assert!(!sim.pool.draining());
+    sim.step(1_000, Event::Stop);
+    assert!(sim.pool.draining());
+    assert_eq!(sim.pool.next_deadline(), Some(sim.at(3_000)));
+    assert_eq!(sim.pool.status_line(), "2/2 workers ready · generation 1 · 0 restarts · draining before stop");
+    assert_eq!(sim.step(1_500, Event::Stop), ["STOPPING", "EXTEND 10s", "kill 100 SIGTERM", "kill 101 SIGTERM"]);
+    assert!(!sim.pool.draining());
+    // A third signal kills.
+    assert_eq!(sim.step(1_600, Event::Stop), ["kill 100 SIGKILL", "kill 101 SIGKILL"]);
+}
