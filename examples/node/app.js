@@ -6,9 +6,10 @@
 //   GET /health        -> {"status":"ok","pid":...}
 //   GET /api/v1/hello  -> Hello from worker <pid>
 //
-// Readiness: Node cannot send unix datagrams itself, so the app runs `systemd-notify --ready`
-// once it listens (corral accepts it: the helper stays in the worker's process group). Without
-// that tool, use `[ready] mode = "delay"` in the pool's config.
+// Readiness: with `[ready] mode = "listen"` (what `corral init` writes) nothing is needed: corral
+// sees the worker accept. For mode "notify" (Node cannot send unix datagrams itself) the app runs
+// `systemd-notify --ready` once it listens, when that tool is installed (corral accepts it: the
+// helper stays in the worker's process group).
 'use strict';
 const http = require('http');
 const { execFile } = require('child_process');
@@ -59,7 +60,8 @@ server.listen(where, () => {
   }
   if (process.env.NOTIFY_SOCKET) {
     execFile('systemd-notify', ['--ready', `--status=serving as pid ${process.pid}`], (err) => {
-      if (err) console.error(`systemd-notify failed (${err.message}); use [ready] mode = "delay"`);
+      // No systemd-notify (a slim container): fine with ready.mode = "listen".
+      if (err && err.code !== 'ENOENT') console.error(`systemd-notify failed (${err.message})`);
     });
   }
 });
