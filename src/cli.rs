@@ -102,6 +102,9 @@ pub enum Command {
         /// Overwrite existing files
         #[arg(long)]
         force: bool,
+        /// Run the hooks in /etc/corral/alert.d when the pool fails for good (OnFailure=)
+        #[arg(long)]
+        on_failure_alert: bool,
         /// Write under this directory instead of / (for packaging and tests)
         #[arg(long, hide = true, default_value = "/")]
         root: PathBuf,
@@ -128,6 +131,9 @@ pub enum Command {
         /// Overwrite existing files
         #[arg(long)]
         force: bool,
+        /// Run the hooks in /etc/corral/alert.d when the pool fails for good (OnFailure=)
+        #[arg(long)]
+        on_failure_alert: bool,
         /// Write under this directory instead of / (for packaging and tests)
         #[arg(long, hide = true, default_value = "/")]
         root: PathBuf,

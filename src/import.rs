@@ -30,6 +30,8 @@ pub struct ImportRequest {
     pub root: PathBuf,
     /// The corral binary the units run.
     pub binary: PathBuf,
+    /// Add `OnFailure=corral-alert@%n.service` to the units.
+    pub on_failure_alert: bool,
 }
 
 /// One line of the report.
@@ -739,6 +741,7 @@ pub fn convert(app: &Map<String, Value>, req: &ImportRequest, dir: &Path) -> Res
         command: command.clone(),
         root: req.root.clone(),
         binary: req.binary.clone(),
+        on_failure_alert: req.on_failure_alert,
     };
     let mut files = crate::init::render(&init)?;
     files[0].text = cfg;

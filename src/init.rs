@@ -25,6 +25,9 @@ pub struct InitRequest {
     pub root: PathBuf,
     /// The corral binary the units run.
     pub binary: PathBuf,
+    /// Add `OnFailure=corral-alert@%n.service`: the hooks in /etc/corral/alert.d run when the
+    /// pool fails for good.
+    pub on_failure_alert: bool,
 }
 
 /// A file to write: where, and what.
@@ -86,7 +89,16 @@ pub fn render(req: &InitRequest) -> Result<Vec<File>, String> {
         .replace(&format!("corral worker pool {}", req.name), &format!("corral pool {}", req.name))
         .replace(
             "After=network.target",
-            &format!("Requires={n}.socket\nAfter={n}.socket network.target", n = req.name),
+            &format!(
+                "Requires={n}.socket\nAfter={n}.socket network.target{alert}",
+                n = req.name,
+                alert = if req.on_failure_alert {
+                    "\n# When the pool fails for good: the hooks in /etc/corral/alert.d/ (corral-alert@.service).\n\
+                     OnFailure=corral-alert@%n.service"
+                } else {
+                    ""
+                }
+            ),
         );
     let mut socket = String::new();
     for line in body(SOCKET_TEMPLATE).lines() {
@@ -164,6 +176,7 @@ mod tests {
             command: vec!["node".into(), "/srv/my api/index.js".into()],
             root: PathBuf::from("/tmp/root"),
             binary: PathBuf::from("/usr/bin/corral"),
+            on_failure_alert: false,
         }
     }
 
@@ -183,6 +196,11 @@ mod tests {
         assert!(service.contains("Requires=myapi.socket\nAfter=myapi.socket network.target\n"));
         assert!(service.contains("RuntimeDirectory=corral/myapi\n"));
         assert!(!service.contains("%i"), "{service}");
+        assert!(!service.contains("OnFailure="), "{service}");
+        let mut r = req();
+        r.on_failure_alert = true;
+        let service = &render(&r).unwrap()[2].text;
+        assert!(service.contains("\nOnFailure=corral-alert@%n.service\n"), "{service}");
     }
 
     #[test]

@@ -109,12 +109,13 @@ fn main() -> ExitCode {
             let reply = ask(&name, &Request::Scale { to: count }, Duration::from_secs(10));
             finish(&name, reply)
         }
-        Command::Init { name, listen, user, instances, dry_run, force, root, command } => {
+        Command::Init { name, listen, user, instances, dry_run, force, on_failure_alert, root, command } => {
             let binary = std::env::current_exe()
                 .ok()
                 .and_then(|p| p.canonicalize().ok())
                 .unwrap_or_else(|| "/usr/bin/corral".into());
-            let req = corral::init::InitRequest { name, listen, user, instances, command, root, binary };
+            let req =
+                corral::init::InitRequest { name, listen, user, instances, command, root, binary, on_failure_alert };
             let files = match corral::init::render(&req) {
                 Ok(f) => f,
                 Err(e) => {
@@ -142,12 +143,12 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Command::Import { file, app, env, listen, dry_run, force, root } => {
+        Command::Import { file, app, env, listen, dry_run, force, on_failure_alert, root } => {
             let binary = std::env::current_exe()
                 .ok()
                 .and_then(|p| p.canonicalize().ok())
                 .unwrap_or_else(|| "/usr/bin/corral".into());
-            let req = corral::import::ImportRequest { file, app, env, listen, root, binary };
+            let req = corral::import::ImportRequest { file, app, env, listen, root, binary, on_failure_alert };
             let outcome = match corral::import::import(&req) {
                 Ok(o) => o,
                 Err(e) => {

@@ -35,6 +35,13 @@ fn boot_with(suite: &str, scenario: &str, extra: impl FnOnce(&std::path::Path)) 
     std::fs::copy(format!("{here}/{scenario}"), inp.join("run")).unwrap();
     std::fs::copy(format!("{here}/lib.sh"), inp.join("lib.sh")).unwrap();
     std::fs::copy(concat!(env!("CARGO_MANIFEST_DIR"), "/units/corral@.service"), inp.join("corral@.service")).unwrap();
+    for (from, to) in [
+        ("units/corral-alert@.service", "corral-alert@.service"),
+        ("packaging/alert/alert", "alert"),
+        ("packaging/alert/50-webhook", "50-webhook"),
+    ] {
+        std::fs::copy(format!("{}/{from}", env!("CARGO_MANIFEST_DIR")), inp.join(to)).unwrap();
+    }
     extra(&inp);
 
     // A private mount namespace with its own /run and a private network (its own loopback), so

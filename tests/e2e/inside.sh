@@ -85,4 +85,48 @@ wait_for "a worker of user nobody that never sends READY=1 is ready once it poll
   && ok "the worker runs as nobody" || fail "the worker's user"
 systemctl stop asnobody.socket asnobody.service
 
+# Alerts: a pool that cannot start gives up, its unit fails for good, OnFailure= starts
+# corral-alert@crashy.service, which runs the hooks: one records what it was given, the shipped
+# webhook hook posts JSON to a local receiver.
+install -m 0644 /e2e/corral-alert@.service /etc/systemd/system/corral-alert@.service
+install -D -m 0755 /e2e/alert /usr/libexec/corral/alert
+install -D -m 0755 /e2e/50-webhook /etc/corral/alert.d/50-webhook
+mkdir -p /var/lib/alert-test
+cat > /etc/corral/alert.d/10-record <<'HOOK'
+#!/bin/sh
+{ env | grep '^CORRAL_ALERT_' | sort; echo '--- journal'; cat; } > /var/lib/alert-test/record
+HOOK
+chmod 0755 /etc/corral/alert.d/10-record
+python3 -c '
+import http.server
+class H(http.server.BaseHTTPRequestHandler):
+    def do_POST(self):
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        open("/var/lib/alert-test/webhook", "wb").write(body)
+        self.send_response(200); self.end_headers(); self.wfile.write(b"ok")
+    def log_message(self, *a): pass
+http.server.HTTPServer(("127.0.0.1", 3599), H).serve_forever()
+' &
+receiver=$!
+printf 'CORRAL_ALERT_WEBHOOK_URL=http://127.0.0.1:3599/hook\nCORRAL_ALERT_WEBHOOK_FORMAT=slack\n' > /etc/corral/alert.env
+corral init crashy --on-failure-alert --listen 127.0.0.1:3500 --instances 1 -- python3 /srv/worker.py --exit 3 >/dev/null \
+  && ok "corral init --on-failure-alert" || fail "corral init --on-failure-alert"
+grep -q '^OnFailure=corral-alert@%n.service$' /etc/systemd/system/crashy.service && ok "OnFailure= in the unit" || fail "no OnFailure="
+printf '\n[restart]\ndelay = "10ms"\nmax_delay = "20ms"\nmax_restarts = 2\n' >> /etc/corral/crashy.toml
+mkdir -p /etc/systemd/system/crashy.service.d
+printf '[Unit]\nStartLimitIntervalSec=120\nStartLimitBurst=2\n[Service]\nRestartSec=200ms\n' > /etc/systemd/system/crashy.service.d/fast.conf
+systemctl daemon-reload
+systemctl start crashy.socket
+systemctl start crashy.service >/dev/null 2>&1
+wait_for "the crash-looping pool's unit has failed for good" sh -c '[ "$(systemctl show crashy -p ActiveState --value)" = failed ]'
+wait_for "corral-alert@crashy.service ran the hooks" test -s /var/lib/alert-test/record
+grep -q '^CORRAL_ALERT_UNIT=crashy.service$' /var/lib/alert-test/record && ok "the hook got the unit's name" || fail "unit name: $(head -3 /var/lib/alert-test/record)"
+grep -q '^CORRAL_ALERT_RESULT=' /var/lib/alert-test/record && ok "the hook got the result: $(grep RESULT= /var/lib/alert-test/record)" || fail "no result"
+grep -q 'giving up' /var/lib/alert-test/record && ok "the hook got the last journal lines" || fail "journal lines: $(cat /var/lib/alert-test/record)"
+wait_for "the webhook hook posted" test -s /var/lib/alert-test/webhook
+python3 -c 'import json; t = json.load(open("/var/lib/alert-test/webhook"))["text"]; assert "crashy.service failed" in t and "giving up" in t, t' \
+  && ok "the webhook got a Slack-style JSON payload" || fail "webhook payload: $(cat /var/lib/alert-test/webhook)"
+[ "$(systemctl show corral-alert@crashy.service -p Result --value)" = success ] && ok "corral-alert@crashy.service succeeded" || fail "alert unit: $(systemctl status corral-alert@crashy.service --no-pager)"
+kill "$receiver"
+
 finish
