@@ -10,10 +10,12 @@
 # What it does to the machine (root, or sudo when something is missing):
 # - installs Debian packages the tests use, once: systemd (systemd-socket-activate, journald),
 #   util-linux, mandoc, python3-prometheus-client (Debian's python3 runs the test worker and
-#   validates /metrics: no pip), mmdebstrap and systemd-container (the E2E images);
+#   validates /metrics: no pip), mmdebstrap and systemd-container (the E2E images), podman and
+#   runc (the container example), nodejs, npm, python3-venv and golang-go (the frameworks);
 # - unpacks Debian's nginx package into target/nginx (for tests/nginx.rs; not installed);
 # - fetches pinned framework versions (Node 22 and npm packages, a Python virtualenv) into
-#   target/frameworks-cache/ for the framework recipes (docs/frameworks.md);
+#   target/frameworks-cache/ for the framework recipes (docs/frameworks.md) and the Kubernetes
+#   schema validator;
 # - builds Debian root filesystems for the E2E tests into /var/cache/corral-e2e (about 300 MB
 #   each for bookworm and trixie, kept between runs; delete the folder to reclaim the space).
 #   The E2E tests need a machine where systemd-nspawn can boot a container;
@@ -38,6 +40,9 @@ command -v node >/dev/null || need+=(nodejs)                          # the "ipc
 command -v npm >/dev/null || need+=(npm)
 /usr/bin/python3 -c 'import ensurepip' 2>/dev/null || need+=(python3-venv)
 command -v go >/dev/null || need+=(golang-go)
+# The container example (tests/e2e/podman.sh): podman, with runc (works inside another container).
+command -v podman >/dev/null || need+=(podman)
+command -v runc >/dev/null || need+=(runc)
 if [ ${#need[@]} -gt 0 ]; then
   echo "installing test dependencies: ${need[*]}"
   sudo=""; [ "$(id -u)" -eq 0 ] || sudo="sudo"

@@ -193,3 +193,28 @@ fn dnf_reads_the_signed_repository() {
     let out = format!("{}{}", String::from_utf8_lossy(&install.stdout), String::from_utf8_lossy(&install.stderr));
     assert!(!install.status.success() && out.contains("nothing provides libc.so.6"), "{out}");
 }
+
+/// examples/docker/Dockerfile built and run with podman: corral as the container's PID 1
+/// (tests/e2e/podman.sh: orphans reaped, one worker per CPU of the quota, drain on `podman stop`,
+/// exit 0, JSON logs).
+#[test]
+fn the_docker_example_runs_under_podman_as_pid_1() {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("skipped: needs root (podman)");
+        return;
+    }
+    let (port, metrics) = (free_port(), free_port());
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/e2e/podman.sh");
+    let out = Command::new("timeout")
+        .args(["-k", "10", "2400", "bash", script, &port.to_string(), &metrics.to_string()])
+        .output()
+        .expect("run tests/e2e/podman.sh");
+    let log = String::from_utf8_lossy(&out.stdout);
+    eprintln!("{log}");
+    assert!(
+        log.lines().last() == Some("E2E PASSED") && !log.contains("FAIL:"),
+        "podman scenario:\n{log}\n--- stderr (exit {:?}) ---\n{}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
