@@ -45,6 +45,12 @@ apt_get install corral >/tmp/install.log 2>&1 && ok "apt-get install corral ($V1
 [ -z "$(find /etc/systemd/system -path '*.wants/corral*')" ] && ok "nothing enabled" || fail "enabled: $(find /etc/systemd/system -path '*.wants/corral*')"
 [ -d /etc/corral ] && ok "/etc/corral exists" || fail "/etc/corral missing"
 man -w corral >/dev/null 2>&1 || [ -e /usr/share/man/man1/corral.1.gz ] && ok "corral(1) installed" || fail "no man page"
+[ -e /usr/lib/systemd/system/corral-alert@.service ] && [ -x /usr/libexec/corral/alert ] && [ -x /etc/corral/alert.d/50-webhook ] \
+  && [ "$(stat -c %a /etc/corral/alert.env)" = 640 ] && ok "the alert unit, runner, webhook hook and alert.env (0640)" \
+  || fail "alert files: $(ls -l /usr/libexec/corral /etc/corral /etc/corral/alert.d 2>&1)"
+systemd-analyze verify /usr/lib/systemd/system/corral-alert@.service 2>&1 | grep -v 'Unit .* not found' | grep -q . \
+  && fail "corral-alert@.service: $(systemd-analyze verify /usr/lib/systemd/system/corral-alert@.service 2>&1)" \
+  || ok "systemd-analyze verify corral-alert@.service"
 
 # 2. A pool of the packaged Node example, as `corral init` sets it up; socket activation.
 corral init myapi --listen 127.0.0.1:3000 --instances 2 -- node /usr/share/doc/corral/examples/node/app.js >/tmp/init.log 2>&1 \
@@ -121,6 +127,7 @@ left=$(ls /usr/bin/corral /usr/libexec/corral /usr/lib/systemd/system/corral@* /
 dangling=$(find /etc/systemd/system -xtype l)
 [ -z "$dangling" ] && ok "no dangling unit links" || fail "dangling links: $dangling"
 [ -e /etc/corral/myapi.toml ] && [ -e /etc/corral/api2.toml ] && ok "purge keeps the users' pool configs" || fail "purge removed configs"
+[ ! -e /etc/corral/alert.env ] && [ ! -e /etc/corral/alert.d/50-webhook ] && ok "purge removes the package's conffiles" || fail "conffiles left: $(ls /etc/corral /etc/corral/alert.d 2>&1)"
 wait_for "no worker left after purge" sh -c '! pgrep -f "[a]pp.js|[w]orker.py"'
 
 # 7. The .rpm against the same systemd (rpm from Debian, --nodeps: glibc and sh are dpkg's).
