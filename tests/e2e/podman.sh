@@ -70,11 +70,14 @@ curl -sf --max-time 5 "http://127.0.0.1:$port/api/v1/hello" | grep -q "Hello fro
 desired=$(curl -s --max-time 5 "http://127.0.0.1:$metrics/health" | python3 -c 'import json,sys; print(json.load(sys.stdin)["desired"])')
 [ "$desired" = 1 ] && ok 'instances = "max" is 1 with --cpus 1 (the cgroup quota, not the host CPUs)' \
   || fail "instances = max gave $desired workers under --cpus 1"
-pid1=$("${podman[@]}" inspect -f '{{.State.Pid}}' "$name")
-[ "$(cat /proc/"$pid1"/comm)" = corral ] && ok "corral is the container's PID 1 (host pid $pid1)" || fail "PID 1 is $(cat /proc/"$pid1"/comm)"
-wait_for "corral reaped the 6 orphans" sh -c "[ \$(${podman[*]} logs $name 2>&1 | grep -c 'reaped a stray process') -ge 6 ]"
-zombies=$(ps -o stat= --ppid "$pid1" | grep -c Z)
-[ "$zombies" = 0 ] && ok "no zombie under PID 1" || fail "$zombies zombies under PID 1"
+# Inside the container's PID namespace: corral is PID 1, and no process is a zombie.
+in_container() { "${podman[@]}" exec "$name" "$@"; }
+[ "$(in_container cat /proc/1/comm)" = corral ] && ok "corral is the container's PID 1" \
+  || fail "PID 1 is $(in_container cat /proc/1/comm)"
+reaped() { [ "$("${podman[@]}" logs "$name" 2>&1 | grep -c 'reaped a stray process')" -ge 6 ]; }
+wait_for "corral reaped the 6 orphans" reaped
+zombies=$(in_container sh -c 'grep -l "^State:[[:space:]]*Z" /proc/[0-9]*/status 2>/dev/null | wc -l')
+[ "$zombies" = 0 ] && ok "no zombie in the container" || fail "$zombies zombies in the container"
 
 "${podman[@]}" stop -t 30 "$name" >/dev/null &
 stopper=$!
