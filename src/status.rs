@@ -170,6 +170,160 @@ fn sample_groups_by_scan(wanted: &[i32], page: u64) -> BTreeMap<i32, GroupUsage>
     out
 }
 
+/// [`sample_groups`] for a sampler that runs every `limits.interval`, keeping what it learned
+/// between runs, so that an idle pool of 1024 workers costs next to nothing:
+///
+/// - each process of a group keeps its `/proc/PID/stat` and its children list
+///   (`/proc/PID/task/PID/children`) open, and they are read again with one `pread` each (no
+///   path walk, no open and close: the text is regenerated on every read from offset 0);
+/// - where the kernel has no children lists and /proc must be scanned for group members, a
+///   process seen before keeps its known group and is not read again; only processes new since
+///   the last scan are. Every [`FULL_SCAN_EVERY`]th scan reads them all anyway (a process may
+///   change its group with setpgid, or a pid be reused within an interval).
+///
+/// A member's group is checked at every read (it is in the text read), so a process that left
+/// the group, or a reused pid, is never counted for the wrong worker.
+#[derive(Default)]
+pub struct GroupSampler {
+    open: std::collections::HashMap<i32, std::fs::File>,
+    children: std::collections::HashMap<i32, std::fs::File>,
+    /// Scan path: the group of every process seen at the last scan.
+    seen: std::collections::HashMap<i32, i32>,
+    scans: u64,
+    /// Read buffers, allocated once: a stat line, a children list.
+    stat_buf: Vec<u8>,
+    child_buf: Vec<u8>,
+}
+
+/// At most this many files kept open by [`GroupSampler`] (two per process: stat and children).
+pub const MAX_KEPT_OPEN: usize = 4096;
+
+/// How often (in scans) [`GroupSampler`] reads every process of /proc again.
+pub const FULL_SCAN_EVERY: u64 = 12;
+
+impl GroupSampler {
+    pub fn sample(&mut self, wanted: &[i32]) -> BTreeMap<i32, GroupUsage> {
+        let page = nix::unistd::sysconf(nix::unistd::SysconfVar::PAGE_SIZE).ok().flatten().unwrap_or(4096) as u64;
+        let Some(first) = wanted.first() else {
+            self.open.clear();
+            self.children.clear();
+            return BTreeMap::new();
+        };
+        let leaders: std::collections::HashSet<i32> = wanted.iter().copied().collect();
+        let members: Vec<i32> = if self.children.contains_key(first)
+            || std::fs::metadata(format!("/proc/{first}/task/{first}/children")).is_ok()
+        {
+            let mut found = Vec::new();
+            let mut stack: Vec<i32> = wanted.to_vec();
+            // The master's other children: group members whose parent exited (re-parented to
+            // the master, the subreaper).
+            let master = std::process::id() as i32;
+            self.push_children(master, &mut stack);
+            let mut visited = std::collections::HashSet::new();
+            while let Some(pid) = stack.pop() {
+                if visited.insert(pid) {
+                    found.push(pid);
+                    self.push_children(pid, &mut stack);
+                }
+            }
+            self.children.retain(|pid, _| *pid == master || visited.contains(pid));
+            found
+        } else {
+            self.scan(&leaders)
+        };
+        let mut out: BTreeMap<i32, GroupUsage> = BTreeMap::new();
+        let mut keep = std::collections::HashSet::new();
+        for pid in members {
+            let Some((pgrp, usage)) = self.read(pid, page) else { continue };
+            if leaders.contains(&pgrp) {
+                keep.insert(pid);
+                add(&mut out, pgrp, pid, usage);
+            }
+        }
+        self.open.retain(|pid, _| keep.contains(pid));
+        out
+    }
+
+    /// One pass over /proc: the pids that may be in one of the groups `leaders`.
+    fn scan(&mut self, leaders: &std::collections::HashSet<i32>) -> Vec<i32> {
+        let full = self.scans % FULL_SCAN_EVERY == 0;
+        self.scans += 1;
+        let Ok(dir) = std::fs::read_dir("/proc") else { return Vec::new() };
+        let mut now = std::collections::HashMap::with_capacity(self.seen.len());
+        let mut candidates = Vec::new();
+        let mut text = String::new();
+        for entry in dir.flatten() {
+            let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else { continue };
+            let pgrp = match self.seen.get(&pid) {
+                Some(&g) if !full => Some(g),
+                _ => read_stat(pid, 4096, &mut text).map(|(g, _)| g),
+            };
+            let Some(pgrp) = pgrp else { continue };
+            now.insert(pid, pgrp);
+            if leaders.contains(&pgrp) || self.open.contains_key(&pid) {
+                candidates.push(pid);
+            }
+        }
+        self.seen = now;
+        candidates
+    }
+
+    /// Push the children of `pid` (those its main thread forked) onto `stack`, through its
+    /// kept-open children list.
+    fn push_children(&mut self, pid: i32, stack: &mut Vec<i32>) {
+        use std::os::unix::fs::FileExt;
+        if !self.children.contains_key(&pid) {
+            if self.open.len() + self.children.len() >= MAX_KEPT_OPEN {
+                let mut text = String::new();
+                push_children(pid, stack, &mut text);
+                return;
+            }
+            let Ok(f) = std::fs::File::open(format!("/proc/{pid}/task/{pid}/children")) else { return };
+            self.children.insert(pid, f);
+        }
+        if self.child_buf.is_empty() {
+            self.child_buf = vec![0; 64 * 1024];
+        }
+        let n = self.children.get(&pid).and_then(|f| f.read_at(&mut self.child_buf, 0).ok());
+        match n {
+            Some(n) if n > 0 => {
+                if let Ok(text) = std::str::from_utf8(&self.child_buf[..n]) {
+                    stack.extend(text.split_whitespace().filter_map(|c| c.parse::<i32>().ok()));
+                }
+            }
+            Some(_) => {}
+            None => {
+                self.children.remove(&pid);
+            }
+        }
+    }
+
+    /// (group, usage) of `pid`, through its kept-open stat file (past [`MAX_KEPT_OPEN`] files,
+    /// by opening it each time: descriptors are the master's to keep for connections).
+    fn read(&mut self, pid: i32, page: u64) -> Option<(i32, GroupUsage)> {
+        use std::os::unix::fs::FileExt;
+        if !self.open.contains_key(&pid) {
+            if self.open.len() + self.children.len() >= MAX_KEPT_OPEN {
+                let mut text = String::new();
+                return read_stat(pid, page, &mut text);
+            }
+            self.open.insert(pid, std::fs::File::open(format!("/proc/{pid}/stat")).ok()?);
+        }
+        if self.stat_buf.is_empty() {
+            self.stat_buf = vec![0; 1024];
+        }
+        let n = match self.open.get(&pid)?.read_at(&mut self.stat_buf, 0) {
+            Ok(n) if n > 0 => n,
+            // The process is gone (a kept file of an exited process reads nothing or ESRCH).
+            _ => {
+                self.open.remove(&pid);
+                return None;
+            }
+        };
+        parse_stat(std::str::from_utf8(&self.stat_buf[..n]).ok()?, page)
+    }
+}
+
 /// (process group, usage) from the text of `/proc/PID/stat`.
 fn parse_stat(stat: &str, page: u64) -> Option<(i32, GroupUsage)> {
     // The command name may contain spaces and parentheses: fields start after the last ')'.
@@ -344,6 +498,41 @@ pub fn render(pools: &[PoolStatus], color: bool) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The kept-open sampler finds what the one-shot one finds, sample after sample, and drops
+    /// a member that exits.
+    #[test]
+    fn group_sampler_agrees_with_a_fresh_look() {
+        use std::os::unix::process::CommandExt;
+        let mut leader = std::process::Command::new("sh")
+            .args(["-c", "sleep 30 & sleep 30 & wait"])
+            .process_group(0)
+            .spawn()
+            .unwrap();
+        let pid = leader.id() as i32;
+        let mut sampler = GroupSampler::default();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while sample_groups(&[pid]).get(&pid).map_or(0, |g| g.pids.len()) < 3 {
+            assert!(std::time::Instant::now() < deadline, "the group never had 3 processes");
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        for _ in 0..3 {
+            let mut fresh = sample_groups(&[pid])[&pid].pids.clone();
+            let mut kept = sampler.sample(&[pid])[&pid].pids.clone();
+            fresh.sort_unstable();
+            kept.sort_unstable();
+            assert_eq!(kept, fresh);
+        }
+        let victim = sample_groups(&[pid])[&pid].pids.iter().copied().find(|p| *p != pid).unwrap();
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(victim), nix::sys::signal::Signal::SIGKILL).unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while sampler.sample(&[pid])[&pid].pids.contains(&victim) {
+            assert!(std::time::Instant::now() < deadline, "an exited member is still counted");
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+        let _ = leader.wait();
+    }
 
     #[test]
     fn parses_proc_stat_with_odd_names() {

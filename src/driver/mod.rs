@@ -157,6 +157,8 @@ pub struct Driver {
     listen_inodes: Vec<u64>,
     /// When the workers' processes were last sampled.
     last_sample: Option<Instant>,
+    /// Reads the workers' process groups every `limits.interval`, keeping its files open.
+    sampler: status::GroupSampler,
     /// Starting workers watched for readiness by the master ("listen" and "ipc" modes).
     ready_watch: readiness::ReadyWatch,
 }
@@ -304,6 +306,7 @@ impl Driver {
             resumed: None,
             listen_inodes: Vec::new(),
             last_sample: None,
+            sampler: status::GroupSampler::default(),
             ready_watch: readiness::ReadyWatch::new(),
         }
         .with_listen_inodes())

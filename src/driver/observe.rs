@@ -10,7 +10,7 @@ impl Driver {
             return;
         }
         let wanted: Vec<i32> = self.workers.keys().map(|p| p.as_raw()).collect();
-        let groups = status::sample_groups(&wanted);
+        let groups = self.sampler.sample(&wanted);
         let now = Instant::now();
         self.last_sample = Some(now);
         let tck = status::clock_ticks();

@@ -283,6 +283,7 @@ impl Driver {
             resumed: Some(state.from_version),
             listen_inodes: Vec::new(),
             last_sample: None,
+            sampler: status::GroupSampler::default(),
             ready_watch: super::readiness::ReadyWatch::new(),
         }
         .with_listen_inodes();
