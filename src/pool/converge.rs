@@ -8,8 +8,6 @@
 
 use std::time::Instant;
 
-use super::Pid;
-
 use super::*;
 
 impl Pool {
@@ -118,9 +116,9 @@ impl Pool {
 
     /// A memory sample of `pid`'s process group: over `limits.memory`, the worker is marked for
     /// replacement without downtime.
-    pub(super) fn on_memory(&mut self, pid: Pid, rss: u64) {
+    /// Worker `i`'s process group uses `rss` bytes.
+    pub(super) fn on_memory(&mut self, i: usize, rss: u64) {
         let target = self.target;
-        let Some(i) = self.workers.iter().position(|w| w.pid == Some(pid)) else { return };
         let Some(limit) = self.configs[&self.workers[i].generation].limits.memory else { return };
         let w = &mut self.workers[i];
         if rss > limit.0 && w.is_ready() && w.is_current(target) && self.phase == Phase::Running {

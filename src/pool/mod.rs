@@ -182,8 +182,13 @@ impl Pool {
             Event::Exited { pid, status, last_output } => self.on_exited(now, pid, status, last_output, &mut out),
             Event::WatchdogPing { pid } => self.on_ping(now, pid),
             Event::MemorySamples(samples) => {
-                for (pid, rss) in samples {
-                    self.on_memory(pid, rss);
+                // One pass over the workers (not one search per sample: 1024 workers would make
+                // that a million comparisons every interval).
+                let rss: std::collections::HashMap<Pid, u64> = samples.into_iter().collect();
+                for i in 0..self.workers.len() {
+                    if let Some(&r) = self.workers[i].pid.and_then(|p| rss.get(&p)) {
+                        self.on_memory(i, r);
+                    }
                 }
             }
             Event::Tick => self.on_tick(now, &mut out),
