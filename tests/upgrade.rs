@@ -74,6 +74,9 @@ fn upgrade_under_load(keep_alive: bool) {
     let mut p = start(if keep_alive { "upka" } else { "upnew" }, "", "");
     let workers = p.m.wait_workers(2);
     let master = p.m.pid();
+    // A status request samples the workers' processes, which opens the files the sampler keeps
+    // (each process's stat and children list): count from there.
+    p.status();
     let fds = fd_count(master);
     let stop = Arc::new(AtomicBool::new(false));
     let load = load(p.addr, 4, keep_alive, stop.clone());
