@@ -195,8 +195,17 @@ pub struct GroupSampler {
     child_buf: Vec<u8>,
 }
 
-/// At most this many files kept open by [`GroupSampler`] (two per process: stat and children).
+/// At most this many files kept open by [`GroupSampler`] (two per process: stat and children),
+/// and never more than a quarter of the descriptor limit: descriptors are for connections first.
 pub const MAX_KEPT_OPEN: usize = 4096;
+
+fn kept_open_budget() -> usize {
+    static BUDGET: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *BUDGET.get_or_init(|| {
+        let soft = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE).map_or(1024, |(s, _)| s);
+        MAX_KEPT_OPEN.min(usize::try_from(soft / 4).unwrap_or(MAX_KEPT_OPEN))
+    })
+}
 
 /// How often (in scans) [`GroupSampler`] reads every process of /proc again.
 pub const FULL_SCAN_EVERY: u64 = 12;
@@ -273,7 +282,7 @@ impl GroupSampler {
     fn push_children(&mut self, pid: i32, stack: &mut Vec<i32>) {
         use std::os::unix::fs::FileExt;
         if !self.children.contains_key(&pid) {
-            if self.open.len() + self.children.len() >= MAX_KEPT_OPEN {
+            if self.open.len() + self.children.len() >= kept_open_budget() {
                 let mut text = String::new();
                 push_children(pid, stack, &mut text);
                 return;
@@ -303,7 +312,7 @@ impl GroupSampler {
     fn read(&mut self, pid: i32, page: u64) -> Option<(i32, GroupUsage)> {
         use std::os::unix::fs::FileExt;
         if !self.open.contains_key(&pid) {
-            if self.open.len() + self.children.len() >= MAX_KEPT_OPEN {
+            if self.open.len() + self.children.len() >= kept_open_budget() {
                 let mut text = String::new();
                 return read_stat(pid, page, &mut text);
             }
