@@ -42,8 +42,13 @@ async def main():
     async def shutdown_trigger():
         await stop.wait()
         drain.closing = True
+        # Stop accepting by taking the listening sockets out of the loop, not with
+        # Server.close(): a connection accepted in the same turn is still being set up, and a
+        # closed server refuses to adopt it (the client gets a reset). hypercorn closes the
+        # servers itself once this returns.
         for server in servers:
-            server.close()
+            for sock in server.sockets:
+                loop.remove_reader(sock.fileno())
         await asyncio.sleep(GRACE)
 
     await serve(drain, config, shutdown_trigger=shutdown_trigger)
