@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
 
 /// A systemd-native worker pool: N copies of any command sharing listening sockets, kept alive,
 /// reloaded one by one without a failed request, with readiness and logs reported to systemd.
@@ -96,18 +96,8 @@ pub enum Command {
         /// Listen here instead of on PORT from the app's env (repeatable; one app only)
         #[arg(long)]
         listen: Vec<String>,
-        /// Print the report and the files instead of writing them
-        #[arg(long)]
-        dry_run: bool,
-        /// Overwrite existing files
-        #[arg(long)]
-        force: bool,
-        /// Run the hooks in /etc/corral/alert.d when the pool fails for good (OnFailure=)
-        #[arg(long)]
-        on_failure_alert: bool,
-        /// Write under this directory instead of / (for packaging and tests)
-        #[arg(long, hide = true, default_value = "/")]
-        root: PathBuf,
+        #[command(flatten)]
+        files: PoolFiles,
     },
     /// Write /etc/corral/NAME.toml and the NAME.socket / NAME.service units for a new pool.
     ///
@@ -125,18 +115,8 @@ pub enum Command {
         /// Number of workers: N, max, max-1, 50% [default: max]
         #[arg(long)]
         instances: Option<String>,
-        /// Print the files instead of writing them
-        #[arg(long)]
-        dry_run: bool,
-        /// Overwrite existing files
-        #[arg(long)]
-        force: bool,
-        /// Run the hooks in /etc/corral/alert.d when the pool fails for good (OnFailure=)
-        #[arg(long)]
-        on_failure_alert: bool,
-        /// Write under this directory instead of / (for packaging and tests)
-        #[arg(long, hide = true, default_value = "/")]
-        root: PathBuf,
+        #[command(flatten)]
+        files: PoolFiles,
         /// The worker command and its arguments
         #[arg(last = true, required = true, value_name = "CMD")]
         command: Vec<String>,
@@ -171,4 +151,21 @@ pub enum Command {
 /// Every NAME on the command line follows the config's pool-name rule: it becomes a path.
 fn pool_name(s: &str) -> Result<String, String> {
     crate::config::check_pool_name(s)
+}
+
+/// How `init` and `import` write a pool's config and units.
+#[derive(Debug, Args)]
+pub struct PoolFiles {
+    /// Print the files instead of writing them
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Overwrite existing files
+    #[arg(long)]
+    pub force: bool,
+    /// Run the hooks in /etc/corral/alert.d when the pool fails for good (OnFailure=)
+    #[arg(long)]
+    pub on_failure_alert: bool,
+    /// Write under this directory instead of / (for packaging and tests)
+    #[arg(long, hide = true, default_value = "/")]
+    pub root: PathBuf,
 }

@@ -383,35 +383,23 @@ pub fn convert(app: &Map<String, Value>, req: &ImportRequest, dir: &Path) -> Res
     };
     let workdir = normalize(&workdir);
     let script = app.get("script").and_then(text).ok_or_else(|| format!("app {pm2_name:?} has no `script`"))?;
-    let mut command = Vec::new();
-    let interpreter = app.get("interpreter").or_else(|| app.get("exec_interpreter")).and_then(text);
+    // The interpreter given ("none": run the script itself), else PM2's by extension.
+    let interpreter = match app.get("interpreter").or_else(|| app.get("exec_interpreter")).and_then(text) {
+        Some(i) if i == "none" => None,
+        Some(i) => Some(i),
+        None => interpreter_for(&script).map(str::to_string),
+    };
     // PM2 resolves the script against cwd, unless it is a command found in PATH (`npm`).
-    let interpreted = matches!(interpreter.as_deref(), Some(i) if i != "none") || interpreter_for(&script).is_some();
-    let script_is_file = script.contains('/') || interpreted || workdir.join(&script).exists();
+    let script_is_file = script.contains('/') || interpreter.is_some() || workdir.join(&script).exists();
     let script_path =
         if script_is_file { normalize(&workdir.join(&script)).display().to_string() } else { script.clone() };
-    match interpreter.as_deref() {
-        Some("none") => command.push(script_path.clone()),
-        Some(i) => {
-            command.push(i.to_string());
-            command.extend(argv(
-                app.get("interpreter_args").or(app.get("node_args")).unwrap_or(&Value::Null),
-                "interpreter_args",
-            )?);
-            command.push(script_path.clone());
-        }
-        None => match interpreter_for(&script) {
-            Some(i) => {
-                command.push(i.to_string());
-                command.extend(argv(
-                    app.get("interpreter_args").or(app.get("node_args")).unwrap_or(&Value::Null),
-                    "interpreter_args",
-                )?);
-                command.push(script_path.clone());
-            }
-            None => command.push(script_path.clone()),
-        },
+    let mut command = Vec::new();
+    if let Some(i) = interpreter {
+        command.push(i);
+        let args = app.get("interpreter_args").or(app.get("node_args")).unwrap_or(&Value::Null);
+        command.extend(argv(args, "interpreter_args")?);
     }
+    command.push(script_path);
     command.extend(argv(app.get("args").unwrap_or(&Value::Null), "args")?);
     mapped(&mut report, "script", format!("command = {}", toml_argv(&command)));
     for k in ["args", "interpreter", "interpreter_args", "node_args"] {
@@ -537,9 +525,6 @@ pub fn convert(app: &Map<String, Value>, req: &ImportRequest, dir: &Path) -> Res
              socket is better run as a plain systemd service (Restart=always)"
         ));
     };
-    let addrs: Vec<crate::config::ListenAddr> =
-        listen.iter().map(|l| l.parse()).collect::<Result<_, _>>().map_err(|e| format!("app {pm2_name:?}: {e}"))?;
-    let _ = addrs;
 
     let instance_var = app.get("instance_var").and_then(text).unwrap_or_else(|| "NODE_APP_INSTANCE".into());
     if app.contains_key("instance_var") {
@@ -729,9 +714,9 @@ pub fn convert(app: &Map<String, Value>, req: &ImportRequest, dir: &Path) -> Res
         let _ = writeln!(cfg, "\n[limits]\nmemory = \"{m}\"   # PM2's max_memory_restart");
     }
     let config_path = Path::new("/etc/corral").join(format!("{name}.toml"));
-    let parsed = crate::config::Config::parse(&config_path, &cfg, 1)
+    // The same parser as `corral run`: what is written runs (a bad --listen is reported here).
+    crate::config::Config::parse(&config_path, &cfg, 1)
         .map_err(|e| format!("app {pm2_name:?}: the imported config would be invalid: {e}"))?;
-    let _ = parsed;
 
     let init = crate::init::InitRequest {
         name: name.clone(),

@@ -109,13 +109,17 @@ fn main() -> ExitCode {
             let reply = ask(&name, &Request::Scale { to: count }, Duration::from_secs(10));
             finish(&name, reply)
         }
-        Command::Init { name, listen, user, instances, dry_run, force, on_failure_alert, root, command } => {
-            let binary = std::env::current_exe()
-                .ok()
-                .and_then(|p| p.canonicalize().ok())
-                .unwrap_or_else(|| "/usr/bin/corral".into());
-            let req =
-                corral::init::InitRequest { name, listen, user, instances, command, root, binary, on_failure_alert };
+        Command::Init { name, listen, user, instances, files: opts, command } => {
+            let req = corral::init::InitRequest {
+                name,
+                listen,
+                user,
+                instances,
+                command,
+                root: opts.root.clone(),
+                binary: own_binary(),
+                on_failure_alert: opts.on_failure_alert,
+            };
             let files = match corral::init::render(&req) {
                 Ok(f) => f,
                 Err(e) => {
@@ -123,32 +127,23 @@ fn main() -> ExitCode {
                     return ExitCode::from(2);
                 }
             };
-            if dry_run {
-                for f in &files {
-                    println!("# {}\n{}", f.path.display(), f.text);
-                }
-                return ExitCode::SUCCESS;
+            match write_pool_files("init", &files, &opts) {
+                Ok(true) => print!("{}", corral::init::next_steps(&req)),
+                Ok(false) => {}
+                Err(code) => return code,
             }
-            match corral::init::write(&files, force) {
-                Ok(()) => {
-                    for f in &files {
-                        println!("wrote {}", f.path.display());
-                    }
-                    print!("{}", corral::init::next_steps(&req));
-                    ExitCode::SUCCESS
-                }
-                Err(e) => {
-                    eprintln!("corral init: {e}");
-                    ExitCode::from(1)
-                }
-            }
+            ExitCode::SUCCESS
         }
-        Command::Import { file, app, env, listen, dry_run, force, on_failure_alert, root } => {
-            let binary = std::env::current_exe()
-                .ok()
-                .and_then(|p| p.canonicalize().ok())
-                .unwrap_or_else(|| "/usr/bin/corral".into());
-            let req = corral::import::ImportRequest { file, app, env, listen, root, binary, on_failure_alert };
+        Command::Import { file, app, env, listen, files: opts } => {
+            let req = corral::import::ImportRequest {
+                file,
+                app,
+                env,
+                listen,
+                root: opts.root.clone(),
+                binary: own_binary(),
+                on_failure_alert: opts.on_failure_alert,
+            };
             let outcome = match corral::import::import(&req) {
                 Ok(o) => o,
                 Err(e) => {
@@ -168,28 +163,23 @@ fn main() -> ExitCode {
                 eprintln!("corral import: skipped app {app:?}: {why}");
             }
             let files: Vec<_> = outcome.pools.iter().flat_map(|p| p.files.clone()).collect();
-            let partial = if outcome.skipped.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(1) };
             if files.is_empty() {
                 eprintln!("corral import: nothing to import");
                 return ExitCode::from(2);
             }
-            if dry_run {
-                for f in &files {
-                    println!("\n# {}\n{}", f.path.display(), f.text);
-                }
-                return partial;
+            if opts.dry_run {
+                println!();
             }
-            if let Err(e) = corral::init::write(&files, force) {
-                eprintln!("corral import: {e}");
-                return ExitCode::from(1);
+            match write_pool_files("import", &files, &opts) {
+                Ok(true) => outcome.pools.iter().for_each(|p| print!("{}", corral::import::next_steps(p))),
+                Ok(false) => {}
+                Err(code) => return code,
             }
-            for f in &files {
-                println!("wrote {}", f.path.display());
+            if outcome.skipped.is_empty() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
             }
-            for p in &outcome.pools {
-                print!("{}", corral::import::next_steps(p));
-            }
-            partial
         }
         Command::Completions { shell } => {
             clap_complete::generate(shell, &mut Cli::command(), "corral", &mut std::io::stdout());
@@ -382,6 +372,30 @@ fn check(path: &Path) -> ExitCode {
             ExitCode::from(EX_CONFIG)
         }
     }
+}
+
+/// The corral binary the generated units run: this one.
+fn own_binary() -> std::path::PathBuf {
+    std::env::current_exe().ok().and_then(|p| p.canonicalize().ok()).unwrap_or_else(|| "/usr/bin/corral".into())
+}
+
+/// `init` and `import`: print the files (`--dry-run`, Ok(false)) or write them and say so
+/// (Ok(true)); Err with the exit code when they could not be written.
+fn write_pool_files(cmd: &str, files: &[corral::init::File], opts: &corral::cli::PoolFiles) -> Result<bool, ExitCode> {
+    if opts.dry_run {
+        for f in files {
+            println!("# {}\n{}", f.path.display(), f.text);
+        }
+        return Ok(false);
+    }
+    if let Err(e) = corral::init::write(files, opts.force) {
+        eprintln!("corral {cmd}: {e}");
+        return Err(ExitCode::from(1));
+    }
+    for f in files {
+        println!("wrote {}", f.path.display());
+    }
+    Ok(true)
 }
 
 /// Whether logs for `target` go to journald.
