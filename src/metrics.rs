@@ -141,8 +141,13 @@ pub fn request_line(head: &[u8]) -> (String, String) {
     (method, path)
 }
 
-/// What the HTTP side asks the driver for.
-pub struct SnapshotRequest(pub oneshot::Sender<PoolStatus>);
+/// What the HTTP side asks the driver for: a snapshot, with figures sampled for it (/metrics)
+/// or as last sampled (the health endpoints, which probes call every few seconds and which
+/// show no per-process figures).
+pub struct SnapshotRequest {
+    pub reply: oneshot::Sender<PoolStatus>,
+    pub sample: bool,
+}
 
 /// Serve one connection: read the request head, ask the driver for a snapshot, answer, close.
 pub async fn serve(mut stream: tokio::net::TcpStream, driver: mpsc::UnboundedSender<SnapshotRequest>) {
@@ -171,7 +176,7 @@ pub async fn serve(mut stream: tokio::net::TcpStream, driver: mpsc::UnboundedSen
         (404, "text/plain", "try /metrics, /health, /ready or /live\n".to_string())
     } else {
         let (tx, rx) = oneshot::channel();
-        let snapshot = match driver.send(SnapshotRequest(tx)) {
+        let snapshot = match driver.send(SnapshotRequest { reply: tx, sample: path == "/metrics" }) {
             Ok(()) => rx.await.ok(),
             Err(_) => None,
         };

@@ -86,7 +86,8 @@ pub struct WorkerStatus {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct GroupUsage {
     pub rss_bytes: u64,
-    pub cpu_ticks: u64,
+    /// `None` where the sample read only memory figures.
+    pub cpu_ticks: Option<u64>,
     pub pids: Vec<i32>,
 }
 
@@ -98,7 +99,7 @@ pub struct GroupUsage {
 /// otherwise read the whole of /proc each time). Where the kernel has no children lists, one
 /// pass over /proc does it. One reused buffer: the master runs this every few seconds.
 pub fn sample_groups(wanted: &[i32]) -> BTreeMap<i32, GroupUsage> {
-    let page = nix::unistd::sysconf(nix::unistd::SysconfVar::PAGE_SIZE).ok().flatten().unwrap_or(4096) as u64;
+    let page = page_size();
     let mut out: BTreeMap<i32, GroupUsage> = BTreeMap::new();
     let mut stat = String::with_capacity(512);
     let Some(first) = wanted.first() else { return out };
@@ -133,9 +134,9 @@ pub fn sample_groups(wanted: &[i32]) -> BTreeMap<i32, GroupUsage> {
 
 /// Count process `pid`'s usage in its group `pgrp`.
 fn add(out: &mut BTreeMap<i32, GroupUsage>, pgrp: i32, pid: i32, usage: GroupUsage) {
-    let g = out.entry(pgrp).or_default();
+    let g = out.entry(pgrp).or_insert_with(|| GroupUsage { cpu_ticks: Some(0), ..GroupUsage::default() });
     g.rss_bytes += usage.rss_bytes;
-    g.cpu_ticks += usage.cpu_ticks;
+    g.cpu_ticks = g.cpu_ticks.zip(usage.cpu_ticks).map(|(a, b)| a + b);
     g.pids.push(pid);
 }
 
@@ -171,31 +172,81 @@ fn sample_groups_by_scan(wanted: &[i32], page: u64) -> BTreeMap<i32, GroupUsage>
 }
 
 /// [`sample_groups`] for a sampler that runs every `limits.interval`, keeping what it learned
-/// between runs, so that an idle pool of 1024 workers costs next to nothing:
+/// between runs, so that an idle pool of 1024 workers costs next to nothing.
 ///
-/// - each process of a group keeps its `/proc/PID/stat` and its children list
-///   (`/proc/PID/task/PID/children`) open, and they are read again with one `pread` each (no
-///   path walk, no open and close: the text is regenerated on every read from offset 0);
-/// - where the kernel has no children lists and /proc must be scanned for group members, a
-///   process seen before keeps its known group and is not read again; only processes new since
-///   the last scan are. Every [`FULL_SCAN_EVERY`]th scan reads them all anyway (a process may
-///   change its group with setpgid, or a pid be reused within an interval).
+/// Each process met keeps its `/proc/PID/statm` and its children list
+/// (`/proc/PID/task/PID/children`) open; they are read again with one `pread` each (no path
+/// walk, no open and close: the kernel regenerates the text on each read from offset 0). A
+/// sample is of one of two depths:
 ///
-/// A member's group is checked at every read (it is in the text read), so a process that left
-/// the group, or a reused pid, is never counted for the wrong worker.
+/// - **memory** (the periodic one): a member's RSS comes from its `statm`, a quarter of the
+///   kernel's work of `stat` (seven numbers; no thread walk for CPU times, no 52 fields to
+///   format). Its group is the one its `stat` showed when it was first met, checked again
+///   every [`GROUP_CHECK_EVERY`] for processes that are not a worker themselves (one that
+///   calls setpgid to leave its worker's group is no longer counted for it after that);
+/// - **full** (`cpu`: for `corral status` and /metrics): every member's `stat` is read, for
+///   its CPU times and its group.
+///
+/// Members are found by walking down from each worker through the children lists, unless no
+/// process was created on the host since the last sample (the `processes` count of /proc/stat
+/// did not move): then no list can have grown, and the known members are read again without
+/// them. A sample of an idle pool on a quiet host is one `pread` of a statm per process.
+/// The master's own children list (members whose parent exited are re-parented to it) is as
+/// long as the pool: it is read when a member is found gone, and every [`GROUP_CHECK_EVERY`].
+///
+/// Where the kernel has no children lists and /proc must be scanned for group members, a
+/// process seen before keeps its known group and is not read again; only processes new since
+/// the last scan are. Every [`FULL_SCAN_EVERY`]th scan reads them all anyway.
+///
+/// A kept-open file refers to its process, not to its number: once the process is gone it
+/// reads nothing, so a reused pid is never counted through it. The kernel keeps a page for
+/// each open file's text: 8 KiB per process of kernel memory, against a path walk each.
 #[derive(Default)]
 pub struct GroupSampler {
-    open: std::collections::HashMap<i32, std::fs::File>,
-    children: std::collections::HashMap<i32, std::fs::File>,
+    /// Every process met by the last walk: the groups' members and the master's other children.
+    procs: std::collections::HashMap<i32, Proc>,
+    /// The master's own children list.
+    master_children: Option<std::fs::File>,
+    /// The walk's number: a process met in this walk carries it.
+    round: u64,
+    /// Files kept open in `procs`.
+    kept: usize,
+    /// Members found gone in this walk.
+    gone: usize,
+    /// The host's count of processes (and threads) created, at the last walk, and the file it
+    /// is read from (`processes` in /proc/stat).
+    forks: Option<u64>,
+    proc_stat: Option<std::fs::File>,
+    /// When the groups of members that are not workers themselves were last read again.
+    groups_checked: Option<std::time::Instant>,
     /// Scan path: the group of every process seen at the last scan.
     seen: std::collections::HashMap<i32, i32>,
     scans: u64,
-    /// Read buffers, allocated once: a stat line, a children list.
-    stat_buf: Vec<u8>,
-    child_buf: Vec<u8>,
+    /// Reused between samples: a stat line, a read buffer, the walk's stack.
+    text: String,
+    buf: Vec<u8>,
+    stack: Vec<i32>,
 }
 
-/// At most this many files kept open by [`GroupSampler`] (two per process: stat and children),
+/// One process met by [`GroupSampler`], as it keeps it between samples.
+struct Proc {
+    /// Its `/proc/PID/statm` and children list, kept open (`None` past the kept-open budget,
+    /// or not needed yet: read by path then).
+    statm: Option<std::fs::File>,
+    children: Option<std::fs::File>,
+    /// Its process group when its `stat` was last read.
+    pgrp: i32,
+    /// The walk that met it last.
+    round: u64,
+}
+
+impl Proc {
+    fn files(&self) -> usize {
+        usize::from(self.statm.is_some()) + usize::from(self.children.is_some())
+    }
+}
+
+/// At most this many files kept open by [`GroupSampler`] (two per process: statm and children),
 /// and never more than a quarter of the descriptor limit: descriptors are for connections first.
 pub const MAX_KEPT_OPEN: usize = 4096;
 
@@ -210,47 +261,235 @@ fn kept_open_budget() -> usize {
 /// How often (in scans) [`GroupSampler`] reads every process of /proc again.
 pub const FULL_SCAN_EVERY: u64 = 12;
 
+/// How often [`GroupSampler`] reads again the group of each member that is not a worker.
+pub const GROUP_CHECK_EVERY: std::time::Duration = std::time::Duration::from_secs(30);
+
+fn page_size() -> u64 {
+    nix::unistd::sysconf(nix::unistd::SysconfVar::PAGE_SIZE).ok().flatten().map_or(4096, |p| p as u64)
+}
+
+/// What one visit of [`GroupSampler::visit`] reads.
+struct Depth<'a> {
+    /// CPU times too (every member's `stat`).
+    cpu: bool,
+    /// The group of members that are not workers read again.
+    check_groups: bool,
+    leaders: &'a std::collections::HashSet<i32>,
+    page: u64,
+}
+
 impl GroupSampler {
-    pub fn sample(&mut self, wanted: &[i32]) -> BTreeMap<i32, GroupUsage> {
-        let page = nix::unistd::sysconf(nix::unistd::SysconfVar::PAGE_SIZE).ok().flatten().unwrap_or(4096) as u64;
-        let Some(first) = wanted.first() else {
-            self.open.clear();
-            self.children.clear();
-            return BTreeMap::new();
+    /// RSS of each group led by one of `wanted`; with `cpu`, its CPU ticks and its processes.
+    pub fn sample(&mut self, wanted: &[i32], cpu: bool) -> BTreeMap<i32, GroupUsage> {
+        self.sample_as(wanted, cpu, false)
+    }
+
+    /// [`GroupSampler::sample`]; with `assume_quiet`, as if no process had been created since
+    /// the last sample (for tests: the host's count moves all the time while they run).
+    fn sample_as(&mut self, wanted: &[i32], cpu: bool, assume_quiet: bool) -> BTreeMap<i32, GroupUsage> {
+        let mut out = BTreeMap::new();
+        let Some(&first) = wanted.first() else {
+            self.procs.clear();
+            self.kept = 0;
+            return out;
         };
         let leaders: std::collections::HashSet<i32> = wanted.iter().copied().collect();
-        let members: Vec<i32> = if self.children.contains_key(first)
-            || std::fs::metadata(format!("/proc/{first}/task/{first}/children")).is_ok()
-        {
-            let mut found = Vec::new();
-            let mut stack: Vec<i32> = wanted.to_vec();
+        let now = std::time::Instant::now();
+        let check_groups = cpu || self.groups_checked.is_none_or(|t| now.duration_since(t) >= GROUP_CHECK_EVERY);
+        if check_groups {
+            self.groups_checked = Some(now);
+        }
+        let depth = Depth { cpu, check_groups, leaders: &leaders, page: page_size() };
+        self.round += 1;
+        let walk = self.procs.get(&first).is_some_and(|p| p.children.is_some())
+            || std::fs::metadata(format!("/proc/{first}/task/{first}/children")).is_ok();
+        self.gone = 0;
+        if walk {
+            let grown = (self.tree_may_have_grown() && !assume_quiet) || check_groups;
+            let mut stack = std::mem::take(&mut self.stack);
+            stack.clear();
+            stack.extend_from_slice(wanted);
+            if grown {
+                // Down each group through the children lists, and every member known before
+                // (one whose parent exited is re-parented: no longer below its worker).
+                stack.extend(self.procs.iter().filter(|(_, p)| leaders.contains(&p.pgrp)).map(|(pid, _)| *pid));
+                while let Some(pid) = stack.pop() {
+                    self.visit(pid, &depth, &mut out, Some(&mut stack));
+                }
+            } else {
+                // No process was created on the host since the last walk: the same processes,
+                // read again without their children lists.
+                stack.extend(self.procs.keys());
+                for &pid in &stack {
+                    self.visit(pid, &depth, &mut out, None);
+                }
+                stack.clear();
+            }
             // The master's other children: group members whose parent exited (re-parented to
-            // the master, the subreaper).
-            let master = std::process::id() as i32;
-            self.push_children(master, &mut stack);
-            let mut visited = std::collections::HashSet::new();
-            while let Some(pid) = stack.pop() {
-                if visited.insert(pid) {
-                    found.push(pid);
-                    self.push_children(pid, &mut stack);
+            // the master, the subreaper). Its list is as long as the pool, so it is read only
+            // when a member is gone (its children are re-parented), at the first walk, and with
+            // the groups' check.
+            if self.gone > 0 || check_groups || self.master_children.is_none() {
+                let master = std::process::id() as i32;
+                if self.master_children.is_none() {
+                    self.master_children = std::fs::File::open(format!("/proc/{master}/task/{master}/children")).ok();
+                }
+                if let Some(f) = &self.master_children {
+                    let _ = read_children(f, &mut self.buf, &mut self.text, &mut stack);
+                }
+                while let Some(pid) = stack.pop() {
+                    self.visit(pid, &depth, &mut out, Some(&mut stack));
                 }
             }
-            self.children.retain(|pid, _| *pid == master || visited.contains(pid));
-            found
+            self.stack = stack;
         } else {
-            self.scan(&leaders)
-        };
-        let mut out: BTreeMap<i32, GroupUsage> = BTreeMap::new();
-        let mut keep = std::collections::HashSet::new();
-        for pid in members {
-            let Some((pgrp, usage)) = self.read(pid, page) else { continue };
-            if leaders.contains(&pgrp) {
-                keep.insert(pid);
-                add(&mut out, pgrp, pid, usage);
+            for pid in self.scan(&leaders) {
+                self.visit(pid, &depth, &mut out, None);
             }
         }
-        self.open.retain(|pid, _| keep.contains(pid));
+        let round = self.round;
+        let mut closed = 0;
+        self.procs.retain(|_, p| {
+            let met = p.round == round;
+            if !met {
+                closed += p.files();
+            }
+            met
+        });
+        self.kept -= closed;
         out
+    }
+
+    /// Read `pid` once in this walk: count it for its group if that is one of `depth.leaders`,
+    /// and push its children onto `stack` (when walking children lists).
+    fn visit(
+        &mut self,
+        pid: i32,
+        depth: &Depth<'_>,
+        out: &mut BTreeMap<i32, GroupUsage>,
+        stack: Option<&mut Vec<i32>>,
+    ) {
+        use std::collections::hash_map::Entry;
+        let round = self.round;
+        let budget = kept_open_budget();
+        let Self { procs, kept, text, buf, gone, .. } = self;
+        let (proc, fresh) = match procs.entry(pid) {
+            Entry::Occupied(e) => {
+                let proc = e.into_mut();
+                if proc.round == round {
+                    return;
+                }
+                proc.round = round;
+                (proc, None)
+            }
+            Entry::Vacant(e) => {
+                // Met for the first time: its stat tells its group.
+                let Some((pgrp, usage)) = read_stat(pid, depth.page, text) else { return };
+                (e.insert(Proc { statm: None, children: None, pgrp, round }), Some(usage))
+            }
+        };
+        if let Some(stack) = stack {
+            if proc.children.is_none() && *kept < budget {
+                proc.children = std::fs::File::open(format!("/proc/{pid}/task/{pid}/children")).ok();
+                *kept += usize::from(proc.children.is_some());
+            }
+            match &proc.children {
+                Some(f) => {
+                    let _ = read_children(f, buf, text, stack);
+                }
+                None => push_children(pid, stack, text),
+            }
+        }
+        // Its group (and CPU times) from its stat: when met for the first time, for a full
+        // sample, and at the groups' check for a process that is not a worker itself.
+        let cpu_ticks = match fresh {
+            Some(usage) => usage.cpu_ticks,
+            None if depth.cpu || (depth.check_groups && !depth.leaders.contains(&pid)) => {
+                let Some((pgrp, usage)) = read_stat(pid, depth.page, text) else {
+                    proc.round = 0; // gone: forgotten after this walk
+                    *gone += 1;
+                    return;
+                };
+                proc.pgrp = pgrp;
+                usage.cpu_ticks
+            }
+            None => None,
+        };
+        if !depth.leaders.contains(&proc.pgrp) {
+            return; // walked only for its children
+        }
+        // Its RSS from its statm, always: the exact count (stat's is the kernel's approximate
+        // one, which can lag by a few hundred KiB).
+        if proc.statm.is_none() && *kept < budget {
+            proc.statm = std::fs::File::open(format!("/proc/{pid}/statm")).ok();
+            *kept += usize::from(proc.statm.is_some());
+        }
+        let pages = match &proc.statm {
+            Some(f) => {
+                use std::os::unix::fs::FileExt;
+                if buf.len() < 4096 {
+                    buf.resize(4096, 0);
+                }
+                // A kept file of an exited process reads nothing or fails (ESRCH).
+                match f.read_at(buf, 0) {
+                    Ok(n) if n > 0 => std::str::from_utf8(&buf[..n]).ok().and_then(parse_statm),
+                    _ => None,
+                }
+            }
+            None => {
+                use std::io::Read;
+                text.clear();
+                std::fs::File::open(format!("/proc/{pid}/statm"))
+                    .and_then(|mut f| f.read_to_string(text))
+                    .ok()
+                    .and_then(|_| parse_statm(text))
+            }
+        };
+        let Some(pages) = pages else {
+            proc.round = 0;
+            *gone += 1;
+            return;
+        };
+        let g = out.entry(proc.pgrp).or_insert_with(|| GroupUsage { cpu_ticks: Some(0), ..GroupUsage::default() });
+        g.rss_bytes += pages * depth.page;
+        g.cpu_ticks = g.cpu_ticks.zip(cpu_ticks).map(|(a, b)| a + b);
+        // Who is in the group is for status and /metrics: with the CPU times.
+        if depth.cpu {
+            g.pids.push(pid);
+        }
+    }
+
+    /// Whether a process or thread may have been created since the last call: the host's
+    /// count of them (`processes` in /proc/stat, which every fork and clone adds to) moved.
+    /// When it did not, no children list can have grown, and a sample of an idle pool is one
+    /// read per process. Unknown counts as grown.
+    fn tree_may_have_grown(&mut self) -> bool {
+        use std::os::unix::fs::FileExt;
+        if self.proc_stat.is_none() {
+            self.proc_stat = std::fs::File::open("/proc/stat").ok();
+        }
+        let Some(f) = &self.proc_stat else { return true };
+        // /proc/stat holds a line per CPU and per interrupt before `processes`: read it all.
+        self.text.clear();
+        if self.buf.len() < 4096 {
+            self.buf.resize(4096, 0);
+        }
+        let mut offset = 0;
+        loop {
+            match f.read_at(&mut self.buf, offset) {
+                Ok(0) => break,
+                Ok(n) => {
+                    self.text.push_str(&String::from_utf8_lossy(&self.buf[..n]));
+                    offset += n as u64;
+                }
+                Err(_) => return true,
+            }
+        }
+        let now =
+            self.text.lines().find_map(|l| l.strip_prefix("processes ")).and_then(|n| n.trim().parse::<u64>().ok());
+        let grown = now.is_none() || now != self.forks;
+        self.forks = now;
+        grown
     }
 
     /// One pass over /proc: the pids that may be in one of the groups `leaders`.
@@ -260,77 +499,47 @@ impl GroupSampler {
         let Ok(dir) = std::fs::read_dir("/proc") else { return Vec::new() };
         let mut now = std::collections::HashMap::with_capacity(self.seen.len());
         let mut candidates = Vec::new();
-        let mut text = String::new();
         for entry in dir.flatten() {
             let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else { continue };
             let pgrp = match self.seen.get(&pid) {
                 Some(&g) if !full => Some(g),
-                _ => read_stat(pid, 4096, &mut text).map(|(g, _)| g),
+                _ => read_stat(pid, 4096, &mut self.text).map(|(g, _)| g),
             };
             let Some(pgrp) = pgrp else { continue };
             now.insert(pid, pgrp);
-            if leaders.contains(&pgrp) || self.open.contains_key(&pid) {
+            if leaders.contains(&pgrp) || self.procs.contains_key(&pid) {
                 candidates.push(pid);
             }
         }
         self.seen = now;
         candidates
     }
+}
 
-    /// Push the children of `pid` (those its main thread forked) onto `stack`, through its
-    /// kept-open children list.
-    fn push_children(&mut self, pid: i32, stack: &mut Vec<i32>) {
-        use std::os::unix::fs::FileExt;
-        if !self.children.contains_key(&pid) {
-            if self.open.len() + self.children.len() >= kept_open_budget() {
-                let mut text = String::new();
-                push_children(pid, stack, &mut text);
-                return;
-            }
-            let Ok(f) = std::fs::File::open(format!("/proc/{pid}/task/{pid}/children")) else { return };
-            self.children.insert(pid, f);
-        }
-        if self.child_buf.is_empty() {
-            self.child_buf = vec![0; 64 * 1024];
-        }
-        let n = self.children.get(&pid).and_then(|f| f.read_at(&mut self.child_buf, 0).ok());
-        match n {
-            Some(n) if n > 0 => {
-                if let Ok(text) = std::str::from_utf8(&self.child_buf[..n]) {
-                    stack.extend(text.split_whitespace().filter_map(|c| c.parse::<i32>().ok()));
-                }
-            }
-            Some(_) => {}
-            None => {
-                self.children.remove(&pid);
-            }
-        }
+/// Push the pids of a kept-open children list onto `stack`. The kernel hands the list out a
+/// page at a time, so it is read until the end (one read when it is empty, the usual case).
+fn read_children(f: &std::fs::File, buf: &mut Vec<u8>, text: &mut String, stack: &mut Vec<i32>) -> std::io::Result<()> {
+    use std::os::unix::fs::FileExt;
+    if buf.len() < 4096 {
+        buf.resize(4096, 0);
     }
+    text.clear();
+    let mut offset = 0;
+    loop {
+        let n = f.read_at(buf, offset)?;
+        if n == 0 {
+            break;
+        }
+        text.push_str(std::str::from_utf8(&buf[..n]).map_err(|_| std::io::ErrorKind::InvalidData)?);
+        offset += n as u64;
+    }
+    stack.extend(text.split_ascii_whitespace().filter_map(|c| c.parse::<i32>().ok()));
+    Ok(())
+}
 
-    /// (group, usage) of `pid`, through its kept-open stat file (past [`MAX_KEPT_OPEN`] files,
-    /// by opening it each time: descriptors are the master's to keep for connections).
-    fn read(&mut self, pid: i32, page: u64) -> Option<(i32, GroupUsage)> {
-        use std::os::unix::fs::FileExt;
-        if !self.open.contains_key(&pid) {
-            if self.open.len() + self.children.len() >= kept_open_budget() {
-                let mut text = String::new();
-                return read_stat(pid, page, &mut text);
-            }
-            self.open.insert(pid, std::fs::File::open(format!("/proc/{pid}/stat")).ok()?);
-        }
-        if self.stat_buf.is_empty() {
-            self.stat_buf = vec![0; 1024];
-        }
-        let n = match self.open.get(&pid)?.read_at(&mut self.stat_buf, 0) {
-            Ok(n) if n > 0 => n,
-            // The process is gone (a kept file of an exited process reads nothing or ESRCH).
-            _ => {
-                self.open.remove(&pid);
-                return None;
-            }
-        };
-        parse_stat(std::str::from_utf8(&self.stat_buf[..n]).ok()?, page)
-    }
+/// Resident pages from the text of `/proc/PID/statm` (its second field).
+fn parse_statm(statm: &str) -> Option<u64> {
+    statm.split_ascii_whitespace().nth(1)?.parse().ok()
 }
 
 /// (process group, usage) from the text of `/proc/PID/stat`.
@@ -342,7 +551,7 @@ fn parse_stat(stat: &str, page: u64) -> Option<(i32, GroupUsage)> {
     let utime: u64 = f.get(11)?.parse().ok()?;
     let stime: u64 = f.get(12)?.parse().ok()?;
     let rss_pages: u64 = f.get(21)?.parse().ok()?;
-    Some((pgrp, GroupUsage { rss_bytes: rss_pages * page, cpu_ticks: utime + stime, pids: Vec::new() }))
+    Some((pgrp, GroupUsage { rss_bytes: rss_pages * page, cpu_ticks: Some(utime + stime), pids: Vec::new() }))
 }
 
 /// Of `pids`, those with a descriptor open on one of the sockets `inodes` (read from
@@ -508,8 +717,8 @@ pub fn render(pools: &[PoolStatus], color: bool) -> String {
 mod tests {
     use super::*;
 
-    /// The kept-open sampler finds what the one-shot one finds, sample after sample, and drops
-    /// a member that exits.
+    /// The kept-open sampler finds what the one-shot one finds, sample after sample, at both
+    /// depths and on a quiet host, and drops a member that exits.
     #[test]
     fn group_sampler_agrees_with_a_fresh_look() {
         use std::os::unix::process::CommandExt;
@@ -525,22 +734,66 @@ mod tests {
             assert!(std::time::Instant::now() < deadline, "the group never had 3 processes");
             std::thread::sleep(std::time::Duration::from_millis(10));
         }
-        for _ in 0..3 {
-            let mut fresh = sample_groups(&[pid])[&pid].pids.clone();
-            let mut kept = sampler.sample(&[pid])[&pid].pids.clone();
-            fresh.sort_unstable();
-            kept.sort_unstable();
-            assert_eq!(kept, fresh);
+        let sorted = |mut v: Vec<i32>| {
+            v.sort_unstable();
+            v
+        };
+        for quiet in [false, true, false, true] {
+            let fresh = &sample_groups(&[pid])[&pid];
+            let full = &sampler.sample_as(&[pid], true, quiet)[&pid];
+            assert_eq!(sorted(full.pids.clone()), sorted(fresh.pids.clone()));
+            assert!(full.cpu_ticks.is_some());
+            // Idle sleeps and a waiting shell: their RSS does not move between two looks.
+            let memory = &sampler.sample_as(&[pid], false, quiet)[&pid];
+            assert_eq!((memory.rss_bytes, memory.cpu_ticks), (full.rss_bytes, None), "quiet: {quiet}");
         }
         let victim = sample_groups(&[pid])[&pid].pids.iter().copied().find(|p| *p != pid).unwrap();
+        let rss_before = sampler.sample_as(&[pid], false, true)[&pid].rss_bytes;
         nix::sys::signal::kill(nix::unistd::Pid::from_raw(victim), nix::sys::signal::Signal::SIGKILL).unwrap();
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        while sampler.sample(&[pid])[&pid].pids.contains(&victim) {
+        // A member gone is noticed without a walk (its kept statm reads nothing)...
+        while sampler.sample_as(&[pid], false, true)[&pid].rss_bytes == rss_before {
             assert!(std::time::Instant::now() < deadline, "an exited member is still counted");
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        // ...and forgotten.
+        assert!(!sampler.sample_as(&[pid], true, true)[&pid].pids.contains(&victim));
+        assert!(!sampler.procs.contains_key(&victim));
+        let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+        let _ = leader.wait();
+    }
+
+    /// A process forked into a group after samples that found nothing new is found by the
+    /// next one: the fork moved the host's count of created processes.
+    #[test]
+    fn group_sampler_finds_a_child_forked_later() {
+        use std::os::unix::process::CommandExt;
+        let dir = std::env::temp_dir().join(format!("corral-sampler-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let go = dir.join("go");
+        let script = format!("while [ ! -e {} ]; do sleep 0.05; done; sleep 30 & wait", go.display());
+        let mut leader = std::process::Command::new("sh").args(["-c", &script]).process_group(0).spawn().unwrap();
+        let pid = leader.id() as i32;
+        let mut sampler = GroupSampler::default();
+        // The shell forks a `sleep` every 50ms: wait for a sample that sees only the shell.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while sampler.sample(&[pid], true)[&pid].pids != [pid] {
+            assert!(std::time::Instant::now() < deadline, "never saw the shell alone");
+        }
+        std::fs::write(&go, "").unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            sampler.sample(&[pid], false);
+            let pids = &sampler.sample(&[pid], true)[&pid].pids;
+            if pids.len() == 2 && sample_groups(&[pid])[&pid].pids.len() == 2 {
+                break;
+            }
+            assert!(std::time::Instant::now() < deadline, "the child forked later was never counted");
             std::thread::sleep(std::time::Duration::from_millis(10));
         }
         let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
         let _ = leader.wait();
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]
@@ -548,7 +801,7 @@ mod tests {
         let stat = "1234 (my (odd) app) S 1 1234 1234 0 -1 4194560 100 0 0 0 250 50 0 0 20 0 1 0 100 1000000 300 18446744073709551615";
         let (pgrp, u) = parse_stat(stat, 4096).unwrap();
         assert_eq!(pgrp, 1234);
-        assert_eq!(u, GroupUsage { rss_bytes: 300 * 4096, cpu_ticks: 300, pids: vec![] });
+        assert_eq!(u, GroupUsage { rss_bytes: 300 * 4096, cpu_ticks: Some(300), pids: vec![] });
         assert!(parse_stat("garbage", 4096).is_none());
     }
 

@@ -247,6 +247,23 @@ fn a_worker_over_the_memory_limit_is_replaced_without_downtime() {
     assert_eq!(restarts(&m, "crash"), 0, "replaced, not crashed");
 }
 
+/// The limit is on the worker's process group: memory taken by a process the worker forks
+/// long after it started (after many samples found nothing new) counts too.
+#[test]
+fn a_worker_whose_child_goes_over_the_memory_limit_is_replaced() {
+    let (m, addr) = pool(
+        "memchild",
+        ", \"--leak-mib\", \"120\", \"--leak-after\", \"1500\", \"--leak-in-child\"",
+        "[limits]\nmemory = \"80MiB\"\ninterval = \"100ms\"\n",
+    );
+    let first = m.wait_workers(2);
+    m.wait_log("over the 80.0 MiB limit: replacing it");
+    wait_until("a memory replacement counted", TIMEOUT, || restarts(&m, "memory") >= 1);
+    wait_until("an original worker replaced", TIMEOUT, || first.iter().any(|p| !alive(*p)));
+    assert!(get(addr).is_ok());
+    assert_eq!(restarts(&m, "crash"), 0, "replaced, not crashed");
+}
+
 #[test]
 fn a_worker_that_stops_pinging_is_aborted_and_replaced() {
     let (m, _) = pool(

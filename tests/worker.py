@@ -16,6 +16,7 @@ generation) and can be told to misbehave through its arguments:
   --say TEXT         print TEXT on stdout, TEXT-err on stderr and "<4>TEXT-warn" on stdout at start
   --long N           print one line of N "x" characters at start
   --leak-mib N       allocate (and touch) N MiB, --leak-after MS after becoming ready
+  --leak-in-child    ... in a child forked then (same process group), not in the worker itself
   --watchdog         send WATCHDOG=1 every WATCHDOG_USEC/4; --stop-pinging-after MS stops it
 """
 
@@ -166,6 +167,7 @@ def main() -> int:
     p.add_argument("--long", type=int)
     p.add_argument("--leak-mib", type=int)
     p.add_argument("--leak-after", type=int, default=0)
+    p.add_argument("--leak-in-child", action="store_true")
     p.add_argument("--watchdog", action="store_true")
     p.add_argument("--stop-pinging-after", type=int)
     p.add_argument("--status", help="STATUS= text sent with READY=1")
@@ -220,9 +222,18 @@ def main() -> int:
     while not STOPPING.is_set():
         now = time.monotonic()
         if a.leak_mib and leaked is None and now - ready_at >= a.leak_after / 1000:
-            leaked = bytearray(a.leak_mib * 1024 * 1024)
-            for i in range(0, len(leaked), 4096):
-                leaked[i] = 1
+            child = os.fork() if a.leak_in_child else 0
+            if child == 0:
+                leaked = bytearray(a.leak_mib * 1024 * 1024)
+                for i in range(0, len(leaked), 4096):
+                    leaked[i] = 1
+            if a.leak_in_child:
+                if child == 0:
+                    # The child holds the memory until its group is stopped.
+                    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+                    while True:
+                        time.sleep(60)
+                leaked = child
         pinging = a.stop_pinging_after is None or now - ready_at < a.stop_pinging_after / 1000
         if a.watchdog and ping_every and pinging and now - last_ping >= ping_every:
             notify("WATCHDOG=1")

@@ -155,8 +155,8 @@ pub struct Driver {
     resumed: Option<String>,
     /// Inodes of the listening sockets: a process holding one of them can serve.
     listen_inodes: Vec<u64>,
-    /// When the workers' processes were last sampled.
-    last_sample: Option<Instant>,
+    /// When the workers' processes were last sampled with their CPU times.
+    last_cpu_sample: Option<Instant>,
     /// Reads the workers' process groups every `limits.interval`, keeping its files open.
     sampler: status::GroupSampler,
     /// Starting workers watched for readiness by the master ("listen" and "ipc" modes).
@@ -305,7 +305,7 @@ impl Driver {
             pending_upgrade: None,
             resumed: None,
             listen_inodes: Vec::new(),
-            last_sample: None,
+            last_cpu_sample: None,
             sampler: status::GroupSampler::default(),
             ready_watch: readiness::ReadyWatch::new(),
         }
@@ -406,7 +406,10 @@ impl Driver {
                         }
                     }
                 },
-                Some(SnapshotRequest(reply)) = metrics_rx.recv() => {
+                Some(SnapshotRequest { reply, sample }) = metrics_rx.recv() => {
+                    if sample {
+                        self.sample_for_report();
+                    }
                     let _ = reply.send(self.snapshot());
                 }
                 _ = sleep, if deadline.is_some() => {
@@ -420,7 +423,8 @@ impl Driver {
                     self.dispatch(Event::Tick);
                 }
                 _ = sampler.tick() => {
-                    self.sample();
+                    // Memory only: CPU times are read when status or /metrics asks.
+                    self.sample(false);
                     // A reload may have changed the interval.
                     let every = self.pool.config().limits.interval.0;
                     if every != sample_every {

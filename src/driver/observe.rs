@@ -4,35 +4,51 @@
 use super::*;
 
 impl Driver {
-    /// Read RSS and CPU of every worker's process group; feed memory figures to the pool.
-    pub(super) fn sample(&mut self) {
+    /// Read RSS (and, with `cpu`, CPU times) of every worker's process group; feed memory
+    /// figures to the pool. CPU times cost the kernel four times what RSS does, and only
+    /// status and /metrics show them, so they are read when those ask (see
+    /// [`status::GroupSampler`]); a worker's CPU % is its average since the previous such
+    /// reading at least half a second before, or since it started (as `ps` and PM2 show it).
+    pub(super) fn sample(&mut self, cpu: bool) {
         if self.workers.is_empty() {
             return;
         }
         let wanted: Vec<i32> = self.workers.keys().map(|p| p.as_raw()).collect();
-        let groups = self.sampler.sample(&wanted);
+        let groups = self.sampler.sample(&wanted, cpu);
         let now = Instant::now();
-        self.last_sample = Some(now);
+        if cpu {
+            self.last_cpu_sample = Some(now);
+        }
         let tck = status::clock_ticks();
-        let mut samples = Vec::new();
+        let mut samples = Vec::with_capacity(groups.len());
         for (pid, meta) in self.workers.iter_mut() {
             let Some(usage) = groups.get(&pid.as_raw()) else { continue };
             meta.rss = Some(usage.rss_bytes);
+            samples.push((*pid, usage.rss_bytes));
+            let Some(cpu_ticks) = usage.cpu_ticks else { continue };
             meta.group.clone_from(&usage.pids);
-            meta.cpu_ticks = Some(usage.cpu_ticks);
+            meta.cpu_ticks = Some(cpu_ticks);
             match meta.cpu_base {
                 // CPU % needs some distance between two samples to mean anything.
                 Some((then, ticks)) if now.duration_since(then).as_secs_f64() >= 0.5 => {
                     let dt = now.duration_since(then).as_secs_f64();
-                    meta.cpu_percent = Some(100.0 * usage.cpu_ticks.saturating_sub(ticks) as f64 / tck / dt);
-                    meta.cpu_base = Some((now, usage.cpu_ticks));
+                    meta.cpu_percent = Some(100.0 * cpu_ticks.saturating_sub(ticks) as f64 / tck / dt);
+                    meta.cpu_base = Some((now, cpu_ticks));
                 }
                 Some(_) => {}
-                None => meta.cpu_base = Some((now, usage.cpu_ticks)),
+                None => meta.cpu_base = Some((now, cpu_ticks)),
             }
-            samples.push((*pid, usage.rss_bytes));
         }
         self.dispatch(Event::MemorySamples(samples));
+    }
+
+    /// Sample with CPU times unless the last such sample is younger than a second: what
+    /// `corral status` and /metrics show is at most that old, and a pool of a thousand
+    /// workers answers faster for it.
+    pub(super) fn sample_for_report(&mut self) {
+        if self.last_cpu_sample.is_none_or(|t| t.elapsed() > std::time::Duration::from_secs(1)) {
+            self.sample(true);
+        }
     }
 
     /// The pool as `corral status`, /metrics and /health report it.

@@ -8,11 +8,7 @@ impl Driver {
         let Incoming { request, reply } = incoming;
         match request {
             Request::Status => {
-                // A sample younger than a second is fresh enough; a pool of a thousand workers
-                // answers faster for it.
-                if self.last_sample.is_none_or(|t| t.elapsed() > std::time::Duration::from_secs(1)) {
-                    self.sample();
-                }
+                self.sample_for_report();
                 let _ = reply.send(Reply::status(self.snapshot()));
             }
             Request::Reload { wait } => {

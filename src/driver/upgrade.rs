@@ -282,7 +282,7 @@ impl Driver {
             pending_upgrade: None,
             resumed: Some(state.from_version),
             listen_inodes: Vec::new(),
-            last_sample: None,
+            last_cpu_sample: None,
             sampler: status::GroupSampler::default(),
             ready_watch: super::readiness::ReadyWatch::new(),
         }

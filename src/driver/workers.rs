@@ -58,6 +58,8 @@ impl Driver {
         let child = spawn::spawn(&req)?;
         let pid = child.pid;
         let mut meta = WorkerMeta::new();
+        // A process just spawned has used no CPU: the first CPU % shown is the average since.
+        meta.cpu_base = Some((Instant::now(), 0));
         let origin = Origin {
             name: self.name.clone(),
             slot,

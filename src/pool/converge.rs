@@ -35,7 +35,7 @@ impl Pool {
         let mut empty = Vec::new();
         // One pass to group the live workers by slot: every slot is then looked at once.
         let by_slot = self.live_by_slot();
-        for (slot, here) in by_slot.iter().enumerate() {
+        for (slot, here) in by_slot.slots().enumerate() {
             let live = || here.iter().map(|&i| &self.workers[i]);
             let has_target = live().any(|w| w.is_current(target));
             let target_ready = live().any(|w| w.is_current(target) && w.is_ready());
@@ -103,15 +103,25 @@ impl Pool {
         ready.iter().all(|r| *r)
     }
 
-    /// Indices of the live workers of each desired slot (slot = position), in one pass.
-    pub(super) fn live_by_slot(&self) -> Vec<Vec<usize>> {
-        let mut by_slot = vec![Vec::new(); self.desired];
-        for (i, w) in self.workers.iter().enumerate() {
-            if w.is_live() && w.slot < self.desired {
-                by_slot[w.slot].push(i);
-            }
+    /// Indices of the live workers of each desired slot, in two passes and three allocations
+    /// (a counting sort: this runs on every event and before every wait of the loop, so not
+    /// one allocation per slot).
+    pub(super) fn live_by_slot(&self) -> BySlot {
+        let live = || self.workers.iter().enumerate().filter(|(_, w)| w.is_live() && w.slot < self.desired);
+        let mut start = vec![0; self.desired + 1];
+        for (_, w) in live() {
+            start[w.slot + 1] += 1;
         }
-        by_slot
+        for s in 1..start.len() {
+            start[s] += start[s - 1];
+        }
+        let mut next = start.clone();
+        let mut index = vec![0; start[self.desired]];
+        for (i, w) in live() {
+            index[next[w.slot]] = i;
+            next[w.slot] += 1;
+        }
+        BySlot { start, index }
     }
 
     /// A memory sample of `pid`'s process group: over `limits.memory`, the worker is marked for
@@ -160,5 +170,19 @@ impl Pool {
         if let Some(to) = reply {
             out.push(Action::Reply { to, result });
         }
+    }
+}
+
+/// The live workers of each slot: [`BySlot::slots`] yields, for slot 0, 1, …, the indices of
+/// its workers in `Pool::workers`, in the order they are there.
+pub(super) struct BySlot {
+    /// Where each slot's run starts in `index` (one more entry: the end of the last).
+    start: Vec<usize>,
+    index: Vec<usize>,
+}
+
+impl BySlot {
+    pub(super) fn slots(&self) -> impl Iterator<Item = &[usize]> + '_ {
+        self.start.windows(2).map(|w| &self.index[w[0]..w[1]])
     }
 }

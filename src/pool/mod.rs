@@ -245,9 +245,10 @@ impl Pool {
     /// The earliest time at which a [`Event::Tick`] has something to do.
     pub fn next_deadline(&self) -> Option<Instant> {
         let workers = self.workers.iter().flat_map(|w| self.deadlines(w));
-        let by_slot = if self.phase == Phase::Running { self.live_by_slot() } else { Vec::new() };
+        let by_slot = (self.phase == Phase::Running).then(|| self.live_by_slot());
         let restarts = by_slot
             .iter()
+            .flat_map(|b| b.slots())
             .enumerate()
             .filter(|(_, here)| here.is_empty())
             .filter_map(|(slot, _)| self.slots.get(slot).and_then(|s| s.not_before));
