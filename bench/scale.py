@@ -52,6 +52,18 @@ def cpu_ticks(pid):
     return int(f[11]) + int(f[12])
 
 
+def cpu_ns(pid):
+    """Time on CPU in nanoseconds (all threads; /proc/PID/schedstat is the main thread only)."""
+    total = 0
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{tid}/schedstat") as f:
+                total += int(f.read().split()[0])
+        except FileNotFoundError:
+            pass  # a thread that exited (its time is not lost: it is the process's still)
+    return total
+
+
 def ctx_switches(pid):
     n = 0
     with open(f"/proc/{pid}/status") as f:
@@ -82,7 +94,7 @@ def timed(fn, reps=5):
 
 
 class Pool:
-    def __init__(self, tmp, name, n, kind, metrics=True):
+    def __init__(self, tmp, name, n, kind, metrics=True, interval="5s"):
         self.tmp, self.n = tmp, n
         self.port, self.mport = free_port(), free_port()
         self.cfg = os.path.join(tmp, f"{name}.toml")
@@ -91,7 +103,7 @@ class Pool:
         mode = "spawn" if kind == "spawn" else "notify"
         self.text = (f'name = "{name}"\ncommand = {json.dumps(command)}\ninstances = {n}\n'
                      f'listen = ["127.0.0.1:{self.port}"]\n[ready]\nmode = "{mode}"\ntimeout = "60s"\n'
-                     '[limits]\nmemory = "1GiB"\ninterval = "5s"\n[stop]\ntimeout = "10s"\n'
+                     f'[limits]\nmemory = "1GiB"\ninterval = "{interval}"\n[stop]\ntimeout = "10s"\n'
                      '[reload]\nbatch = 1\n')
         if metrics:
             self.text += f'[metrics]\nlisten = "127.0.0.1:{self.mport}"\n'
@@ -119,9 +131,9 @@ class Pool:
 
 
 def idle(pids, seconds):
-    t0 = {p: (cpu_ticks(p), ctx_switches(p)) for p in pids}
+    t0 = {p: (cpu_ns(p), ctx_switches(p)) for p in pids}
     time.sleep(seconds)
-    cpu = sum(cpu_ticks(p) - t0[p][0] for p in pids) / TCK
+    cpu = sum(cpu_ns(p) - t0[p][0] for p in pids) / 1e9
     wake = sum(ctx_switches(p) - t0[p][1] for p in pids)
     return 100.0 * cpu / seconds, wake * 60.0 / seconds
 

@@ -41,9 +41,14 @@ def main():
             for kind, style in (("sizes", "-o"), ("notify", "--s")):
                 rows = data.get(kind, [])
                 if rows:
-                    ax.plot([r["workers"] for r in rows], [r[key] * scale for r in rows], style,
+                    # On a log axis a 0 (an idle CPU under the clock tick "before") is not drawn.
+                    ys = [r[key] * scale if r[key] > 0 else float("nan") for r in rows]
+                    ax.plot([r["workers"] for r in rows], ys, style,
                             label=f"{name}, {'spawn' if kind == 'sizes' else 'notify'} workers")
         ax.set_xscale("log", base=2)
+        if key != "rss_kib":
+            # Before and after differ by orders of magnitude at 1024 workers.
+            ax.set_yscale("log")
         ax.set_xlabel("workers")
         ax.set_title(label)
         ax.grid(True, alpha=0.3)

@@ -179,7 +179,7 @@ fn sample_groups_by_scan(wanted: &[i32], page: u64) -> BTreeMap<i32, GroupUsage>
 /// walk, no open and close: the kernel regenerates the text on each read from offset 0). A
 /// sample is of one of two depths:
 ///
-/// - **memory** (the periodic one): a member's RSS comes from its `statm`, a quarter of the
+/// - **memory** (the periodic one): a member's RSS comes from its `statm`, half the
 ///   kernel's work of `stat` (seven numbers; no thread walk for CPU times, no 52 fields to
 ///   format). Its group is the one its `stat` showed when it was first met, checked again
 ///   every [`GROUP_CHECK_EVERY`] for processes that are not a worker themselves (one that

@@ -5,7 +5,7 @@ use super::*;
 
 impl Driver {
     /// Read RSS (and, with `cpu`, CPU times) of every worker's process group; feed memory
-    /// figures to the pool. CPU times cost the kernel four times what RSS does, and only
+    /// figures to the pool. CPU times cost the kernel twice what RSS does, and only
     /// status and /metrics show them, so they are read when those ask (see
     /// [`status::GroupSampler`]); a worker's CPU % is its average since the previous such
     /// reading at least half a second before, or since it started (as `ps` and PM2 show it).
