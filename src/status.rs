@@ -469,24 +469,26 @@ impl GroupSampler {
             self.proc_stat = std::fs::File::open("/proc/stat").ok();
         }
         let Some(f) = &self.proc_stat else { return true };
-        // /proc/stat holds a line per CPU and per interrupt before `processes`: read it all.
-        self.text.clear();
+        // /proc/stat holds a line per CPU and per interrupt before `processes`. The kernel
+        // makes the whole text for every read that starts anywhere, so it is read in one go,
+        // with a buffer grown until the text fits (tens of KiB on a host of hundreds of CPUs).
         if self.buf.len() < 4096 {
             self.buf.resize(4096, 0);
         }
-        let mut offset = 0;
-        loop {
-            match f.read_at(&mut self.buf, offset) {
-                Ok(0) => break,
-                Ok(n) => {
-                    self.text.push_str(&String::from_utf8_lossy(&self.buf[..n]));
-                    offset += n as u64;
+        let n = loop {
+            match f.read_at(&mut self.buf, 0) {
+                Ok(n) if n < self.buf.len() => break n,
+                Ok(_) if self.buf.len() < 1 << 20 => {
+                    let more = self.buf.len() * 2;
+                    self.buf.resize(more, 0);
                 }
-                Err(_) => return true,
+                _ => return true,
             }
-        }
-        let now =
-            self.text.lines().find_map(|l| l.strip_prefix("processes ")).and_then(|n| n.trim().parse::<u64>().ok());
+        };
+        let now = std::str::from_utf8(&self.buf[..n])
+            .ok()
+            .and_then(|t| t.lines().find_map(|l| l.strip_prefix("processes ")))
+            .and_then(|n| n.trim().parse::<u64>().ok());
         let grown = now.is_none() || now != self.forks;
         self.forks = now;
         grown
@@ -794,6 +796,17 @@ mod tests {
         let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
         let _ = leader.wait();
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// The host's count of created processes is read (and a fork moves it).
+    #[test]
+    fn a_fork_counts_as_the_tree_may_have_grown() {
+        let mut sampler = GroupSampler::default();
+        assert!(sampler.tree_may_have_grown(), "nothing to compare with yet");
+        let before = sampler.forks.expect("`processes` read from /proc/stat");
+        std::process::Command::new("true").status().unwrap();
+        assert!(sampler.tree_may_have_grown());
+        assert!(sampler.forks.unwrap() > before);
     }
 
     #[test]
