@@ -186,7 +186,7 @@ fn the_master_leaks_no_fds_over_many_restarts() {
     let mut m = Master::start("fdleak", &cfg, Options::default());
     m.systemd().wait("READY=1");
     // Sample the workers' processes first (a status request does): the sampler keeps each
-    // one's stat and children files open, a bounded set the count starts from.
+    // one's statm and children list open, a bounded set the count starts from.
     m.cli(&["status", "pool"]);
     let before = fd_count(m.pid());
     m.systemd().wait_status("12 restarts");

@@ -75,7 +75,7 @@ fn upgrade_under_load(keep_alive: bool) {
     let workers = p.m.wait_workers(2);
     let master = p.m.pid();
     // A status request samples the workers' processes, which opens the files the sampler keeps
-    // (each process's stat and children list): count from there.
+    // (each process's statm and children list): count from there.
     p.status();
     let fds = fd_count(master);
     let stop = Arc::new(AtomicBool::new(false));
