@@ -31,11 +31,10 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "bench"))
-from compare import control, free_port, proc_stat, rss_bytes  # noqa: E402
+from compare import control, free_port, rss_bytes  # noqa: E402
 from core import FakeSystemd  # noqa: E402
 
 CORRAL = os.environ.get("CORRAL_BIN", os.path.join(ROOT, "target/release/corral"))
-TCK = os.sysconf("SC_CLK_TCK")
 
 
 def http_get(port, path):
@@ -45,11 +44,6 @@ def http_get(port, path):
         while chunk := s.recv(1 << 20):
             data += chunk
     return data
-
-
-def cpu_ticks(pid):
-    f = proc_stat(pid)
-    return int(f[11]) + int(f[12])
 
 
 def cpu_ns(pid):

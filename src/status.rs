@@ -147,6 +147,14 @@ fn read_stat(pid: i32, page: u64, buf: &mut String) -> Option<(i32, GroupUsage)>
     parse_stat(buf, page)
 }
 
+/// Resident pages of `pid`, from its `/proc/PID/statm` opened by path.
+fn read_statm(pid: i32, buf: &mut String) -> Option<u64> {
+    use std::io::Read;
+    buf.clear();
+    std::fs::File::open(format!("/proc/{pid}/statm")).ok()?.read_to_string(buf).ok()?;
+    parse_statm(buf)
+}
+
 /// The children of `pid` (those its main thread forked: where servers fork, and the one file
 /// to read, which keeps a sample of 1024 workers cheap).
 fn push_children(pid: i32, stack: &mut Vec<i32>, buf: &mut String) {
@@ -436,14 +444,7 @@ impl GroupSampler {
                     _ => None,
                 }
             }
-            None => {
-                use std::io::Read;
-                text.clear();
-                std::fs::File::open(format!("/proc/{pid}/statm"))
-                    .and_then(|mut f| f.read_to_string(text))
-                    .ok()
-                    .and_then(|_| parse_statm(text))
-            }
+            None => read_statm(pid, text),
         };
         let Some(pages) = pages else {
             proc.round = 0;

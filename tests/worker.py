@@ -222,18 +222,16 @@ def main() -> int:
     while not STOPPING.is_set():
         now = time.monotonic()
         if a.leak_mib and leaked is None and now - ready_at >= a.leak_after / 1000:
-            child = os.fork() if a.leak_in_child else 0
-            if child == 0:
+            if a.leak_in_child and os.fork() != 0:
+                leaked = True  # the child holds the memory
+            else:
                 leaked = bytearray(a.leak_mib * 1024 * 1024)
                 for i in range(0, len(leaked), 4096):
                     leaked[i] = 1
-            if a.leak_in_child:
-                if child == 0:
-                    # The child holds the memory until its group is stopped.
+                while a.leak_in_child:
+                    # The child holds it until its group is stopped.
                     signal.signal(signal.SIGTERM, signal.SIG_DFL)
-                    while True:
-                        time.sleep(60)
-                leaked = child
+                    time.sleep(60)
         pinging = a.stop_pinging_after is None or now - ready_at < a.stop_pinging_after / 1000
         if a.watchdog and ping_every and pinging and now - last_ping >= ping_every:
             notify("WATCHDOG=1")
