@@ -737,6 +737,18 @@ mod tests {
             assert!(std::time::Instant::now() < deadline, "the group never had 3 processes");
             std::thread::sleep(std::time::Duration::from_millis(10));
         }
+        // Just exec'd, a `sleep` is still mapping its libraries: wait until the group's RSS
+        // holds still for 100ms before comparing one look with another.
+        let mut last = 0;
+        loop {
+            let rss = sampler.sample(&[pid], false)[&pid].rss_bytes;
+            if rss == last {
+                break;
+            }
+            assert!(std::time::Instant::now() < deadline, "the group's RSS never held still");
+            last = rss;
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
         let sorted = |mut v: Vec<i32>| {
             v.sort_unstable();
             v
