@@ -65,6 +65,48 @@ fn boot_with(suite: &str, scenario: &str, extra: impl FnOnce(&std::path::Path)) 
     Some(log)
 }
 
+/// Two tests that need the same image at once, into an empty cache (a fresh machine's first run):
+/// one builds it under the lock, the other waits and uses it; neither removes what the other is
+/// building, and nothing but the image and the lock is left in the cache.
+#[test]
+fn two_image_builds_at_once_into_an_empty_cache_both_succeed() {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("skipped: needs root (mmdebstrap)");
+        return;
+    }
+    let cache = TempDir::new("e2e-cache");
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/e2e/image.sh");
+    let build = || {
+        Command::new("bash")
+            .arg(script)
+            .arg("bookworm")
+            .env("CORRAL_E2E_CACHE", cache.path())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("run image.sh")
+    };
+    let (first, second) = (build(), build());
+    let (first, second) = (first.wait_with_output().unwrap(), second.wait_with_output().unwrap());
+    for out in [&first, &second] {
+        assert!(out.status.success(), "a build failed:\n{}", String::from_utf8_lossy(&out.stderr));
+    }
+    let image = String::from_utf8_lossy(&first.stdout).trim().to_string();
+    assert_eq!(image, String::from_utf8_lossy(&second.stdout).trim(), "both builds name the same image");
+    let image = std::path::Path::new(&image);
+    assert_eq!(image.parent(), Some(cache.path()), "the image is in CORRAL_E2E_CACHE");
+    assert!(image.join(".complete").exists() && image.join("usr/lib/systemd/systemd").exists(), "{image:?}");
+    assert!(image.join("etc/systemd/system/multi-user.target.wants/e2e.service").exists(), "e2e.service enabled");
+    let mut left: Vec<String> = std::fs::read_dir(cache.path())
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    left.sort();
+    let want = vec![".bookworm.lock".to_string(), image.file_name().unwrap().to_string_lossy().into_owned()];
+    assert_eq!(left, want, "only the image and its lock are left");
+}
+
 #[test]
 fn the_users_story_under_a_booted_systemd() {
     boot("bookworm", "inside.sh");

@@ -208,8 +208,8 @@ fn workers_drop_to_the_configured_user() {
     let report_path = out.join("report.json");
     // Debian's python3 (the one the machine image puts under /root is not reachable for nobody),
     // and a copy of the worker where nobody can read it, wherever the checkout lives.
-    let worker = out.join("worker.py");
-    std::fs::copy(worker_py(), &worker).unwrap();
+    let copies = ForOtherUsers::new();
+    let worker = copies.worker();
     let cfg = pool(&format!(", \"--report\", \"{}\"", report_path.display()), "instances = 1\nuser = \"nobody\"\n")
         .replace("\"python3\"", "\"/usr/bin/python3\"")
         .replace("{worker}", worker.to_str().unwrap());

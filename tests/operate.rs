@@ -135,10 +135,8 @@ fn another_user_is_refused_and_changes_nothing() {
     }
     let (m, _) = pool("cliperm", "", "");
     let before = m.wait_workers(2);
-    // A copy of the binary nobody can execute, wherever the checkout lives.
-    let bin_dir = TempDir::new("nobody-bin");
-    let corral_copy = bin_dir.join("corral");
-    std::fs::copy(CORRAL, &corral_copy).unwrap();
+    let copies = ForOtherUsers::new();
+    let corral_copy = copies.corral();
     for args in [&["scale", "pool", "+3"][..], &["reload", "pool"][..], &["status", "pool"][..]] {
         let out = Command::new("setpriv")
             .args(["--reuid=nobody", "--regid=nogroup", "--clear-groups"])

@@ -19,13 +19,16 @@ fn pool(tag: &str, extra: &str) -> (Master, std::net::SocketAddr) {
 }
 
 /// Run `corral run -c CONFIG` with `root` as its runtime root, expecting it to refuse to start.
+/// Start `corral run` (the copy in `copies`, which any user can run) under `wrapper`.
 fn refused_start(dir: &TempDir, root: &std::path::Path, wrapper: &[&str]) -> (Option<i32>, String) {
+    let copies = ForOtherUsers::new();
+    let corral = copies.corral();
     let cfg = dir.join("pool.toml");
     std::fs::write(&cfg, format!("command = [\"python3\", \"{}\"]\nlisten = [\"127.0.0.1:0\"]\n", worker_py()))
         .unwrap();
     std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
     let mut argv: Vec<&str> = wrapper.to_vec();
-    argv.push(CORRAL);
+    argv.push(corral.to_str().expect("a temp path is UTF-8"));
     let mut child = Command::new(argv[0])
         .args(&argv[1..])
         .args(["run", "-c", cfg.to_str().unwrap()])
@@ -97,8 +100,11 @@ fn a_runtime_root_someone_else_owns_or_may_write_is_refused() {
     let out = Command::new(CORRAL).args(["status", "pool"]).env("CORRAL_RUNTIME_ROOT", &theirs).output().unwrap();
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("others may write to it"), "{:?}", out);
+    let copies = ForOtherUsers::new();
     let out = Command::new("setpriv")
-        .args(["--reuid=nobody", "--regid=nogroup", "--clear-groups", CORRAL, "status", "pool"])
+        .args(["--reuid=nobody", "--regid=nogroup", "--clear-groups"])
+        .arg(copies.corral())
+        .args(["status", "pool"])
         .env("CORRAL_RUNTIME_ROOT", &open_root)
         .output()
         .unwrap();
@@ -422,8 +428,11 @@ fn when_forks_fail_the_master_backs_off_and_keeps_answering() {
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
     let root = dir.join("run");
     let log = dir.join("master.log");
+    let copies = ForOtherUsers::new();
     let mut child = Command::new("setpriv")
-        .args(["--reuid=nobody", "--regid=nogroup", "--clear-groups", "prlimit", "--nproc=4", CORRAL, "run", "-c"])
+        .args(["--reuid=nobody", "--regid=nogroup", "--clear-groups", "prlimit", "--nproc=4"])
+        .arg(copies.corral())
+        .args(["run", "-c"])
         .arg(&path)
         .env("CORRAL_RUNTIME_ROOT", &root)
         .env_remove("NOTIFY_SOCKET")

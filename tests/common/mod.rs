@@ -77,6 +77,45 @@ impl Drop for TempDir {
     }
 }
 
+/// Copies of the corral binary and the test worker that another user (`nobody`) can read and run,
+/// wherever the checkout lives: in a clone under /root (mode 700 on Debian) the originals are out
+/// of reach. Every test that runs something as another user takes it from here. Removed at drop.
+pub struct ForOtherUsers {
+    dir: TempDir,
+}
+
+impl ForOtherUsers {
+    pub fn new() -> ForOtherUsers {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = TempDir::new("for-others");
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).expect("chmod the copies' dir");
+        for (from, name, mode) in [(CORRAL.to_string(), "corral", 0o755), (worker_py(), "worker.py", 0o644)] {
+            let to = dir.join(name);
+            std::fs::copy(&from, &to).unwrap_or_else(|e| panic!("copy {from} for other users: {e}"));
+            std::fs::set_permissions(&to, std::fs::Permissions::from_mode(mode)).expect("chmod a copy");
+        }
+        ForOtherUsers { dir }
+    }
+    /// The corral binary.
+    pub fn corral(&self) -> PathBuf {
+        self.dir.join("corral")
+    }
+    /// tests/worker.py.
+    pub fn worker(&self) -> PathBuf {
+        self.dir.join("worker.py")
+    }
+    /// The folder holding the copies (0755).
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+impl Default for ForOtherUsers {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 /// A free TCP port on loopback (bound and released; tests use it right away).
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("free port")
