@@ -126,6 +126,7 @@ fn packages() -> &'static (std::path::PathBuf, std::path::PathBuf) {
     static BUILT: std::sync::OnceLock<(std::path::PathBuf, std::path::PathBuf)> = std::sync::OnceLock::new();
     BUILT.get_or_init(|| {
         let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+        let host_keys = rpm_keys();
         let dir = root.join("target/e2e-packages");
         let _ = std::fs::remove_dir_all(&dir);
         let (v1, v2) = (dir.join("v1"), dir.join("v2"));
@@ -154,8 +155,149 @@ fn packages() -> &'static (std::path::PathBuf, std::path::PathBuf) {
         build(&["--version", &next, "--out", v2.to_str().unwrap(), "--no-lint"]);
         std::fs::write(v1.join("VERSION"), version).unwrap();
         std::fs::write(v2.join("VERSION"), &next).unwrap();
+        // The build keeps its tools' state to itself: no key in the host's rpm database, no
+        // gpg-agent left running for its keyring.
+        assert_eq!(rpm_keys(), host_keys, "packaging/build changed the host's rpm keyring");
+        let keyring = root.join("target/packaging-gpg");
+        wait_until("no gpg-agent left running by packaging/build", TIMEOUT, || agents_for(&keyring).is_empty());
         (v1, v2)
     })
+}
+
+/// The public keys in the host's rpm database (none when rpm is not installed).
+fn rpm_keys() -> String {
+    Command::new("rpm")
+        .args(["-q", "gpg-pubkey", "--qf", "%{NAME}-%{VERSION}-%{RELEASE}\\n"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default()
+}
+
+/// Live gpg-agent processes serving `homedir`.
+fn agents_for(homedir: &std::path::Path) -> Vec<i32> {
+    let want = homedir.to_string_lossy().into_owned();
+    let mut pids = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else { continue };
+        let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else { continue };
+        let args: Vec<String> = cmdline.split(|&b| b == 0).map(|a| String::from_utf8_lossy(a).into_owned()).collect();
+        let is_agent = args.first().is_some_and(|a| a.ends_with("gpg-agent"));
+        if is_agent && args.iter().any(|a| *a == want) && proc_state(pid) != Some('Z') {
+            pids.push(pid);
+        }
+    }
+    pids
+}
+
+fn sh(script: &str) -> String {
+    let out = Command::new("sh").arg("-c").arg(script).output().expect("run sh");
+    assert!(out.status.success(), "{script}:\n{}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn only(dir: &std::path::Path, prefix: &str, suffix: &str) -> std::path::PathBuf {
+    let found: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| {
+            let n = p.file_name().unwrap().to_string_lossy();
+            n.starts_with(prefix) && n.ends_with(suffix)
+        })
+        .collect();
+    assert_eq!(found.len(), 1, "{prefix}*{suffix} in {dir:?}: {found:?}");
+    found[0].clone()
+}
+
+/// What a careful admin checks of a package: the .deb's Depends (dpkg-shlibdeps: libgcc-s1 too),
+/// md5sums for `dpkg --verify` and debsums, a changelog entry for the version it carries; the
+/// rpm's description as full as the .deb's, Requires(post/preun/postun) on systemd, the folders
+/// it owns (so an erase leaves none behind), its changelog; an apt Release that lists only
+/// files that exist, with their true hashes.
+#[test]
+fn the_packages_carry_what_package_managers_check() {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("skipped: needs root (packaging/build installs its tools)");
+        return;
+    }
+    let (v1, v2) = packages();
+    let version = env!("CARGO_PKG_VERSION");
+    let next = std::fs::read_to_string(v2.join("VERSION")).unwrap();
+    let description = {
+        let manifest: toml::Value =
+            toml::from_str(&std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml")).unwrap())
+                .unwrap();
+        manifest["package"]["metadata"]["deb"]["extended-description"].as_str().unwrap().to_string()
+    };
+    let words = |s: &str| s.split_whitespace().collect::<Vec<_>>().join(" ");
+    for (dir, v) in [(v1, version), (v2, next.as_str())] {
+        let deb = only(dir, &format!("corral_{v}-1_"), ".deb");
+        let deb = deb.display();
+        let depends = sh(&format!("dpkg-deb -f {deb} Depends"));
+        assert!(depends.contains("libc6 (>= ") && depends.contains("libgcc-s1"), "{v}: Depends: {depends}");
+        // md5sums: every regular file but the conffiles, each with its true sum.
+        let sums = sh(&format!("dpkg-deb -I {deb} md5sums"));
+        let conffiles = sh(&format!("dpkg-deb -I {deb} conffiles"));
+        let files = sh(&format!("dpkg-deb -c {deb} | awk '/^-/ {{ sub(/^\\.\\//, \"\", $6); print $6 }}' | sort"));
+        let mut listed: Vec<&str> = sums.lines().map(|l| l.split_once("  ").expect("md5sum line").1).collect();
+        listed.sort();
+        let want: Vec<&str> =
+            files.lines().filter(|f| !conffiles.lines().any(|c| c.trim_start_matches('/') == *f)).collect();
+        assert_eq!(listed, want, "{v}: md5sums lists every file but the conffiles");
+        assert!(conffiles.contains("/etc/corral/alert.env"), "{conffiles}");
+        let tree = TempDir::new("deb-tree");
+        sh(&format!("dpkg-deb -x {deb} {}", tree.path().display()));
+        sh(&format!("cd {} && printf '%s' '{sums}' | md5sum --check --quiet", tree.path().display()));
+        let changelog = sh(&format!("zcat {}/usr/share/doc/corral/changelog.Debian.gz", tree.path().display()));
+        assert!(changelog.starts_with(&format!("corral ({v}-1) ")), "{v}: {changelog}");
+        if v != version {
+            assert!(words(&changelog).contains("not a release of its own"), "{changelog}");
+            assert!(changelog.contains(&format!("\ncorral ({version}-1) ")), "the entries before it stay: {changelog}");
+        }
+
+        let rpm = only(&dir.join("dnf"), &format!("corral-{v}-1."), ".rpm");
+        let rpm = rpm.display();
+        let q = |fmt: &str| sh(&format!("rpm -qp --nosignature --qf '{fmt}' {rpm}"));
+        assert_eq!(words(&q("%{DESCRIPTION}")), words(&description), "{v}: the rpm's description is the .deb's");
+        let requires = q("[%{REQUIREFLAGS:deptype} %{REQUIRENAME}\\n]");
+        for phase in ["post", "preun", "postun", "posttrans"] {
+            assert!(requires.lines().any(|l| l == format!("{phase} systemd")), "{v}: Requires({phase}): {requires}");
+        }
+        let owned = q("[%{FILEMODES:perms} %{FILENAMES}\\n]");
+        for folder in [
+            "/etc/corral",
+            "/etc/corral/alert.d",
+            "/usr/libexec/corral",
+            "/usr/share/doc/corral",
+            "/usr/share/doc/corral/examples",
+            "/usr/share/licenses/corral",
+        ] {
+            assert!(
+                owned.lines().any(|l| l.starts_with('d') && l.ends_with(&format!(" {folder}"))),
+                "{v}: {folder} not owned:\n{owned}"
+            );
+        }
+        let changelog = sh(&format!("rpm -qp --nosignature --changelog {rpm}"));
+        assert!(changelog.lines().next().unwrap_or("").ends_with(&format!(" - {v}-1")), "{v}: {changelog}");
+    }
+    // The apt repository's Release: the index files, not itself nor its signatures, each hash true.
+    for dir in [v1, v2] {
+        let apt = dir.join("apt");
+        let release = std::fs::read_to_string(apt.join("Release")).unwrap();
+        let section = release.split("SHA256:\n").nth(1).expect("a SHA256 section");
+        let mut names = Vec::new();
+        for line in section.lines().take_while(|l| l.starts_with(' ')) {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let (hash, size, name) = (fields[0], fields[1], fields[2]);
+            let data = std::fs::read(apt.join(name)).unwrap_or_else(|e| panic!("Release lists {name}: {e}"));
+            assert_eq!(data.len().to_string(), size, "{name}");
+            let sum = sh(&format!("sha256sum {}", apt.join(name).display()));
+            assert!(sum.starts_with(hash), "{name}: Release says {hash}, the file is {sum}");
+            names.push(name.to_string());
+        }
+        assert!(names.iter().any(|n| n == "Packages"), "{names:?}");
+        assert!(!names.iter().any(|n| n.contains("Release")), "Release lists itself: {names:?}");
+    }
 }
 
 fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
