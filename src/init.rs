@@ -191,18 +191,18 @@ mod tests {
         assert!(socket.contains("Service=myapi.service\n"));
         assert!(!socket.contains("%i") && !socket.contains("corral@"), "{socket}");
         // After a package removal the admin's enabled units are skipped, not failed.
-        assert!(socket.contains("\nConditionPathIsExecutable=/usr/bin/corral\n"), "{socket}");
+        assert!(socket.contains("\nConditionPathExists=/usr/bin/corral\n"), "{socket}");
         let service = &files[2].text;
         assert!(service.contains("ExecStart=/usr/bin/corral run -c /etc/corral/myapi.toml\n"));
         assert!(service.contains("ExecReload=/usr/bin/corral reload myapi\n"));
         assert!(service.contains("Requires=myapi.socket\nAfter=myapi.socket network.target\n"));
         assert!(service.contains("RuntimeDirectory=corral/myapi\n"));
-        assert!(service.contains("\nConditionPathIsExecutable=/usr/bin/corral\n"), "{service}");
+        assert!(service.contains("\nConditionPathExists=/usr/bin/corral\n"), "{service}");
         let mut r = req();
         r.binary = PathBuf::from("/opt/corral/bin/corral");
         let files = render(&r).unwrap();
         for unit in &files[1..] {
-            assert!(unit.text.contains("\nConditionPathIsExecutable=/opt/corral/bin/corral\n"), "{}", unit.text);
+            assert!(unit.text.contains("\nConditionPathExists=/opt/corral/bin/corral\n"), "{}", unit.text);
         }
         assert!(!service.contains("%i"), "{service}");
         assert!(!service.contains("OnFailure="), "{service}");

@@ -41,6 +41,7 @@ runs_current() { pid=$(systemctl show "$1" -p MainPID --value); [ "$pid" -gt 0 ]
 apt_repo v1 && ok "apt-get update from the signed repository" || { cat /tmp/apt-update.log; fail "apt-get update"; }
 apt_get install corral >/tmp/install.log 2>&1 && ok "apt-get install corral ($V1)" || { cat /tmp/install.log; fail "apt-get install"; }
 [ "$(corral --version)" = "corral $V1" ] && ok "corral --version: $V1" || fail "version: $(corral --version)"
+verify=$(dpkg --verify corral 2>&1) && [ -z "$verify" ] && ok "dpkg --verify corral: every file as shipped (md5sums)" || fail "dpkg --verify: $verify"
 [ -z "$(systemctl list-units --all --no-legend 'corral@*')" ] && ok "no corral@ unit loaded or running" || fail "units after install: $(systemctl list-units --all --no-legend 'corral@*')"
 [ -z "$(find /etc/systemd/system -path '*.wants/corral*')" ] && ok "nothing enabled" || fail "enabled: $(find /etc/systemd/system -path '*.wants/corral*')"
 [ -d /etc/corral ] && ok "/etc/corral exists" || fail "/etc/corral missing"
@@ -89,6 +90,17 @@ systemctl reload myapi && ok "a fixed release reloads" || fail "reload after fix
 apt_repo v2 && ok "apt-get update (v2 offered)" || fail "apt-get update v2"
 pids() { corral status "$1" --json | python3 -c 'import json,sys; s=json.load(sys.stdin); print(s["pid"], sorted(w["pid"] for w in s["workers"]))'; }
 before_myapi=$(pids myapi); before_api2=$(pids api2)
+# A pool still starting when the upgrade comes: its app takes 20 s to be ready, so its unit is
+# "activating" (Type=notify, no READY=1 yet) while the package is replaced.
+corral init slow --listen 127.0.0.1:3002 --instances 2 -- python3 /srv/worker.py --ready-after 20000 >/tmp/init-slow.log 2>&1 \
+  && ok "corral init slow (an app that takes 20 s to be ready)" || { cat /tmp/init-slow.log; fail "corral init slow"; }
+# It serves at once but says READY=1 only when warm: notify mode waits for that.
+sed -i 's/^mode = .*/mode = "notify"/' /etc/corral/slow.toml
+systemctl daemon-reload
+systemctl enable slow.socket >/dev/null 2>&1 && systemctl start --no-block slow.service
+wait_for "slow is starting (activating, its master running)" sh -c \
+  '[ "$(systemctl show slow -p ActiveState --value)" = activating ] && [ "$(systemctl show slow -p MainPID --value)" -gt 0 ] && corral status slow --json >/dev/null'
+slow_main=$(systemctl show slow -p MainPID --value)
 load myapi 3000
 load api2 3001
 sleep 0.5
@@ -102,6 +114,16 @@ done
 [ "$(corral status myapi --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["version"])')" = "$V2" ] \
   && ok "corral status reports $V2" || fail "status version: $(corral status myapi --json | head -c 300)"
 grep -q "myapi: upgraded in place from corral $V1 to $V2" /tmp/upgrade.log && ok "the upgrade said which pools it moved" || fail "upgrade log: $(cat /tmp/upgrade.log)"
+grep "^corral: " /tmp/upgrade.log | sed 's/^/  /'
+grep -q "slow: upgraded in place from corral $V1 to $V2" /tmp/upgrade.log \
+  && ok "the pool still starting was upgraded in place too" || fail "starting pool: $(cat /tmp/upgrade.log)"
+[ "$(systemctl show slow -p MainPID --value)" = "$slow_main" ] && ok "slow: the same master ($slow_main)" || fail "slow was restarted: $slow_main -> $(systemctl show slow -p MainPID --value)"
+wait_for "slow runs the new binary" runs_current slow
+wait_for "slow becomes ready on the new binary (active)" sh -c '[ "$(systemctl show slow -p ActiveState --value)" = active ]'
+[ "$(corral status slow --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["version"])')" = "$V2" ] \
+  && ok "corral status slow reports $V2" || fail "slow status: $(corral status slow --json | head -c 300)"
+curl -sf --max-time 10 http://127.0.0.1:3002/ >/dev/null && ok "slow serves" || fail "slow does not serve"
+verify=$(dpkg --verify corral 2>&1) && [ -z "$verify" ] && ok "dpkg --verify after the upgrade" || fail "dpkg --verify: $verify"
 [ "$(pids myapi)" = "$before_myapi" ] && ok "myapi: same master and worker pids ($before_myapi)" || fail "myapi pids: $before_myapi -> $(pids myapi)"
 [ "$(pids api2)" = "$before_api2" ] && ok "api2: same master and worker pids ($before_api2)" || fail "api2 pids: $before_api2 -> $(pids api2)"
 
@@ -117,6 +139,18 @@ apt_get remove corral >/tmp/remove.log 2>&1 && ok "apt-get remove corral" || { c
 wait_for "no worker left after remove" sh -c '! pgrep -f "[a]pp.js|[w]orker.py"'
 [ -z "$(systemctl --failed --no-legend)" ] && ok "no failed unit after remove" || fail "failed units: $(systemctl --failed --no-legend)"
 [ -e /etc/corral/myapi.toml ] && [ -e /etc/corral/api2.toml ] && ok "pool configs kept" || fail "configs gone"
+grep "^corral: " /tmp/remove.log | sed 's/^/  /'
+grep -q "these pool units stay enabled.* myapi.socket" /tmp/remove.log && grep -q "systemctl disable.* slow.socket" /tmp/remove.log \
+  && ok "remove names the pool units that stay enabled and the command to disable them" || fail "remove log: $(cat /tmp/remove.log)"
+# What the next boot does with them: sockets.target starts every enabled socket. Skipped, not
+# failed; nothing listens, so a client is refused instead of accepted and reset.
+systemctl daemon-reload
+systemctl start sockets.target
+[ "$(systemctl show myapi.socket -p ActiveState --value)" = inactive ] && [ "$(systemctl show myapi.socket -p ConditionResult --value)" = no ] \
+  && ok "myapi.socket is skipped while corral is not installed" || fail "myapi.socket: $(systemctl status myapi.socket 2>&1 | head -5)"
+curl -s -o /dev/null --max-time 5 http://127.0.0.1:3000/api/v1/hello; code=$?
+[ "$code" = 7 ] && ok "a client is refused (curl exit 7), not reset" || fail "curl after remove: exit $code"
+[ -z "$(systemctl --failed --no-legend)" ] && ok "no failed unit at a boot's start of the sockets" || fail "failed units: $(systemctl --failed --no-legend)"
 apt_get install corral >/dev/null 2>&1 && ok "reinstall" || fail "reinstall"
 systemctl start myapi.socket corral@api2.socket
 curl -sf --max-time 30 http://127.0.0.1:3000/api/v1/hello >/dev/null && curl -sf --max-time 30 http://127.0.0.1:3001/ >/dev/null \
@@ -154,7 +188,10 @@ for unit in myapi corral@api2; do
 done
 [ "$(pids myapi)" = "$before_myapi" ] && [ "$(pids api2)" = "$before_api2" ] \
   && ok "rpm upgrade in place: same master and worker pids" || fail "rpm upgrade pids: $before_myapi $before_api2 -> $(pids myapi) $(pids api2)"
-rpm -e --nodeps corral && ok "rpm -e" || fail "rpm -e"
+rpm -e --nodeps corral >/tmp/rpm-erase.log 2>&1 && ok "rpm -e" || { cat /tmp/rpm-erase.log; fail "rpm -e"; }
+grep -q "these pool units stay enabled" /tmp/rpm-erase.log && ok "rpm -e names the pool units that stay enabled" || fail "rpm -e log: $(cat /tmp/rpm-erase.log)"
+left=$(ls -d /etc/corral/alert.d /usr/libexec/corral /usr/share/doc/corral /usr/share/licenses/corral /usr/bin/corral 2>/dev/null)
+[ -z "$left" ] && ok "rpm -e leaves none of the package's folders" || fail "left after rpm -e: $left"
 wait_for "no worker left after rpm -e" sh -c '! pgrep -f "[a]pp.js|[w]orker.py"'
 [ -z "$(systemctl --failed --no-legend)" ] && ok "no failed unit after rpm -e" || fail "failed units: $(systemctl --failed --no-legend)"
 [ -e /etc/corral/myapi.toml ] && ok "rpm -e keeps the pool configs" || fail "rpm -e removed configs"
