@@ -16,11 +16,12 @@
 # - fetches pinned framework versions (Node 22 and npm packages, a Python virtualenv) into
 #   target/frameworks-cache/ for the framework recipes (docs/frameworks.md) and the Kubernetes
 #   schema validator;
-# - builds Debian root filesystems for the E2E tests into /var/cache/corral-e2e (about 300 MB
-#   each for bookworm and trixie, kept between runs; delete the folder to reclaim the space).
+# - builds Debian root filesystems for the E2E tests into /var/cache/corral-e2e, or
+#   $CORRAL_E2E_CACHE (about 300 MB each for bookworm and trixie, kept between runs; delete the
+#   folder to reclaim the space). Tests that need the same image wait for one build (a lock).
 #   The E2E tests need a machine where systemd-nspawn can boot a container;
-# - for the package tests: lintian, rpmlint, createrepo-c, apt-utils, gnupg, shellcheck and rpm
-#   from Debian, and cargo-deb and cargo-generate-rpm with `cargo install` (about 5 minutes the
+# - for the package tests: lintian, rpmlint, createrepo-c, apt-utils, gnupg, shellcheck, rpm
+#   (rpmbuild) and dpkg-dev from Debian, and cargo-deb with `cargo install` (about 2 minutes the
 #   first time); packaging/build then makes the .deb and .rpm in target/e2e-packages.
 set -euo pipefail
 cd "$(dirname "$0")/.."
