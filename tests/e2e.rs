@@ -184,7 +184,7 @@ fn agents_for(homedir: &std::path::Path) -> Vec<i32> {
         let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else { continue };
         let args: Vec<String> = cmdline.split(|&b| b == 0).map(|a| String::from_utf8_lossy(a).into_owned()).collect();
         let is_agent = args.first().is_some_and(|a| a.ends_with("gpg-agent"));
-        if is_agent && args.iter().any(|a| *a == want) && proc_state(pid) != Some('Z') {
+        if is_agent && args.contains(&want) && proc_state(pid) != Some('Z') {
             pids.push(pid);
         }
     }
