@@ -15,6 +15,7 @@ use std::path::{Path, PathBuf};
 use serde_json::{Map, Value};
 
 use crate::init::File;
+use crate::text::toml_str;
 
 /// What `corral import` was asked for.
 #[derive(Debug, Clone)]
@@ -162,10 +163,6 @@ fn pool_name(pm2: &str) -> String {
     }
     n.truncate(64);
     n
-}
-
-fn toml_str(s: &str) -> String {
-    toml::Value::String(s.to_string()).to_string()
 }
 
 /// A PM2 scalar as text (numbers, booleans and strings alike).

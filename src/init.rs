@@ -9,6 +9,7 @@
 use std::path::{Path, PathBuf};
 
 use crate::config::{Config, ListenAddr};
+use crate::text::toml_str;
 
 const SERVICE_TEMPLATE: &str = include_str!("../units/corral@.service");
 const SOCKET_TEMPLATE: &str = include_str!("../units/corral@.socket");
@@ -35,10 +36,6 @@ pub struct InitRequest {
 pub struct File {
     pub path: PathBuf,
     pub text: String,
-}
-
-fn toml_str(s: &str) -> String {
-    toml::Value::String(s.to_string()).to_string()
 }
 
 /// The config, socket and service files for `req`, validated but not written.

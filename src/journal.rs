@@ -141,7 +141,7 @@ impl Sink {
 /// Without blocking the loop: a slow stderr reader slows this worker's pipe, nothing else.
 async fn write_stderr(origin: &Origin, rec: &Record<'_>) {
     // A log line is text for a terminal or a file: no escape sequence of the worker's gets through.
-    let line = format!("{}[{}]: {}\n", origin.name, origin.slot, crate::status::escape_terminal(rec.message));
+    let line = format!("{}[{}]: {}\n", origin.name, origin.slot, crate::text::escape_terminal(rec.message));
     crate::stderr::write_waiting(line.as_bytes()).await;
 }
 

@@ -33,7 +33,7 @@ use crate::pool::{
 };
 use crate::runtime::RuntimeDir;
 use crate::sockets::ListenSockets;
-use crate::status::{self, LastReload, PoolStatus, WorkerStatus};
+use crate::status::{LastReload, PoolStatus, WorkerStatus};
 
 mod observe;
 mod readiness;
@@ -158,7 +158,7 @@ pub struct Driver {
     /// When the workers' processes were last sampled with their CPU times.
     last_cpu_sample: Option<Instant>,
     /// Reads the workers' process groups every `limits.interval`, keeping its files open.
-    sampler: status::GroupSampler,
+    sampler: crate::sampler::GroupSampler,
     /// Starting workers watched for readiness by the master ("listen" and "ipc" modes).
     ready_watch: readiness::ReadyWatch,
 }
@@ -306,7 +306,7 @@ impl Driver {
             resumed: None,
             listen_inodes: Vec::new(),
             last_cpu_sample: None,
-            sampler: status::GroupSampler::default(),
+            sampler: crate::sampler::GroupSampler::default(),
             ready_watch: readiness::ReadyWatch::new(),
         }
         .with_listen_inodes())
@@ -527,7 +527,7 @@ impl Driver {
             } else {
                 tracing::debug!(pid = pid.as_raw(), "reaped a stray process ({status})");
                 if let Some(s) = &self.strays {
-                    if own_children().is_empty() {
+                    if crate::sampler::own_children().is_empty() {
                         tracing::info!("processes left behind by workers are gone, exiting with {}", s.exit_code);
                         self.exit = Some(s.exit_code);
                     }
@@ -540,7 +540,7 @@ impl Driver {
     /// grandchild keeping the port bound, say) are ours as subreaper: stop them too, as
     /// systemd stops what is left in a unit's cgroup, then exit.
     fn finish(&mut self, code: i32) {
-        let left = own_children();
+        let left = crate::sampler::own_children();
         if left.is_empty() {
             tracing::info!("all workers stopped, exiting with {code}");
             self.exit = Some(code);
@@ -570,7 +570,7 @@ impl Driver {
     }
 
     fn kill_strays(&mut self) {
-        let left = own_children();
+        let left = crate::sampler::own_children();
         tracing::warn!("processes left behind by workers did not stop in time: SIGKILL to {left:?}");
         for pid in &left {
             signal_process_and_group(*pid, Signal::SIGKILL);
@@ -590,33 +590,6 @@ fn signal_process_and_group(pid: Pid, signal: Signal) {
         let _ = killpg(pid, signal);
     }
     let _ = nix::sys::signal::kill(pid, signal);
-}
-
-/// Our own live children, from the kernel's list (`/proc/self/task/*/children`), or by scanning
-/// /proc where that list is not compiled in.
-fn own_children() -> Vec<Pid> {
-    let me = std::process::id();
-    let mut out = Vec::new();
-    let listed = std::fs::read_to_string(format!("/proc/{me}/task/{me}/children"));
-    match listed {
-        Ok(text) => out.extend(text.split_whitespace().filter_map(|p| p.parse().ok()).map(Pid::from_raw)),
-        Err(_) => {
-            for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-                let Some(pid) = entry.file_name().to_str().and_then(|p| p.parse::<i32>().ok()) else { continue };
-                let stat = std::fs::read_to_string(entry.path().join("stat")).unwrap_or_default();
-                let ppid = stat.rsplit_once(')').and_then(|(_, r)| r.split_whitespace().nth(1)?.parse::<u32>().ok());
-                if ppid == Some(me) {
-                    out.push(Pid::from_raw(pid));
-                }
-            }
-        }
-    }
-    // Zombies are only waiting to be reaped.
-    out.retain(|p| {
-        let stat = std::fs::read_to_string(format!("/proc/{p}/stat")).unwrap_or_default();
-        !matches!(stat.rsplit_once(')').and_then(|(_, r)| r.split_whitespace().next()), Some("Z") | None)
-    });
-    out
 }
 
 /// A pool notice as a log line, inside a span naming the worker it is about.

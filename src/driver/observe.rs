@@ -7,7 +7,7 @@ impl Driver {
     /// Read RSS (and, with `cpu`, CPU times) of every worker's process group; feed memory
     /// figures to the pool. CPU times cost the kernel twice what RSS does, and only
     /// status and /metrics show them, so they are read when those ask (see
-    /// [`status::GroupSampler`]); a worker's CPU % is its average since the previous such
+    /// [`crate::sampler::GroupSampler`]); a worker's CPU % is its average since the previous such
     /// reading at least half a second before, or since it started (as `ps` and PM2 show it).
     pub(super) fn sample(&mut self, cpu: bool) {
         if self.workers.is_empty() {
@@ -19,7 +19,7 @@ impl Driver {
         if cpu {
             self.last_cpu_sample = Some(now);
         }
-        let tck = status::clock_ticks();
+        let tck = crate::sampler::clock_ticks();
         let mut samples = Vec::with_capacity(groups.len());
         for (pid, meta) in self.workers.iter_mut() {
             let Some(usage) = groups.get(&pid.as_raw()) else { continue };
@@ -54,7 +54,7 @@ impl Driver {
     /// The pool as `corral status`, /metrics and /health report it.
     pub(super) fn snapshot(&self) -> PoolStatus {
         let now = Instant::now();
-        let tck = status::clock_ticks();
+        let tck = crate::sampler::clock_ticks();
         let mut workers: Vec<WorkerStatus> = self
             .pool
             .workers()
@@ -74,7 +74,8 @@ impl Driver {
                     status: meta.and_then(|m| m.status.clone()),
                     replacing: w.replace.map(|r| r.as_str().to_string()),
                     processes: meta.filter(|m| !m.group.is_empty()).map(|m| m.group.len()),
-                    listening_pids: meta.map_or_else(Vec::new, |m| status::holding(&m.group, &self.listen_inodes)),
+                    listening_pids: meta
+                        .map_or_else(Vec::new, |m| crate::sampler::holding(&m.group, &self.listen_inodes)),
                 }
             })
             .collect();

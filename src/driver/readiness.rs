@@ -68,7 +68,7 @@ impl Driver {
             return;
         }
         let whole: Vec<i32> = due.iter().filter(|(_, wait)| *wait >= GROUP_AFTER).map(|(p, _)| p.as_raw()).collect();
-        let groups = if whole.is_empty() { Default::default() } else { status::sample_groups(&whole) };
+        let groups = if whole.is_empty() { Default::default() } else { crate::sampler::sample_groups(&whole) };
         for (pid, wait) in due {
             let found = match groups.get(&pid.as_raw()) {
                 Some(g) => crate::accepting::first_accepting(&g.pids, &self.listen_inodes),

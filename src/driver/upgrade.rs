@@ -283,7 +283,7 @@ impl Driver {
             resumed: Some(state.from_version),
             listen_inodes: Vec::new(),
             last_cpu_sample: None,
-            sampler: status::GroupSampler::default(),
+            sampler: crate::sampler::GroupSampler::default(),
             ready_watch: super::readiness::ReadyWatch::new(),
         }
         .with_listen_inodes();

@@ -136,14 +136,7 @@ impl Notice {
 /// A worker that exits sooner than this after its start never got going: say why it may be.
 pub const EARLY_EXIT: Duration = Duration::from_secs(1);
 
-fn human(d: Duration) -> humantime::FormattedDuration {
-    // Whole milliseconds: "1s 569ms", not nanoseconds.
-    humantime::format_duration(Duration::from_millis(d.as_millis() as u64))
-}
-
-fn size(b: u64) -> String {
-    bytesize::ByteSize(b).display().iec().to_string()
-}
+use crate::text::{human_bytes as size, human_ms as human};
 
 impl fmt::Display for Notice {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -166,7 +159,7 @@ impl fmt::Display for Notice {
                 write!(f, "; its last output: ")?;
                 for (i, line) in last_output.iter().enumerate() {
                     let sep = if i == 0 { "" } else { ", " };
-                    write!(f, "{sep}{:?}", crate::status::escape_terminal(line))?;
+                    write!(f, "{sep}{:?}", crate::text::escape_terminal(line))?;
                 }
                 Ok(())
             }
