@@ -13,15 +13,19 @@
 //!   shutdown) and one place where a worker's state changes.
 //! - [`driver`]: the single-threaded tokio loop that turns signals, child exits, notify datagrams
 //!   and timers into events and executes the pool's actions.
-//! - `os`: fork/exec of one worker and the descriptors systemd hands over, the only `unsafe`
-//!   code (`#![deny(unsafe_code)]` everywhere else; `LISTEN_PID` is written into a reserved envp
-//!   buffer between fork and exec).
+//! - `launch`, `os`: what a worker is started with (its user, its program found as `execvp`
+//!   would, the descriptor limit it gets back, why a start failed), prepared in safe code; then
+//!   fork/exec of one worker and the descriptors systemd hands over, the only `unsafe` code
+//!   (`unsafe_code = "deny"` for the whole package in Cargo.toml, allowed in `os` alone;
+//!   `LISTEN_PID` is written into a reserved envp buffer between fork and exec).
 //! - `sockets`, [`notify`], [`journal`], [`stderr`]: listening sockets, sd_notify in both
 //!   directions, worker output (journald's native protocol with per-worker fields, or stderr),
 //!   and the master's own stderr, written without ever blocking the loop.
-//! - [`control`], [`status`], [`metrics`], `accept`: the control socket behind `corral status`,
-//!   `reload` and `scale`; status snapshots and /proc sampling; Prometheus `/metrics` and
-//!   `/health`; the connection limits and accept back-off both listeners share.
+//! - [`control`], [`status`], [`sampler`], [`metrics`], `accept`: the control socket behind
+//!   `corral status`, `reload` and `scale`; status snapshots (the JSON contract and the table);
+//!   the /proc sampling behind their RSS and CPU figures; Prometheus `/metrics` and `/health`;
+//!   the connection limits and accept back-off both listeners share.
+//! - [`text`]: a leaf of text helpers (terminal-safe escaping, human units, TOML strings).
 //! - [`accepting`], `ipc`: the two ready modes the master observes itself ("listen": a worker
 //!   waiting for connections, seen in /proc; "ipc": Node's `process.send('ready')`).
 //! - [`runtime`]: the pool's runtime directory, created and checked without following links.
@@ -30,8 +34,6 @@
 //!   same workers).
 //! - [`cli`]: the command line (and the completions generated from it; the man pages in `man/`
 //!   are written by hand, and a test checks they name every subcommand).
-
-#![deny(unsafe_code)]
 
 /// corral's version, as `corral --version`, `corral status` and the packages report it. A build
 /// may set `CORRAL_BUILD_VERSION` (packaging tests build a second version this way).
@@ -50,6 +52,7 @@ pub mod import;
 pub mod init;
 pub(crate) mod ipc;
 pub mod journal;
+pub(crate) mod launch;
 pub mod metrics;
 pub mod notify;
 pub(crate) mod os;

@@ -25,9 +25,10 @@ use tokio::sync::{mpsc, oneshot};
 use crate::config::{Config, LogTarget};
 use crate::control::{self, ControlServer, Incoming, Reply, Request};
 use crate::journal::{self, Origin, Sink, Stream};
+use crate::launch::{self, Credentials, SpawnError, SpawnRequest};
 use crate::metrics::SnapshotRequest;
 use crate::notify::{NotifyServer, SystemdNotifier};
-use crate::os::spawn::{self, Credentials, SpawnError, SpawnRequest};
+use crate::os::spawn;
 use crate::pool::{
     Action, Event, ExitStatus, Notice, Notify, Pool, ReloadResult, ReplyId, ScaleRequest, Severity, SignalTo,
 };
@@ -223,7 +224,7 @@ impl Driver {
         if let Err(e) = nix::sys::prctl::set_child_subreaper(true) {
             tracing::warn!("cannot become a child subreaper: {e}");
         }
-        spawn::raise_nofile_limit();
+        launch::raise_nofile_limit();
         let resolved = ListenSockets::resolve(ListenSockets::from_systemd()?, &config.listen)?;
         let sockets = resolved.sockets;
         let mut systemd = SystemdNotifier::from_env();

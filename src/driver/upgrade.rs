@@ -93,7 +93,7 @@ impl Driver {
             log_format: self.pool.config().logs.format,
             upgrades: self.upgrades,
             started_ago: u64::try_from(now.duration_since(self.started).as_nanos()).unwrap_or(u64::MAX),
-            nofile: spawn::original_nofile(),
+            nofile: crate::launch::original_nofile(),
             sockets: self
                 .sockets
                 .sockets
@@ -232,7 +232,7 @@ impl Driver {
             tracing::warn!("cannot become a child subreaper: {e}");
         }
         if let Some((soft, hard)) = state.nofile {
-            spawn::set_original_nofile(soft, hard);
+            crate::launch::set_original_nofile(soft, hard);
         }
         let now = Instant::now();
         let pool = Pool::restore(state.pool, now, crate::config::usable_cpus()).map_err(fail)?;

@@ -25,7 +25,7 @@ impl Driver {
             env.push(("NODE_CHANNEL_SERIALIZATION_MODE".into(), "json".into()));
         }
         let path = env.iter().rev().find(|(k, _)| k == "PATH").map(|(_, v)| OsString::from(v));
-        let program = spawn::resolve_program(&config.command[0], path.as_deref())?;
+        let program = crate::launch::resolve_program(&config.command[0], path.as_deref())?;
         // "ipc": Node's channel goes after the listening sockets.
         let ipc = match config.ready.mode {
             ReadyMode::Ipc => Some(crate::ipc::channel().map_err(|e| SpawnError::Resources {
