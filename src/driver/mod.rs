@@ -39,6 +39,12 @@ use crate::status::{LastReload, PoolStatus, WorkerStatus};
 mod observe;
 mod readiness;
 mod requests;
+mod start;
+mod strays;
+
+use start::{log_sink, Beginning, Endpoints};
+use strays::{stray_deadline, Strays};
+use workers::WorkerMeta;
 mod upgrade;
 mod workers;
 
@@ -64,46 +70,6 @@ pub enum StartError {
     /// The new image of `corral upgrade` could not take over.
     #[error("cannot take over after the upgrade: {0}")]
     Resume(String),
-}
-
-/// What the driver knows about a live worker process.
-#[derive(Debug)]
-struct WorkerMeta {
-    /// Duplicates of the read ends of its stdout and stderr, kept for `corral upgrade` to hand
-    /// over (the forwarding tasks own the originals).
-    stdout: Option<OwnedFd>,
-    stderr: Option<OwnedFd>,
-    /// A duplicate of the master's end of its Node IPC channel ("ipc" mode), for the same.
-    ipc: Option<OwnedFd>,
-    /// The worker's own `STATUS=`.
-    status: Option<String>,
-    /// Last /proc sample: RSS bytes and CPU ticks of the process group.
-    rss: Option<u64>,
-    cpu_ticks: Option<u64>,
-    /// Where the current CPU % is measured from, and that percentage.
-    cpu_base: Option<(Instant, u64)>,
-    cpu_percent: Option<f64>,
-    /// The processes of its process group at the last sample.
-    group: Vec<i32>,
-    /// Its last lines of output (for the hint when it exits right after starting).
-    tail: journal::Tail,
-}
-
-impl WorkerMeta {
-    fn new() -> WorkerMeta {
-        WorkerMeta {
-            stdout: None,
-            stderr: None,
-            ipc: None,
-            status: None,
-            rss: None,
-            cpu_ticks: None,
-            cpu_base: None,
-            cpu_percent: None,
-            group: Vec::new(),
-            tail: journal::Tail::default(),
-        }
-    }
 }
 
 /// The master's event loop and everything it owns.
@@ -164,16 +130,6 @@ pub struct Driver {
     ready_watch: readiness::ReadyWatch,
 }
 
-/// The last step of a stop: processes left behind by workers.
-struct Strays {
-    /// The pool's exit status, used once they are gone.
-    exit_code: i32,
-    /// When they get SIGKILL.
-    kill_at: tokio::time::Instant,
-    /// SIGKILL was sent.
-    killed: bool,
-}
-
 /// Run a pool in the foreground until it stops; returns the process exit code.
 pub fn run(config: Config) -> Result<i32, StartError> {
     let config_path = config.path.clone();
@@ -200,132 +156,27 @@ fn on_event_loop(make: impl FnOnce() -> Result<Driver, StartError>) -> Result<i3
     })
 }
 
-impl Driver {
-    fn with_listen_inodes(mut self) -> Driver {
-        self.listen_inodes =
-            self.sockets.fds().iter().filter_map(|fd| nix::sys::stat::fstat(fd).ok()).map(|st| st.st_ino).collect();
-        self
-    }
-}
-
-/// The master's environment minus what belongs to it alone: every worker's starting point.
-fn base_env() -> Vec<(String, String)> {
-    std::env::vars_os()
-        .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
-        // What systemd set for the master alone: corral sets its own for each worker.
-        .filter(|(k, _)| !crate::config::RESERVED_ENV.contains(&k.as_str()) && k != "JOURNAL_STREAM")
-        .collect()
-}
+/// Every signal the loop handles, in the order [`Driver::run`] takes their streams: SIGCHLD
+/// (reap), SIGTERM and SIGINT (stop), SIGHUP (reload), SIGTTIN and SIGTTOU (scale), SIGUSR2
+/// (upgrade). The one list: `corral upgrade` blocks exactly these across its exec.
+pub(super) const HANDLED_SIGNALS: [Signal; 7] = [
+    Signal::SIGCHLD,
+    Signal::SIGTERM,
+    Signal::SIGINT,
+    Signal::SIGHUP,
+    Signal::SIGTTIN,
+    Signal::SIGTTOU,
+    Signal::SIGUSR2,
+];
 
 impl Driver {
-    fn start(config_path: &Path, config: Arc<Config>) -> Result<Driver, StartError> {
-        // Orphaned grandchildren of workers are re-parented to us and reaped; and we behave as
-        // an init when run as PID 1 in a container.
-        if let Err(e) = nix::sys::prctl::set_child_subreaper(true) {
-            tracing::warn!("cannot become a child subreaper: {e}");
-        }
-        launch::raise_nofile_limit();
-        let resolved = ListenSockets::resolve(ListenSockets::from_systemd()?, &config.listen)?;
-        let sockets = resolved.sockets;
-        let mut systemd = SystemdNotifier::from_env();
-        if !sockets.activated {
-            if resolved.restored > 0 {
-                tracing::info!("{} listening sockets kept across the restart by systemd's fd store", resolved.restored);
-            }
-            let named: Vec<_> = sockets.sockets.iter().map(|s| (s.name.clone(), s.fd.as_fd())).collect();
-            systemd.store_fds(&named);
-            systemd.remove_stored(&resolved.stale);
-        }
-        let worker_gid = match &config.user {
-            Some(user) if nix::unistd::geteuid().is_root() => {
-                Some(Credentials::lookup(user).map_err(StartError::User)?.gid)
-            }
-            _ => None,
-        };
-        let runtime = RuntimeDir::create(&config.name, worker_gid).map_err(StartError::RuntimeDir)?;
-        let mode = if worker_gid.is_some() { 0o660 } else { 0o600 };
-        let notify_path = runtime.path.join(crate::runtime::NOTIFY_SOCKET);
-        let notify = NotifyServer::bind(&notify_path, mode).map_err(|source| StartError::Bind {
-            what: "notify",
-            path: notify_path.clone(),
-            source,
-        })?;
-        if let Some(gid) = worker_gid {
-            let _ = nix::unistd::chown(&notify_path, None, Some(nix::unistd::Gid::from_raw(gid)));
-        }
-        let control_path = runtime.path.join(crate::runtime::CONTROL_SOCKET);
-        let control = ControlServer::bind(&control_path).map_err(|source| StartError::Bind {
-            what: "control",
-            path: control_path.clone(),
-            source,
-        })?;
-        let metrics = match &config.metrics {
-            None => None,
-            Some(m) => {
-                let l = std::net::TcpListener::bind(m.listen)
-                    .and_then(|l| l.set_nonblocking(true).map(|_| l))
-                    .and_then(tokio::net::TcpListener::from_std)
-                    .map_err(|source| StartError::Metrics { addr: m.listen, source })?;
-                tracing::info!("metrics on http://{}/metrics and /health", m.listen);
-                Some((l, crate::accept::Gate::new("metrics listener")))
-            }
-        };
-        let sink = Arc::new(log_sink(config.logs.target, config.logs.format));
-        let base_env = base_env();
-        // Read now: once a package replaces the file, /proc/self/exe names a deleted one.
-        let exe = std::env::current_exe().map_err(|e| StartError::Resume(format!("cannot find my own binary: {e}")))?;
-        for s in &sockets.sockets {
-            tracing::info!(
-                "listening on {} ({})",
-                s.address,
-                if sockets.activated { "from systemd" } else { "bound by corral" }
-            );
-        }
-        tracing::info!("pool {}: {} workers of `{}`", config.name, config.instances, config.command.join(" "));
-        Ok(Driver {
-            name: Arc::from(config.name.as_str()),
-            pool: Pool::new(config),
-            config_path: config_path.to_owned(),
-            sockets,
-            notify,
-            systemd,
-            _runtime: runtime,
-            workers: HashMap::new(),
-            base_env,
-            sink,
-            exit: None,
-            events: VecDeque::new(),
-            control,
-            metrics,
-            replies: HashMap::new(),
-            next_reply: 0,
-            started: Instant::now(),
-            strays: None,
-            exe,
-            upgrades: 0,
-            pending_upgrade: None,
-            resumed: None,
-            listen_inodes: Vec::new(),
-            last_cpu_sample: None,
-            sampler: crate::sampler::GroupSampler::default(),
-            ready_watch: readiness::ReadyWatch::new(),
-        }
-        .with_listen_inodes())
-    }
-
     async fn run(&mut self) -> i32 {
-        let signals = (|| -> std::io::Result<_> {
-            Ok((
-                signal(SignalKind::child())?,
-                signal(SignalKind::terminate())?,
-                signal(SignalKind::interrupt())?,
-                signal(SignalKind::hangup())?,
-                signal(SignalKind::from_raw(libc::SIGTTIN))?,
-                signal(SignalKind::from_raw(libc::SIGTTOU))?,
-                signal(SignalKind::user_defined2())?,
-            ))
-        })();
-        let (mut chld, mut term, mut int, mut hup, mut ttin, mut ttou, mut usr2) = match signals {
+        let signals: std::io::Result<Vec<_>> =
+            HANDLED_SIGNALS.iter().map(|&sig| signal(SignalKind::from_raw(sig as libc::c_int))).collect();
+        let signals = signals.map(|v| {
+            <[_; HANDLED_SIGNALS.len()]>::try_from(v).unwrap_or_else(|_| unreachable!("one stream per signal"))
+        });
+        let [mut chld, mut term, mut int, mut hup, mut ttin, mut ttou, mut usr2] = match signals {
             Ok(s) => s,
             Err(e) => {
                 tracing::error!("cannot install signal handlers: {e}");
@@ -527,70 +378,10 @@ impl Driver {
                 self.dispatch(Event::Exited { pid, status, last_output: journal::tail_lines(&meta.tail) });
             } else {
                 tracing::debug!(pid = pid.as_raw(), "reaped a stray process ({status})");
-                if let Some(s) = &self.strays {
-                    if crate::sampler::own_children().is_empty() {
-                        tracing::info!("processes left behind by workers are gone, exiting with {}", s.exit_code);
-                        self.exit = Some(s.exit_code);
-                    }
-                }
+                self.stray_reaped();
             }
         }
     }
-
-    /// The pool has stopped every worker. Processes the workers left behind (a daemonized
-    /// grandchild keeping the port bound, say) are ours as subreaper: stop them too, as
-    /// systemd stops what is left in a unit's cgroup, then exit.
-    fn finish(&mut self, code: i32) {
-        let left = crate::sampler::own_children();
-        if left.is_empty() {
-            tracing::info!("all workers stopped, exiting with {code}");
-            self.exit = Some(code);
-            return;
-        }
-        let stop = self.pool.config().stop.clone();
-        tracing::warn!(
-            "all workers stopped; {} processes they left behind still run (pids {left:?}): sending {}, SIGKILL in {}",
-            left.len(),
-            stop.signal.0.as_str(),
-            humantime::format_duration(stop.timeout.0)
-        );
-        for pid in &left {
-            signal_process_and_group(*pid, stop.signal.0);
-        }
-        let kill_at = tokio::time::Instant::now().checked_add(stop.timeout.0).unwrap_or_else(tokio::time::Instant::now);
-        self.strays = Some(Strays { exit_code: code, kill_at, killed: false });
-    }
-
-    /// SIGTERM/SIGINT: a graceful stop, or, when one is under way, stop now.
-    fn on_stop_signal(&mut self) {
-        if self.strays.is_some() {
-            self.kill_strays();
-        } else {
-            self.dispatch(Event::Stop);
-        }
-    }
-
-    fn kill_strays(&mut self) {
-        let left = crate::sampler::own_children();
-        tracing::warn!("processes left behind by workers did not stop in time: SIGKILL to {left:?}");
-        for pid in &left {
-            signal_process_and_group(*pid, Signal::SIGKILL);
-        }
-        if let Some(s) = &mut self.strays {
-            s.killed = true;
-            if left.is_empty() {
-                self.exit = Some(s.exit_code);
-            }
-        }
-    }
-}
-
-/// Signal a process and, when it leads one, its process group (a daemon that called setsid).
-fn signal_process_and_group(pid: Pid, signal: Signal) {
-    if nix::unistd::getpgid(Some(pid)) == Ok(pid) {
-        let _ = killpg(pid, signal);
-    }
-    let _ = nix::sys::signal::kill(pid, signal);
 }
 
 /// A pool notice as a log line, inside a span naming the worker it is about.
@@ -616,13 +407,6 @@ async fn sleep_until_some(at: Option<tokio::time::Instant>) {
     }
 }
 
-async fn stray_deadline(strays: Option<&Strays>) {
-    match strays {
-        Some(s) if !s.killed => tokio::time::sleep_until(s.kill_at).await,
-        _ => std::future::pending().await,
-    }
-}
-
 /// Accept on the metrics listener once its gate admits a connection, or never when there is none.
 async fn accept_metrics(
     listener: Option<&(tokio::net::TcpListener, crate::accept::Gate)>,
@@ -633,20 +417,5 @@ async fn accept_metrics(
             (l.accept().await.map(|(s, _)| s), permit)
         }
         None => std::future::pending().await,
-    }
-}
-
-/// Where worker output goes for a `[logs] target`.
-fn log_sink(target: LogTarget, format: crate::config::LogFormat) -> Sink {
-    let journal = Path::new(journal::JOURNAL_SOCKET);
-    let text = if format == crate::config::LogFormat::Json { Sink::Json } else { Sink::Stderr };
-    match target {
-        LogTarget::Stderr | LogTarget::Inherit => text,
-        LogTarget::Journal => Sink::journal(journal).unwrap_or_else(|e| {
-            tracing::warn!("cannot reach journald at {} ({e}): worker output goes to stderr", journal.display());
-            Sink::Stderr
-        }),
-        LogTarget::Auto if crate::journal::stderr_is_journal() => Sink::journal(journal).unwrap_or(Sink::Stderr),
-        LogTarget::Auto => text,
     }
 }

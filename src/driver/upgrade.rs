@@ -21,19 +21,12 @@ pub(super) struct PendingUpgrade {
     to_version: String,
 }
 
-/// The signals the loop handles. Blocked across the exec, they stay pending and reach the new
-/// image once it handles them: none is lost, and none kills the master in between.
+/// The signals the loop handles ([`HANDLED_SIGNALS`]) as a set. Blocked across the exec, they
+/// stay pending and reach the new image once it handles them: none is lost, and none kills the
+/// master in between.
 pub(super) fn handled_signals() -> SigSet {
     let mut set = SigSet::empty();
-    for sig in [
-        Signal::SIGCHLD,
-        Signal::SIGTERM,
-        Signal::SIGINT,
-        Signal::SIGHUP,
-        Signal::SIGTTIN,
-        Signal::SIGTTOU,
-        Signal::SIGUSR2,
-    ] {
+    for sig in HANDLED_SIGNALS {
         set.add(sig);
     }
     set
@@ -256,59 +249,33 @@ impl Driver {
             }
         };
         let runtime = RuntimeDir::adopt(state.runtime.path, adopt(state.runtime.fd)?).map_err(fail)?;
-        let sink = Arc::new(log_sink(state.log_target, state.log_format));
-        let name: Arc<str> = Arc::from(state.name.as_str());
-        let mut driver = Driver {
+        let mut driver = Driver::new(Beginning {
             pool,
             config_path: state.config_path,
-            name,
-            sockets: ListenSockets { sockets, activated: state.activated },
-            notify,
+            name: Arc::from(state.name.as_str()),
+            endpoints: Endpoints {
+                sockets: ListenSockets { sockets, activated: state.activated },
+                notify,
+                control,
+                metrics,
+                runtime,
+            },
+            sink: log_sink(state.log_target, state.log_format),
             systemd: SystemdNotifier::from_env(),
-            _runtime: runtime,
-            workers: HashMap::new(),
-            base_env: base_env(),
-            sink,
-            exit: None,
-            events: VecDeque::new(),
-            control,
-            metrics,
-            replies: HashMap::new(),
-            next_reply: 0,
-            started: now.checked_sub(Duration::from_nanos(state.started_ago)).unwrap_or(now),
-            strays: None,
             exe: state.exe,
+            started: now.checked_sub(Duration::from_nanos(state.started_ago)).unwrap_or(now),
             upgrades: state.upgrades + 1,
-            pending_upgrade: None,
             resumed: Some(state.from_version),
-            listen_inodes: Vec::new(),
-            last_cpu_sample: None,
-            sampler: crate::sampler::GroupSampler::default(),
-            ready_watch: super::readiness::ReadyWatch::new(),
-        }
-        .with_listen_inodes();
+        });
         for w in state.workers {
             let pid = Pid::from_raw(w.pid);
             let mut meta = WorkerMeta::new();
-            // A worker taken over has long outlived the early-exit hint: no tail.
-            let origin = Origin {
-                name: driver.name.clone(),
-                slot: w.slot,
-                pid: w.pid,
-                generation: w.generation,
-                tail: meta.tail.clone(),
-                tail_until: now,
-            };
             meta.status = w.status;
-            if let Some(fd) = w.stdout {
-                meta.stdout = driver.forward_kept(adopt(fd)?, Stream::Stdout, origin.clone());
-            }
-            if let Some(fd) = w.stderr {
-                meta.stderr = driver.forward_kept(adopt(fd)?, Stream::Stderr, origin);
-            }
-            let ipc = w.ipc.map(adopt).transpose()?;
-            meta.ipc = ipc.as_ref().and_then(|fd| fd.try_clone().ok());
-            driver.workers.insert(pid, meta);
+            let pipes = super::workers::WorkerPipes {
+                stdout: w.stdout.map(adopt).transpose()?,
+                stderr: w.stderr.map(adopt).transpose()?,
+                ipc: w.ipc.map(adopt).transpose()?,
+            };
             // A worker still starting is watched again for the signal its mode waits for (its
             // channel is read again in any case: a ready worker may keep writing to it).
             let mode = driver
@@ -317,7 +284,15 @@ impl Driver {
                 .iter()
                 .find(|x| x.pid == Some(pid) && x.is_starting())
                 .map(|x| driver.pool.config_of(x.generation).ready.mode);
-            driver.watch_ready(pid, mode.unwrap_or(crate::config::ReadyMode::Notify), ipc);
+            // A worker taken over has long outlived the early-exit hint: no tail.
+            driver.take_charge(
+                pid,
+                (w.slot, w.generation),
+                meta,
+                pipes,
+                mode.unwrap_or(crate::config::ReadyMode::Notify),
+                now,
+            );
         }
         drop(crate::os::fds::adopt(state_fd));
         Ok(driver)

@@ -56,29 +56,45 @@ impl Driver {
             inherit_output: config.logs.target == LogTarget::Inherit,
         };
         let child = spawn::spawn(&req)?;
-        let pid = child.pid;
         let mut meta = WorkerMeta::new();
         // A process just spawned has used no CPU: the first CPU % shown is the average since.
         meta.cpu_base = Some((Instant::now(), 0));
+        let pipes = WorkerPipes { stdout: child.stdout, stderr: child.stderr, ipc: ipc.map(|(ours, _theirs)| ours) };
+        // Its last lines are kept for the early-exit hint while it may still exit early.
+        let tail_until = Instant::now() + crate::pool::EARLY_EXIT;
+        self.take_charge(child.pid, (slot, generation), meta, pipes, config.ready.mode, tail_until);
+        Ok(child.pid)
+    }
+
+    /// Take charge of a worker process, new or taken over by an upgrade: forward its output
+    /// pipes to the journal (keeping duplicates for a later upgrade), keep its IPC channel, and
+    /// watch it for the readiness signal of `mode`.
+    pub(super) fn take_charge(
+        &mut self,
+        pid: Pid,
+        (slot, generation): (usize, u64),
+        mut meta: WorkerMeta,
+        pipes: WorkerPipes,
+        mode: crate::config::ReadyMode,
+        tail_until: Instant,
+    ) {
         let origin = Origin {
             name: self.name.clone(),
             slot,
             pid: pid.as_raw(),
             generation,
             tail: meta.tail.clone(),
-            tail_until: Instant::now() + crate::pool::EARLY_EXIT,
+            tail_until,
         };
-        if let Some(out) = child.stdout {
+        if let Some(out) = pipes.stdout {
             meta.stdout = self.forward_kept(out, Stream::Stdout, origin.clone());
         }
-        if let Some(err) = child.stderr {
+        if let Some(err) = pipes.stderr {
             meta.stderr = self.forward_kept(err, Stream::Stderr, origin);
         }
-        let ours = ipc.map(|(ours, _theirs)| ours);
-        meta.ipc = ours.as_ref().and_then(|fd| fd.try_clone().ok());
+        meta.ipc = pipes.ipc.as_ref().and_then(|fd| fd.try_clone().ok());
         self.workers.insert(pid, meta);
-        self.watch_ready(pid, config.ready.mode, ours);
-        Ok(pid)
+        self.watch_ready(pid, mode, pipes.ipc);
     }
 
     /// Forward a worker's output pipe; returns a duplicate of it for `corral upgrade` to hand
@@ -127,5 +143,52 @@ impl Driver {
         let mut out: Vec<(String, String)> = env.into_iter().rev().filter(|(k, _)| seen.insert(k.clone())).collect();
         out.reverse();
         out
+    }
+}
+
+/// The master's ends of a worker's pipes: output (none when inherited) and the Node IPC channel.
+pub(super) struct WorkerPipes {
+    pub stdout: Option<OwnedFd>,
+    pub stderr: Option<OwnedFd>,
+    pub ipc: Option<OwnedFd>,
+}
+
+/// What the driver knows about a live worker process.
+#[derive(Debug)]
+pub(super) struct WorkerMeta {
+    /// Duplicates of the read ends of its stdout and stderr, kept for `corral upgrade` to hand
+    /// over (the forwarding tasks own the originals).
+    pub(super) stdout: Option<OwnedFd>,
+    pub(super) stderr: Option<OwnedFd>,
+    /// A duplicate of the master's end of its Node IPC channel ("ipc" mode), for the same.
+    pub(super) ipc: Option<OwnedFd>,
+    /// The worker's own `STATUS=`.
+    pub(super) status: Option<String>,
+    /// Last /proc sample: RSS bytes and CPU ticks of the process group.
+    pub(super) rss: Option<u64>,
+    pub(super) cpu_ticks: Option<u64>,
+    /// Where the current CPU % is measured from, and that percentage.
+    pub(super) cpu_base: Option<(Instant, u64)>,
+    pub(super) cpu_percent: Option<f64>,
+    /// The processes of its process group at the last sample.
+    pub(super) group: Vec<i32>,
+    /// Its last lines of output (for the hint when it exits right after starting).
+    pub(super) tail: journal::Tail,
+}
+
+impl WorkerMeta {
+    pub(super) fn new() -> WorkerMeta {
+        WorkerMeta {
+            stdout: None,
+            stderr: None,
+            ipc: None,
+            status: None,
+            rss: None,
+            cpu_ticks: None,
+            cpu_base: None,
+            cpu_percent: None,
+            group: Vec::new(),
+            tail: journal::Tail::default(),
+        }
     }
 }

@@ -1,0 +1,181 @@
+//! Assembling a driver, by either path: a first start ([`Driver::start`]: inherit or bind the
+//! sockets, create the runtime directory and its sockets) or the new image of an upgrade
+//! (`Driver::resume` in `upgrade.rs`: adopt them all). Both end in [`Driver::new`], the one
+//! place every field of the driver is set.
+
+use super::*;
+
+/// The endpoints a master owns and `corral upgrade` hands over to its next image: bound (or
+/// inherited) at a first start, adopted from descriptors after an upgrade.
+pub(super) struct Endpoints {
+    /// The listening sockets every worker inherits at fd 3...
+    pub sockets: ListenSockets,
+    /// The workers' `NOTIFY_SOCKET`.
+    pub notify: NotifyServer,
+    /// `corral status`/`reload`/`scale` come in here.
+    pub control: ControlServer,
+    /// `/metrics` and `/health`, when configured, with its connection limit.
+    pub metrics: Option<(tokio::net::TcpListener, crate::accept::Gate)>,
+    /// The runtime directory, held for its lock.
+    pub runtime: RuntimeDir,
+}
+
+/// What a driver starts from, by either path: [`Driver::start`] (a first start) or
+/// [`Driver::resume`] (the new image of an upgrade). [`Driver::new`] is the one place a driver
+/// is assembled.
+pub(super) struct Beginning {
+    pub pool: Pool,
+    pub config_path: PathBuf,
+    pub name: Arc<str>,
+    pub endpoints: Endpoints,
+    pub sink: Sink,
+    /// The master's own channel to systemd.
+    pub systemd: SystemdNotifier,
+    /// The path the master was started from (what an upgrade executes).
+    pub exe: PathBuf,
+    /// When the master started, for its uptime (an upgrade keeps the first image's).
+    pub started: Instant,
+    /// Upgrades so far, this one included.
+    pub upgrades: u64,
+    /// After an upgrade: the version taken over from.
+    pub resumed: Option<String>,
+}
+
+impl Driver {
+    /// Assemble a driver: the only place every field is set.
+    pub(super) fn new(b: Beginning) -> Driver {
+        let Endpoints { sockets, notify, control, metrics, runtime } = b.endpoints;
+        let listen_inodes =
+            sockets.fds().iter().filter_map(|fd| nix::sys::stat::fstat(fd).ok()).map(|st| st.st_ino).collect();
+        Driver {
+            pool: b.pool,
+            config_path: b.config_path,
+            name: b.name,
+            sockets,
+            notify,
+            systemd: b.systemd,
+            _runtime: runtime,
+            workers: HashMap::new(),
+            base_env: base_env(),
+            sink: Arc::new(b.sink),
+            exit: None,
+            events: VecDeque::new(),
+            control,
+            metrics,
+            replies: HashMap::new(),
+            next_reply: 0,
+            started: b.started,
+            strays: None,
+            exe: b.exe,
+            upgrades: b.upgrades,
+            pending_upgrade: None,
+            resumed: b.resumed,
+            listen_inodes,
+            last_cpu_sample: None,
+            sampler: crate::sampler::GroupSampler::default(),
+            ready_watch: readiness::ReadyWatch::new(),
+        }
+    }
+}
+
+/// The master's environment minus what belongs to it alone: every worker's starting point.
+pub(super) fn base_env() -> Vec<(String, String)> {
+    std::env::vars_os()
+        .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
+        // What systemd set for the master alone: corral sets its own for each worker.
+        .filter(|(k, _)| !crate::config::RESERVED_ENV.contains(&k.as_str()) && k != "JOURNAL_STREAM")
+        .collect()
+}
+
+impl Driver {
+    pub(super) fn start(config_path: &Path, config: Arc<Config>) -> Result<Driver, StartError> {
+        // Orphaned grandchildren of workers are re-parented to us and reaped; and we behave as
+        // an init when run as PID 1 in a container.
+        if let Err(e) = nix::sys::prctl::set_child_subreaper(true) {
+            tracing::warn!("cannot become a child subreaper: {e}");
+        }
+        launch::raise_nofile_limit();
+        let resolved = ListenSockets::resolve(ListenSockets::from_systemd()?, &config.listen)?;
+        let sockets = resolved.sockets;
+        let mut systemd = SystemdNotifier::from_env();
+        if !sockets.activated {
+            if resolved.restored > 0 {
+                tracing::info!("{} listening sockets kept across the restart by systemd's fd store", resolved.restored);
+            }
+            let named: Vec<_> = sockets.sockets.iter().map(|s| (s.name.clone(), s.fd.as_fd())).collect();
+            systemd.store_fds(&named);
+            systemd.remove_stored(&resolved.stale);
+        }
+        let worker_gid = match &config.user {
+            Some(user) if nix::unistd::geteuid().is_root() => {
+                Some(Credentials::lookup(user).map_err(StartError::User)?.gid)
+            }
+            _ => None,
+        };
+        let runtime = RuntimeDir::create(&config.name, worker_gid).map_err(StartError::RuntimeDir)?;
+        let mode = if worker_gid.is_some() { 0o660 } else { 0o600 };
+        let notify_path = runtime.path.join(crate::runtime::NOTIFY_SOCKET);
+        let notify = NotifyServer::bind(&notify_path, mode).map_err(|source| StartError::Bind {
+            what: "notify",
+            path: notify_path.clone(),
+            source,
+        })?;
+        if let Some(gid) = worker_gid {
+            let _ = nix::unistd::chown(&notify_path, None, Some(nix::unistd::Gid::from_raw(gid)));
+        }
+        let control_path = runtime.path.join(crate::runtime::CONTROL_SOCKET);
+        let control = ControlServer::bind(&control_path).map_err(|source| StartError::Bind {
+            what: "control",
+            path: control_path.clone(),
+            source,
+        })?;
+        let metrics = match &config.metrics {
+            None => None,
+            Some(m) => {
+                let l = std::net::TcpListener::bind(m.listen)
+                    .and_then(|l| l.set_nonblocking(true).map(|_| l))
+                    .and_then(tokio::net::TcpListener::from_std)
+                    .map_err(|source| StartError::Metrics { addr: m.listen, source })?;
+                tracing::info!("metrics on http://{}/metrics and /health", m.listen);
+                Some((l, crate::accept::Gate::new("metrics listener")))
+            }
+        };
+        // Read now: once a package replaces the file, /proc/self/exe names a deleted one.
+        let exe = std::env::current_exe().map_err(|e| StartError::Resume(format!("cannot find my own binary: {e}")))?;
+        for s in &sockets.sockets {
+            tracing::info!(
+                "listening on {} ({})",
+                s.address,
+                if sockets.activated { "from systemd" } else { "bound by corral" }
+            );
+        }
+        tracing::info!("pool {}: {} workers of `{}`", config.name, config.instances, config.command.join(" "));
+        Ok(Driver::new(Beginning {
+            name: Arc::from(config.name.as_str()),
+            sink: log_sink(config.logs.target, config.logs.format),
+            pool: Pool::new(config),
+            config_path: config_path.to_owned(),
+            endpoints: Endpoints { sockets, notify, control, metrics, runtime },
+            systemd,
+            exe,
+            started: Instant::now(),
+            upgrades: 0,
+            resumed: None,
+        }))
+    }
+}
+
+/// Where worker output goes for a `[logs] target`.
+pub(super) fn log_sink(target: LogTarget, format: crate::config::LogFormat) -> Sink {
+    let journal = Path::new(journal::JOURNAL_SOCKET);
+    let text = if format == crate::config::LogFormat::Json { Sink::Json } else { Sink::Stderr };
+    match target {
+        LogTarget::Stderr | LogTarget::Inherit => text,
+        LogTarget::Journal => Sink::journal(journal).unwrap_or_else(|e| {
+            tracing::warn!("cannot reach journald at {} ({e}): worker output goes to stderr", journal.display());
+            Sink::Stderr
+        }),
+        LogTarget::Auto if crate::journal::stderr_is_journal() => Sink::journal(journal).unwrap_or(Sink::Stderr),
+        LogTarget::Auto => text,
+    }
+}
