@@ -30,9 +30,9 @@ fn boot_with(suite: &str, scenario: &str, extra: impl FnOnce(&std::path::Path)) 
     let (inp, out) = (dir.join("in"), dir.join("out"));
     std::fs::create_dir_all(&inp).unwrap();
     std::fs::create_dir_all(&out).unwrap();
-    std::fs::copy(CORRAL, inp.join("corral")).unwrap();
+    copy_executable(std::path::Path::new(CORRAL), &inp.join("corral"));
     std::fs::copy(worker_py(), inp.join("worker.py")).unwrap();
-    std::fs::copy(format!("{here}/{scenario}"), inp.join("run")).unwrap();
+    copy_executable(std::path::Path::new(&format!("{here}/{scenario}")), &inp.join("run"));
     std::fs::copy(format!("{here}/lib.sh"), inp.join("lib.sh")).unwrap();
     std::fs::copy(concat!(env!("CARGO_MANIFEST_DIR"), "/units/corral@.service"), inp.join("corral@.service")).unwrap();
     for (from, to) in [

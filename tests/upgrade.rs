@@ -4,7 +4,7 @@
 
 mod common;
 
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -24,7 +24,7 @@ fn start(tag: &str, args: &str, extra: &str) -> Pool {
     let port = free_port();
     let dir = TempDir::new(&format!("{tag}-bin"));
     let exe = dir.join("corral");
-    std::fs::copy(CORRAL, &exe).unwrap();
+    copy_executable(Path::new(CORRAL), &exe);
     let cfg = format!(
         "command = [\"python3\", \"{{worker}}\"{args}]\nlisten = [\"127.0.0.1:{port}\"]\ninstances = 2\n{extra}"
     );
@@ -45,8 +45,7 @@ impl Pool {
     /// the old one), with `content`.
     fn install(&self, content: &[u8], mode: u32) {
         let tmp = self.exe.with_extension("new");
-        std::fs::write(&tmp, content).unwrap();
-        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(mode)).unwrap();
+        write_executable(&tmp, content, mode);
         std::fs::rename(&tmp, &self.exe).unwrap();
     }
     /// The file the master's process runs is the one now at its path.

@@ -77,6 +77,25 @@ impl Drop for TempDir {
     }
 }
 
+/// Write `content` to `path` with `mode`, for `path` to be executed, without ever opening it
+/// for writing in this process: another test thread forking meanwhile would inherit that
+/// descriptor until its own exec, and executing the file would fail with ETXTBSY ("Text file
+/// busy") until then. A child process (`cat`, fed through a pipe) writes it instead.
+pub fn write_executable(path: &Path, content: &[u8], mode: u32) {
+    use std::os::unix::fs::PermissionsExt;
+    let mut cat =
+        Command::new("sh").args(["-c", "cat > \"$1\"", "sh"]).arg(path).stdin(Stdio::piped()).spawn().expect("run cat");
+    cat.stdin.take().expect("cat's stdin").write_all(content).expect("write to cat");
+    assert!(cat.wait().expect("wait for cat").success(), "cat > {path:?}");
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).expect("chmod");
+}
+
+/// Copy the executable `from` to `to` the same way (`cp`, in a child process).
+pub fn copy_executable(from: &Path, to: &Path) {
+    let out = Command::new("cp").arg(from).arg(to).output().expect("run cp");
+    assert!(out.status.success(), "cp {from:?} {to:?}: {}", String::from_utf8_lossy(&out.stderr));
+}
+
 /// Copies of the corral binary and the test worker that another user (`nobody`) can read and run,
 /// wherever the checkout lives: in a clone under /root (mode 700 on Debian) the originals are out
 /// of reach. Every test that runs something as another user takes it from here. Removed at drop.
@@ -91,7 +110,7 @@ impl ForOtherUsers {
         std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).expect("chmod the copies' dir");
         for (from, name, mode) in [(CORRAL.to_string(), "corral", 0o755), (worker_py(), "worker.py", 0o644)] {
             let to = dir.join(name);
-            std::fs::copy(&from, &to).unwrap_or_else(|e| panic!("copy {from} for other users: {e}"));
+            copy_executable(Path::new(&from), &to);
             std::fs::set_permissions(&to, std::fs::Permissions::from_mode(mode)).expect("chmod a copy");
         }
         ForOtherUsers { dir }
