@@ -10,45 +10,10 @@ use std::sync::Arc;
 use common::*;
 use nix::sys::signal::Signal;
 
-struct Pool {
-    m: Master,
-    addr: SocketAddr,
-}
-
-fn start(tag: &str, args: &str, extra: &str) -> Pool {
-    let port = free_port();
-    let cfg = format!(
-        "command = [\"python3\", \"{{worker}}\"{args}]\nlisten = [\"127.0.0.1:{port}\"]\ninstances = 2\n{extra}"
-    );
-    let mut m = Master::start(tag, &cfg, Options::default());
-    m.systemd().wait("READY=1");
-    Pool { m, addr: format!("127.0.0.1:{port}").parse().unwrap() }
-}
-
-impl Pool {
-    fn rewrite(&self, from: &str, to: &str) {
-        let text = std::fs::read_to_string(&self.m.config).unwrap();
-        assert!(text.contains(from), "config has no {from:?}");
-        std::fs::write(&self.m.config, text.replacen(from, to, 1)).unwrap();
-    }
-    /// SIGHUP and wait until systemd has heard the reload end (one more READY=1).
-    fn reload(&mut self) {
-        let before = self.m.systemd().count("READY=1");
-        self.m.signal(Signal::SIGHUP);
-        wait_for("the reload to finish (READY=1)", TIMEOUT, || {
-            (self.m.systemd().count("READY=1") > before).then_some(())
-        });
-    }
-    fn answers(&self) -> Vec<String> {
-        (0..6).map(|_| get(self.addr).expect("served")).collect()
-    }
-}
-
 fn reload_under_load(keep_alive: bool) {
-    let mut p = start(if keep_alive { "loadka" } else { "loadnew" }, "", "[reload]\nbatch = 1\n");
+    let mut p = TestPool::start(if keep_alive { "loadka" } else { "loadnew" }, "", "[reload]\nbatch = 1\n");
     let stop = Arc::new(AtomicBool::new(false));
     let load = load(p.addr, 4, keep_alive, stop.clone());
-    wait_until("load running", TIMEOUT, || true);
     for release in 2..=4 {
         p.rewrite("instances = 2\n", &format!("instances = 2\nenv = {{ RELEASE = \"{release}\" }}\n"));
         p.reload();
@@ -76,7 +41,7 @@ fn reload_under_load_fails_no_request_with_keep_alive_clients() {
 
 #[test]
 fn reload_tells_systemd_reloading_then_ready() {
-    let mut p = start("notify", "", "");
+    let mut p = TestPool::start("notify", "", "");
     p.rewrite("instances = 2\n", "instances = 2\nenv = { RELEASE = \"2\" }\n");
     p.reload();
     let msg = p.m.systemd().wait("RELOADING=1");
@@ -86,7 +51,7 @@ fn reload_tells_systemd_reloading_then_ready() {
 
 #[test]
 fn a_broken_release_is_rolled_back_and_the_old_generation_keeps_serving() {
-    let mut p = start("broken", ", \"--fail-if-env\", \"BROKEN\"", "");
+    let mut p = TestPool::start("broken", ", \"--fail-if-env\", \"BROKEN\"", "");
     let old = p.m.wait_workers(2);
     p.rewrite("instances = 2\n", "instances = 2\nenv = { BROKEN = \"yes\" }\n");
     p.reload();
@@ -100,7 +65,7 @@ fn a_broken_release_is_rolled_back_and_the_old_generation_keeps_serving() {
 
 #[test]
 fn an_invalid_config_on_reload_changes_nothing() {
-    let mut p = start("invalid", "", "");
+    let mut p = TestPool::start("invalid", "", "");
     let old = p.m.wait_workers(2);
     p.rewrite("instances = 2\n", "instances = 0\n");
     p.reload();
@@ -134,7 +99,7 @@ fn a_reload_follows_a_current_symlink_to_the_new_release() {
     // Deploy: switch the symlink atomically, then reload with an unchanged config.
     std::os::unix::fs::symlink(dir.join("r2"), dir.join("current.new")).unwrap();
     std::fs::rename(dir.join("current.new"), &current).unwrap();
-    let p = Pool { m, addr };
+    let p = TestPool { m, addr };
     let mut p = p;
     p.reload();
     assert!(p.answers().iter().all(|a| a.contains("generation 2 release r2")), "{:?}", p.answers());
@@ -142,7 +107,7 @@ fn a_reload_follows_a_current_symlink_to_the_new_release() {
 
 #[test]
 fn reloads_requested_during_a_reload_coalesce_into_one_more() {
-    let mut p = start("coalesce", ", \"--ready-after\", \"600\"", "");
+    let mut p = TestPool::start("coalesce", ", \"--ready-after\", \"600\"", "");
     p.m.signal(Signal::SIGHUP);
     p.m.wait_log("reloading: generation 1 → 2");
     p.m.signal(Signal::SIGHUP);
@@ -162,7 +127,7 @@ fn reloads_requested_during_a_reload_coalesce_into_one_more() {
 
 #[test]
 fn a_reload_applies_a_changed_instance_count_and_command() {
-    let mut p = start("resize", "", "");
+    let mut p = TestPool::start("resize", "", "");
     p.rewrite("instances = 2\n", "instances = 3\nenv = { RELEASE = \"big\" }\n");
     p.reload();
     p.m.systemd().wait_status("3/3 workers ready · generation 2");

@@ -11,36 +11,37 @@ use std::sync::Arc;
 
 use common::*;
 use nix::sys::signal::Signal;
-use serde_json::Value;
 
 /// A pool started from a copy of the binary at `DIR/corral`, the path an upgrade executes.
 struct Pool {
-    m: Master,
-    addr: std::net::SocketAddr,
+    pool: TestPool,
     exe: PathBuf,
 }
 
+impl std::ops::Deref for Pool {
+    type Target = TestPool;
+    fn deref(&self) -> &TestPool {
+        &self.pool
+    }
+}
+
+impl std::ops::DerefMut for Pool {
+    fn deref_mut(&mut self) -> &mut TestPool {
+        &mut self.pool
+    }
+}
+
 fn start(tag: &str, args: &str, extra: &str) -> Pool {
-    let port = free_port();
     let dir = TempDir::new(&format!("{tag}-bin"));
     let exe = dir.join("corral");
     copy_executable(Path::new(CORRAL), &exe);
-    let cfg = format!(
-        "command = [\"python3\", \"{{worker}}\"{args}]\nlisten = [\"127.0.0.1:{port}\"]\ninstances = 2\n{extra}"
-    );
     let opts = Options { binary: Some(exe.to_string_lossy().into_owned()), ..Options::default() };
-    let mut m = Master::start(tag, &cfg, opts);
+    let pool = TestPool::start_with(tag, args, extra, opts);
     std::mem::forget(dir); // the binary's folder lives as long as the test process
-    m.systemd().wait("READY=1");
-    Pool { m, addr: format!("127.0.0.1:{port}").parse().unwrap(), exe }
+    Pool { pool, exe }
 }
 
 impl Pool {
-    fn status(&self) -> Value {
-        let (code, out, err) = self.m.cli(&["status", "pool", "--json"]);
-        assert_eq!(code, Some(0), "{err}");
-        serde_json::from_str(&out).unwrap()
-    }
     /// Replace the binary at the master's path the way a package does (a new file renamed over
     /// the old one), with `content`.
     fn install(&self, content: &[u8], mode: u32) {

@@ -635,3 +635,55 @@ fn client_loop(
 pub fn corral(args: &[&str]) -> std::process::Output {
     Command::new(CORRAL).args(args).env_remove("NOTIFY_SOCKET").output().expect("run corral")
 }
+
+/// A pool of two test workers (`tests/worker.py`) on a free loopback port, started and ready
+/// (READY=1 seen): what the reload and upgrade tests drive.
+pub struct TestPool {
+    pub m: Master,
+    pub addr: SocketAddr,
+}
+
+impl TestPool {
+    /// `args`: more worker arguments (`, "--flag"`); `extra`: more config lines.
+    pub fn start(tag: &str, args: &str, extra: &str) -> TestPool {
+        Self::start_with(tag, args, extra, Options::default())
+    }
+
+    pub fn start_with(tag: &str, args: &str, extra: &str, opts: Options) -> TestPool {
+        let port = free_port();
+        let cfg = format!(
+            "command = [\"python3\", \"{{worker}}\"{args}]\nlisten = [\"127.0.0.1:{port}\"]\ninstances = 2\n{extra}"
+        );
+        let mut m = Master::start(tag, &cfg, opts);
+        m.systemd().wait("READY=1");
+        TestPool { m, addr: SocketAddr::from(([127, 0, 0, 1], port)) }
+    }
+
+    /// Replace the first `from` in the config with `to`.
+    pub fn rewrite(&self, from: &str, to: &str) {
+        let text = std::fs::read_to_string(&self.m.config).unwrap();
+        assert!(text.contains(from), "config has no {from:?}");
+        std::fs::write(&self.m.config, text.replacen(from, to, 1)).unwrap();
+    }
+
+    /// SIGHUP and wait until systemd has heard the reload end (one more READY=1).
+    pub fn reload(&mut self) {
+        let before = self.m.systemd().count("READY=1");
+        self.m.signal(nix::sys::signal::Signal::SIGHUP);
+        wait_for("the reload to finish (READY=1)", TIMEOUT, || {
+            (self.m.systemd().count("READY=1") > before).then_some(())
+        });
+    }
+
+    /// Six answers from the pool, one connection each.
+    pub fn answers(&self) -> Vec<String> {
+        (0..6).map(|_| get(self.addr).expect("served")).collect()
+    }
+
+    /// `corral status --json`.
+    pub fn status(&self) -> serde_json::Value {
+        let (code, out, err) = self.m.cli(&["status", "pool", "--json"]);
+        assert_eq!(code, Some(0), "{err}");
+        serde_json::from_str(&out).expect("status --json is JSON")
+    }
+}
