@@ -53,6 +53,7 @@ pub mod init;
 pub(crate) mod ipc;
 pub mod journal;
 pub(crate) mod launch;
+pub mod logging;
 pub mod metrics;
 pub mod notify;
 pub(crate) mod os;

@@ -18,173 +18,202 @@ const EX_CONFIG: u8 = 78;
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let env_config = std::env::var("CORRAL_CONFIG").ok();
+    let env_config = env_config.as_deref();
     match cli.command {
-        Command::Run { state_fd: Some(fd), .. } => {
-            corral::stderr::init();
-            let (target, format) = corral::upgrade::borrow(fd)
-                .and_then(corral::upgrade::read_state)
-                .map_or((LogTarget::Auto, LogFormat::Text), |s| (s.log_target, s.log_format));
-            // A JSON-logging master already pointed its stderr at stdout before the upgrade.
-            init_logging(target, format == LogFormat::Json && !uses_journal(target));
-            finish_run(driver::resume(fd))
-        }
-        Command::UpgradeCheck { state_fd } => match corral::upgrade::check(state_fd) {
-            Ok(version) => {
-                println!("{version}");
-                ExitCode::SUCCESS
-            }
-            Err(e) => {
-                eprintln!("{e}");
-                ExitCode::from(1)
-            }
-        },
+        Command::Run { state_fd: Some(fd), .. } => resume(fd),
+        Command::Run { config, state_fd: None, init } => run(config::locate(config.as_deref(), env_config, None), init),
+        Command::UpgradeCheck { state_fd } => upgrade_check(state_fd),
         Command::Upgrade { name, timeout } => upgrade(name.as_deref(), timeout),
-        Command::Run { config, state_fd: None, init } => {
-            let path = config::locate(config.as_deref(), env_config.as_deref(), None);
-            let mut config = match Config::load(&path) {
-                Ok(c) => c,
-                Err(e) => {
-                    corral::stderr::init();
-                    init_logging(LogTarget::Auto, false);
-                    tracing::error!("{e}");
-                    return ExitCode::from(EX_CONFIG);
-                }
-            };
-            // A container's init: its logs are the container's output, whatever is mounted.
-            let container = init || std::process::id() == 1;
-            if container && config.logs.target == LogTarget::Auto {
-                config.logs.target = LogTarget::Stderr;
-            }
-            let json = config.logs.format == LogFormat::Json && !uses_journal(config.logs.target);
-            if json {
-                // Every line, the master's and the workers', goes to stdout as JSON.
-                if let Err(e) = nix::unistd::dup2_stderr(std::io::stdout()) {
-                    eprintln!("corral: cannot send the logs to stdout ({e}); they stay on stderr");
-                }
-            }
-            corral::stderr::init();
-            init_logging(config.logs.target, json);
-            if container {
-                tracing::info!(
-                    "running as the container's init (pid {}): orphans are reaped, SIGTERM/SIGINT stop the pool \
-                     gracefully{}",
-                    std::process::id(),
-                    if config.stop.drain.0.is_zero() {
-                        String::new()
-                    } else {
-                        format!(" after draining for {}", humantime::format_duration(config.stop.drain.0))
-                    }
-                );
-            }
-            finish_run(driver::run(config))
-        }
-        Command::Check { config, name } => {
-            let path = config::locate(config.as_deref(), env_config.as_deref(), name.as_deref());
-            check(&path)
-        }
+        Command::Check { config, name } => check(&config::locate(config.as_deref(), env_config, name.as_deref())),
         Command::Status { name, json } => status(name.as_deref(), json),
-        Command::Reload { name, no_wait, config, timeout } => {
-            let name = match name {
-                Some(n) => n,
-                None => {
-                    let path = config::locate(config.as_deref(), env_config.as_deref(), None);
-                    match Config::load(&path) {
-                        Ok(c) => c.name,
-                        Err(e) => {
-                            eprintln!("corral reload: give a pool NAME, or a config to take it from: {e}");
-                            return ExitCode::from(EX_CONFIG);
-                        }
-                    }
-                }
-            };
-            let wait = !no_wait;
-            let reply = ask(&name, &Request::Reload { wait }, if wait { timeout } else { Duration::from_secs(10) });
-            finish(&name, reply)
-        }
-        Command::Scale { name, count } => {
-            if let Err(e) = control::parse_scale(&count) {
-                eprintln!("corral scale: {e}");
-                return ExitCode::from(2);
-            }
-            let reply = ask(&name, &Request::Scale { to: count }, Duration::from_secs(10));
-            finish(&name, reply)
-        }
-        Command::Init { name, listen, user, instances, files: opts, command } => {
-            let req = corral::init::InitRequest {
+        Command::Reload { name, no_wait, config, timeout } => reload(name, config, env_config, !no_wait, timeout),
+        Command::Scale { name, count } => scale(&name, count),
+        Command::Init { name, listen, user, instances, files, command } => init(
+            corral::init::InitRequest {
                 name,
                 listen,
                 user,
                 instances,
                 command,
-                root: opts.root.clone(),
+                root: files.root.clone(),
                 binary: own_binary(),
-                on_failure_alert: opts.on_failure_alert,
-            };
-            let files = match corral::init::render(&req) {
-                Ok(f) => f,
-                Err(e) => {
-                    eprintln!("corral init: {e}");
-                    return ExitCode::from(2);
-                }
-            };
-            match write_pool_files("init", &files, &opts) {
-                Ok(true) => print!("{}", corral::init::next_steps(&req)),
-                Ok(false) => {}
-                Err(code) => return code,
-            }
-            ExitCode::SUCCESS
-        }
-        Command::Import { file, app, env, listen, files: opts } => {
-            let req = corral::import::ImportRequest {
+                on_failure_alert: files.on_failure_alert,
+            },
+            &files,
+        ),
+        Command::Import { file, app, env, listen, files } => import(
+            corral::import::ImportRequest {
                 file,
                 app,
                 env,
                 listen,
-                root: opts.root.clone(),
+                root: files.root.clone(),
                 binary: own_binary(),
-                on_failure_alert: opts.on_failure_alert,
-            };
-            let outcome = match corral::import::import(&req) {
-                Ok(o) => o,
-                Err(e) => {
-                    eprintln!("corral import: {e}");
-                    return ExitCode::from(2);
-                }
-            };
-            for p in &outcome.pools {
-                print!("{}", corral::import::render_report(p));
-            }
-            for l in &outcome.notes {
-                if let corral::import::Line::NotMapped { key, why } = l {
-                    println!("file: not mapped  {key:<22} {why}");
-                }
-            }
-            for (app, why) in &outcome.skipped {
-                eprintln!("corral import: skipped app {app:?}: {why}");
-            }
-            let files: Vec<_> = outcome.pools.iter().flat_map(|p| p.files.clone()).collect();
-            if files.is_empty() {
-                eprintln!("corral import: nothing to import");
-                return ExitCode::from(2);
-            }
-            if opts.dry_run {
-                println!();
-            }
-            match write_pool_files("import", &files, &opts) {
-                Ok(true) => outcome.pools.iter().for_each(|p| print!("{}", corral::import::next_steps(p))),
-                Ok(false) => {}
-                Err(code) => return code,
-            }
-            if outcome.skipped.is_empty() {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::from(1)
-            }
-        }
+                on_failure_alert: files.on_failure_alert,
+            },
+            &files,
+        ),
         Command::Completions { shell } => {
             clap_complete::generate(shell, &mut Cli::command(), "corral", &mut std::io::stdout());
             ExitCode::SUCCESS
         }
+    }
+}
+
+/// `corral run --state-fd N`: the new image of an upgrade.
+fn resume(fd: std::os::fd::RawFd) -> ExitCode {
+    corral::stderr::init();
+    let (target, format) = corral::upgrade::borrow(fd)
+        .and_then(corral::upgrade::read_state)
+        .map_or((LogTarget::Auto, LogFormat::Text), |s| (s.log_target, s.log_format));
+    // A JSON-logging master already pointed its stderr at stdout before the upgrade.
+    corral::logging::init(target, format == LogFormat::Json && !corral::logging::uses_journal(target));
+    finish_run(driver::resume(fd))
+}
+
+/// `corral run`: the master in the foreground. `init`: as a container's init (or PID 1).
+fn run(path: std::path::PathBuf, init: bool) -> ExitCode {
+    let mut config = match Config::load(&path) {
+        Ok(c) => c,
+        Err(e) => {
+            corral::stderr::init();
+            corral::logging::init(LogTarget::Auto, false);
+            tracing::error!("{e}");
+            return ExitCode::from(EX_CONFIG);
+        }
+    };
+    // A container's init: its logs are the container's output, whatever is mounted.
+    let container = init || std::process::id() == 1;
+    if container && config.logs.target == LogTarget::Auto {
+        config.logs.target = LogTarget::Stderr;
+    }
+    let json = config.logs.format == LogFormat::Json && !corral::logging::uses_journal(config.logs.target);
+    if json {
+        // Every line, the master's and the workers', goes to stdout as JSON.
+        if let Err(e) = nix::unistd::dup2_stderr(std::io::stdout()) {
+            eprintln!("corral: cannot send the logs to stdout ({e}); they stay on stderr");
+        }
+    }
+    corral::stderr::init();
+    corral::logging::init(config.logs.target, json);
+    if container {
+        tracing::info!(
+            "running as the container's init (pid {}): orphans are reaped, SIGTERM/SIGINT stop the pool \
+             gracefully{}",
+            std::process::id(),
+            if config.stop.drain.0.is_zero() {
+                String::new()
+            } else {
+                format!(" after draining for {}", humantime::format_duration(config.stop.drain.0))
+            }
+        );
+    }
+    finish_run(driver::run(config))
+}
+
+/// `corral upgrade-check --state-fd N`, run by an old master with this binary.
+fn upgrade_check(state_fd: std::os::fd::RawFd) -> ExitCode {
+    match corral::upgrade::check(state_fd) {
+        Ok(version) => {
+            println!("{version}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("{e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// `corral reload [NAME]`: the pool named, or the one the config names.
+fn reload(
+    name: Option<String>,
+    config: Option<std::path::PathBuf>,
+    env_config: Option<&str>,
+    wait: bool,
+    timeout: Duration,
+) -> ExitCode {
+    let name = match name {
+        Some(n) => n,
+        None => {
+            let path = config::locate(config.as_deref(), env_config, None);
+            match Config::load(&path) {
+                Ok(c) => c.name,
+                Err(e) => {
+                    eprintln!("corral reload: give a pool NAME, or a config to take it from: {e}");
+                    return ExitCode::from(EX_CONFIG);
+                }
+            }
+        }
+    };
+    let reply = ask(&name, &Request::Reload { wait }, if wait { timeout } else { Duration::from_secs(10) });
+    finish(&name, reply)
+}
+
+/// `corral scale NAME N|+N|-N`.
+fn scale(name: &str, count: String) -> ExitCode {
+    if let Err(e) = control::parse_scale(&count) {
+        eprintln!("corral scale: {e}");
+        return ExitCode::from(2);
+    }
+    let reply = ask(name, &Request::Scale { to: count }, Duration::from_secs(10));
+    finish(name, reply)
+}
+
+/// `corral init`: write a pool's config and units (or print them with --dry-run).
+fn init(req: corral::init::InitRequest, opts: &corral::cli::PoolFiles) -> ExitCode {
+    let files = match corral::init::render(&req) {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!("corral init: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match write_pool_files("init", &files, opts) {
+        Ok(true) => print!("{}", corral::init::next_steps(&req)),
+        Ok(false) => {}
+        Err(code) => return code,
+    }
+    ExitCode::SUCCESS
+}
+
+/// `corral import`: PM2 ecosystem file → pools, with the report of what was mapped.
+fn import(req: corral::import::ImportRequest, opts: &corral::cli::PoolFiles) -> ExitCode {
+    let outcome = match corral::import::import(&req) {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!("corral import: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    for p in &outcome.pools {
+        print!("{}", corral::import::render_report(p));
+    }
+    for l in &outcome.notes {
+        if let corral::import::Line::NotMapped { key, why } = l {
+            println!("file: not mapped  {key:<22} {why}");
+        }
+    }
+    for (app, why) in &outcome.skipped {
+        eprintln!("corral import: skipped app {app:?}: {why}");
+    }
+    let files: Vec<_> = outcome.pools.iter().flat_map(|p| p.files.clone()).collect();
+    if files.is_empty() {
+        eprintln!("corral import: nothing to import");
+        return ExitCode::from(2);
+    }
+    if opts.dry_run {
+        println!();
+    }
+    match write_pool_files("import", &files, opts) {
+        Ok(true) => outcome.pools.iter().for_each(|p| print!("{}", corral::import::next_steps(p))),
+        Ok(false) => {}
+        Err(code) => return code,
+    }
+    if outcome.skipped.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
     }
 }
 
@@ -396,48 +425,4 @@ fn write_pool_files(cmd: &str, files: &[corral::init::File], opts: &corral::cli:
         println!("wrote {}", f.path.display());
     }
     Ok(true)
-}
-
-/// Whether logs for `target` go to journald.
-fn uses_journal(target: LogTarget) -> bool {
-    match target {
-        LogTarget::Journal => true,
-        LogTarget::Auto => corral::journal::stderr_is_journal(),
-        LogTarget::Stderr | LogTarget::Inherit => false,
-    }
-}
-
-/// Master logs: to journald when our stderr is connected to it (JOURNAL_STREAM) or `[logs]
-/// target = "journal"`, else text on stderr. CORRAL_LOG sets the level: error, warn, info (default), debug, trace. (A plain level
-/// rather than an EnvFilter: the master logs only its own events, and the regex engine an
-/// EnvFilter brings would be most of the master's memory.)
-fn init_logging(target: LogTarget, json: bool) {
-    use tracing_subscriber::prelude::*;
-    let filter = std::env::var("CORRAL_LOG")
-        .ok()
-        .and_then(|l| l.trim().parse::<tracing_subscriber::filter::LevelFilter>().ok())
-        .unwrap_or(tracing_subscriber::filter::LevelFilter::INFO);
-    if json {
-        let layer = tracing_subscriber::fmt::layer()
-            .json()
-            .flatten_event(true)
-            .with_current_span(true)
-            .with_span_list(false)
-            .with_writer(|| corral::stderr::LogWriter)
-            .with_target(false);
-        tracing_subscriber::registry().with(filter).with(layer).init();
-        return;
-    }
-    if uses_journal(target) {
-        if let Ok(layer) = tracing_journald::layer() {
-            tracing_subscriber::registry().with(filter).with(layer.with_syslog_identifier("corral".into())).init();
-            return;
-        }
-    }
-    let tty = std::io::stderr().is_terminal();
-    let fmt = tracing_subscriber::fmt::layer()
-        .with_writer(|| corral::stderr::LogWriter)
-        .with_target(false)
-        .with_ansi(tty && std::env::var_os("NO_COLOR").is_none());
-    tracing_subscriber::registry().with(filter).with(fmt).init();
 }

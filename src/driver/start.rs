@@ -167,15 +167,15 @@ impl Driver {
 
 /// Where worker output goes for a `[logs] target`.
 pub(super) fn log_sink(target: LogTarget, format: crate::config::LogFormat) -> Sink {
-    let journal = Path::new(journal::JOURNAL_SOCKET);
     let text = if format == crate::config::LogFormat::Json { Sink::Json } else { Sink::Stderr };
-    match target {
-        LogTarget::Stderr | LogTarget::Inherit => text,
-        LogTarget::Journal => Sink::journal(journal).unwrap_or_else(|e| {
-            tracing::warn!("cannot reach journald at {} ({e}): worker output goes to stderr", journal.display());
-            Sink::Stderr
-        }),
-        LogTarget::Auto if crate::journal::stderr_is_journal() => Sink::journal(journal).unwrap_or(Sink::Stderr),
-        LogTarget::Auto => text,
+    if !crate::logging::uses_journal(target) {
+        return text;
     }
+    let journal = Path::new(journal::JOURNAL_SOCKET);
+    Sink::journal(journal).unwrap_or_else(|e| {
+        if target == LogTarget::Journal {
+            tracing::warn!("cannot reach journald at {} ({e}): worker output goes to stderr", journal.display());
+        }
+        Sink::Stderr
+    })
 }
