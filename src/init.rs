@@ -38,8 +38,23 @@ pub struct File {
     pub text: String,
 }
 
+/// What `corral init` writes for a pool: its config and its two units.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PoolFiles {
+    pub config: File,
+    pub socket: File,
+    pub service: File,
+}
+
+impl PoolFiles {
+    /// In the order they are written (and printed by `--dry-run`).
+    pub fn into_vec(self) -> Vec<File> {
+        vec![self.config, self.socket, self.service]
+    }
+}
+
 /// The config, socket and service files for `req`, validated but not written.
-pub fn render(req: &InitRequest) -> Result<Vec<File>, String> {
+pub fn render(req: &InitRequest) -> Result<PoolFiles, String> {
     crate::config::check_pool_name(&req.name)?;
     if req.command.is_empty() {
         return Err("give the worker command after `--`, like: corral init myapi --listen 3000 -- node index.js".into());
@@ -47,6 +62,7 @@ pub fn render(req: &InitRequest) -> Result<Vec<File>, String> {
     if req.listen.is_empty() {
         return Err("give at least one --listen address, like --listen 3000 or --listen unix:/run/myapi.sock".into());
     }
+    // Addresses first: a bad one is named as such, not as an invalid config.
     let listen: Vec<ListenAddr> = req.listen.iter().map(|l| l.parse()).collect::<Result<_, _>>()?;
     let config_path = Path::new("/etc/corral").join(format!("{}.toml", req.name));
 
@@ -70,9 +86,22 @@ pub fn render(req: &InitRequest) -> Result<Vec<File>, String> {
              \x20                 # \"notify\" if the app sends READY=1 when warm, \"ipc\" for process.send('ready')\n\
              timeout = \"30s\"\n";
     Config::parse(&config_path, &cfg, 1).map_err(|e| format!("the config would be invalid: {e}"))?;
+    let (socket, service) = units(req, &listen, "`corral init`; edit freely (`corral init --force` rewrites it)");
+    let etc = |p: &Path| req.root.join(p.strip_prefix("/").unwrap_or(p));
+    Ok(PoolFiles { config: File { path: etc(&config_path), text: cfg }, socket, service })
+}
 
-    let header =
-        format!("# Pool {}: written by `corral init`; edit freely (`corral init --force` rewrites it).\n", req.name);
+/// A pool's `.socket` and `.service` units, rendered from the shipped templates with the
+/// instance name, the `listen` addresses as `ListenStream=` lines and the binary's path; the
+/// header says who wrote them (`written_by`: "`corral init`; …", "`corral import`; …").
+pub fn render_units(req: &InitRequest, written_by: &str) -> Result<(File, File), String> {
+    crate::config::check_pool_name(&req.name)?;
+    let listen: Vec<ListenAddr> = req.listen.iter().map(|l| l.parse()).collect::<Result<_, _>>()?;
+    Ok(units(req, &listen, written_by))
+}
+
+fn units(req: &InitRequest, listen: &[ListenAddr], written_by: &str) -> (File, File) {
+    let header = format!("# Pool {}: written by {written_by}.\n", req.name);
     let bin = req.binary.display().to_string();
     let body = |template: &str| -> String {
         let mut out = header.clone();
@@ -100,7 +129,7 @@ pub fn render(req: &InitRequest) -> Result<Vec<File>, String> {
     let mut socket = String::new();
     for line in body(SOCKET_TEMPLATE).lines() {
         if line.starts_with("ListenStream=") {
-            for a in &listen {
+            for a in listen {
                 socket += &format!("ListenStream={}\n", listen_stream(a));
             }
         } else if line.starts_with("Service=") {
@@ -110,12 +139,11 @@ pub fn render(req: &InitRequest) -> Result<Vec<File>, String> {
             socket.push('\n');
         }
     }
-    let etc = |p: &str| req.root.join(p.trim_start_matches('/'));
-    Ok(vec![
-        File { path: etc(&config_path.display().to_string()), text: cfg },
-        File { path: etc(&format!("/etc/systemd/system/{}.socket", req.name)), text: socket },
-        File { path: etc(&format!("/etc/systemd/system/{}.service", req.name)), text: service },
-    ])
+    let etc = |p: String| req.root.join(p.trim_start_matches('/'));
+    (
+        File { path: etc(format!("/etc/systemd/system/{}.socket", req.name)), text: socket },
+        File { path: etc(format!("/etc/systemd/system/{}.service", req.name)), text: service },
+    )
 }
 
 /// `ListenStream=` syntax for a listen address.
@@ -180,16 +208,17 @@ mod tests {
     #[test]
     fn renders_config_socket_and_service() {
         let files = render(&req()).unwrap();
-        assert_eq!(files[0].path, PathBuf::from("/tmp/root/etc/corral/myapi.toml"));
-        assert!(files[0].text.contains("command = [\"node\", \"/srv/my api/index.js\"]"), "{}", files[0].text);
-        assert!(files[0].text.contains("instances = 4\nuser = \"www-data\"\n"));
-        let socket = &files[1].text;
+        assert_eq!(files.config.path, PathBuf::from("/tmp/root/etc/corral/myapi.toml"));
+        assert!(files.config.text.contains("command = [\"node\", \"/srv/my api/index.js\"]"), "{}", files.config.text);
+        assert!(files.config.text.contains("instances = 4\nuser = \"www-data\"\n"));
+        assert_eq!(files.socket.path, PathBuf::from("/tmp/root/etc/systemd/system/myapi.socket"));
+        let socket = &files.socket.text;
         assert!(socket.contains("ListenStream=3000\nListenStream=/run/myapi/http.sock\n"), "{socket}");
         assert!(socket.contains("Service=myapi.service\n"));
         assert!(!socket.contains("%i") && !socket.contains("corral@"), "{socket}");
         // After a package removal the admin's enabled units are skipped, not failed.
         assert!(socket.contains("\nConditionPathExists=/usr/bin/corral\n"), "{socket}");
-        let service = &files[2].text;
+        let service = &files.service.text;
         assert!(service.contains("ExecStart=/usr/bin/corral run -c /etc/corral/myapi.toml\n"));
         assert!(service.contains("ExecReload=/usr/bin/corral reload myapi\n"));
         assert!(service.contains("Requires=myapi.socket\nAfter=myapi.socket network.target\n"));
@@ -198,14 +227,14 @@ mod tests {
         let mut r = req();
         r.binary = PathBuf::from("/opt/corral/bin/corral");
         let files = render(&r).unwrap();
-        for unit in &files[1..] {
+        for unit in [&files.socket, &files.service] {
             assert!(unit.text.contains("\nConditionPathExists=/opt/corral/bin/corral\n"), "{}", unit.text);
         }
         assert!(!service.contains("%i"), "{service}");
         assert!(!service.contains("OnFailure="), "{service}");
         let mut r = req();
         r.on_failure_alert = true;
-        let service = &render(&r).unwrap()[2].text;
+        let service = &render(&r).unwrap().service.text;
         assert!(service.contains("\nOnFailure=corral-alert@%n.service\n"), "{service}");
     }
 

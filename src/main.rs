@@ -163,7 +163,7 @@ fn scale(name: &str, count: String) -> ExitCode {
 /// `corral init`: write a pool's config and units (or print them with --dry-run).
 fn init(req: corral::init::InitRequest, opts: &corral::cli::PoolFiles) -> ExitCode {
     let files = match corral::init::render(&req) {
-        Ok(f) => f,
+        Ok(f) => f.into_vec(),
         Err(e) => {
             eprintln!("corral init: {e}");
             return ExitCode::from(2);

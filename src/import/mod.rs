@@ -1,0 +1,250 @@
+//! `corral import ecosystem.config.js`: a PM2 ecosystem file becomes corral pools.
+//!
+//! The file is read as PM2 reads it: `.js`/`.cjs`/`.mjs` evaluated by `node` (it is a program:
+//! `require`, `process.env`, computed values), `.json` and `.yaml`/`.yml` parsed. Each app
+//! becomes one pool: a config (with a comment on every line that came from PM2) and, as `corral
+//! init` writes them, its `.socket` and `.service` units; a `cron_restart` becomes a timer that
+//! runs `corral reload`. Every PM2 option is reported: mapped (to what), or not mapped (why, and
+//! the corral or systemd way to get the same). Nothing is written for an app that cannot be
+//! converted, and nothing at all with `--dry-run`.
+//!
+//! `ecosystem.rs` reads the file, `values.rs` and `cron.rs` convert PM2's values, `mapping.rs`
+//! maps an app part by part (one function per config section), `unmapped.rs` says why the
+//! rest is not mapped; here the draft becomes the config and units, and the report.
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+
+use serde_json::Value;
+
+use crate::init::File;
+use crate::text::toml_str;
+
+mod cron;
+mod ecosystem;
+mod mapping;
+mod unmapped;
+mod values;
+
+pub use cron::cron_to_oncalendar;
+pub use ecosystem::{apps, read_ecosystem};
+use mapping::{App, Context, Draft};
+use values::{normalize, text, toml_argv, toml_key};
+
+/// What `corral import` was asked for.
+#[derive(Debug, Clone)]
+pub struct ImportRequest {
+    pub file: PathBuf,
+    /// Import only this app (by its PM2 name).
+    pub app: Option<String>,
+    /// PM2's `--env NAME`: `env_NAME` is merged over `env`.
+    pub env: Option<String>,
+    /// Listen here instead of on `PORT` from the app's environment.
+    pub listen: Vec<String>,
+    /// Prefix for /etc (tests and packaging); "/" normally.
+    pub root: PathBuf,
+    /// The corral binary the units run.
+    pub binary: PathBuf,
+    /// Add `OnFailure=corral-alert@%n.service` to the units.
+    pub on_failure_alert: bool,
+}
+
+/// One line of the report.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Line {
+    Mapped { key: String, to: String },
+    NotMapped { key: String, why: String },
+}
+
+/// One app, converted.
+#[derive(Debug, Clone)]
+pub struct Imported {
+    pub pm2_name: String,
+    pub name: String,
+    pub files: Vec<File>,
+    pub report: Vec<Line>,
+    pub listen: Vec<String>,
+}
+
+/// Convert one app. `dir` is the ecosystem file's directory (relative paths start there).
+pub fn convert(app: &App, req: &ImportRequest, dir: &Path) -> Result<Imported, String> {
+    let d = mapping::draft(app, &Context { req, dir })?;
+    let cfg = config_text(&d, req);
+    let config_path = Path::new("/etc/corral").join(format!("{}.toml", d.name));
+    // The same parser as `corral run`: what is written runs (a bad --listen is reported here).
+    crate::config::Config::parse(&config_path, &cfg, 1)
+        .map_err(|e| format!("app {:?}: the imported config would be invalid: {e}", d.pm2_name))?;
+    let init = crate::init::InitRequest {
+        name: d.name.clone(),
+        listen: d.listen.clone(),
+        user: d.user.clone(),
+        instances: None,
+        command: d.command.clone(),
+        root: req.root.clone(),
+        binary: req.binary.clone(),
+        on_failure_alert: req.on_failure_alert,
+    };
+    let (socket, service) = crate::init::render_units(&init, "`corral import`; edit freely")?;
+    let etc = |p: &Path| req.root.join(p.strip_prefix("/").unwrap_or(p));
+    let mut files = vec![File { path: etc(&config_path), text: cfg }, socket, service];
+    if let Some((cron, cal)) = &d.timer {
+        files.extend(reload_timer(&d.name, cron, cal, req));
+    }
+    Ok(Imported { pm2_name: d.pm2_name, name: d.name, files, report: d.report, listen: d.listen })
+}
+
+/// The config, with where each value came from.
+fn config_text(d: &Draft, req: &ImportRequest) -> String {
+    let name = &d.name;
+    let mut cfg = format!(
+        "# Pool {name}: imported by `corral import` from {} (PM2 app {:?}). See corral.toml(5).\n",
+        req.file.display(),
+        d.pm2_name
+    );
+    let _ = writeln!(cfg, "name = {}", toml_str(name));
+    let _ = writeln!(cfg, "command = {}", toml_argv(&d.command));
+    let _ = writeln!(cfg, "workdir = {}", toml_str(&d.workdir.display().to_string()));
+    let _ = writeln!(cfg, "instances = {}", d.instances);
+    if let Some(u) = &d.user {
+        let _ = writeln!(cfg, "user = {}", toml_str(u));
+    }
+    let _ =
+        writeln!(cfg, "instance_var = {}   # the worker's number, 0..N-1, as PM2 sets it", toml_str(&d.instance_var));
+    if !d.env.is_empty() {
+        let pairs: Vec<String> = d.env.iter().map(|(k, v)| format!("{} = {}", toml_key(k), toml_str(v))).collect();
+        let _ = writeln!(cfg, "env = {{ {} }}", pairs.join(", "));
+    }
+    cfg += "# Used when the pool runs without its .socket unit (`corral run` by hand):\n";
+    let _ = writeln!(cfg, "listen = [{}]", d.listen.iter().map(|l| toml_str(l)).collect::<Vec<_>>().join(", "));
+    let _ = writeln!(
+        cfg,
+        "\n[ready]\nmode = \"{}\"{}",
+        if d.wait_ready { "ipc" } else { "listen" },
+        if d.wait_ready {
+            "   # PM2's wait_ready: process.send('ready')"
+        } else {
+            "   # ready once a worker accepts on its socket"
+        }
+    );
+    if let Some(t) = &d.ready_timeout {
+        let _ = writeln!(cfg, "timeout = \"{t}\"   # PM2's listen_timeout");
+    }
+    let _ = writeln!(cfg, "\n[stop]\nsignal = \"{}\"   # PM2's kill_signal (default SIGINT)", d.stop_signal);
+    if let Some(t) = &d.stop_timeout {
+        let _ = writeln!(cfg, "timeout = \"{t}\"   # PM2's kill_timeout");
+    }
+    if !d.restart.is_empty() {
+        let _ = writeln!(cfg, "\n[restart]\n{}", d.restart.join("\n"));
+    }
+    if let Some(m) = &d.memory {
+        let _ = writeln!(cfg, "\n[limits]\nmemory = \"{m}\"   # PM2's max_memory_restart");
+    }
+    cfg
+}
+
+/// PM2's `cron_restart` as a timer and the oneshot service it runs: `corral reload NAME`.
+fn reload_timer(name: &str, cron: &str, cal: &str, req: &ImportRequest) -> [File; 2] {
+    let etc = |p: String| req.root.join(p.trim_start_matches('/'));
+    let bin = req.binary.display();
+    [
+        File {
+            path: etc(format!("/etc/systemd/system/{name}-reload.timer")),
+            text: format!(
+                "# PM2's cron_restart ({cron}) for pool {name}: a rolling reload at these times.\n\
+                 [Unit]\nDescription=Rolling reload of corral pool {name}\n\n\
+                 [Timer]\nOnCalendar={cal}\nPersistent=false\n\n[Install]\nWantedBy=timers.target\n"
+            ),
+        },
+        File {
+            path: etc(format!("/etc/systemd/system/{name}-reload.service")),
+            text: format!(
+                "[Unit]\nDescription=Rolling reload of corral pool {name}\nRequisite={name}.service\n\
+                 After={name}.service\n\n[Service]\nType=oneshot\nExecStart={bin} reload {name}\n"
+            ),
+        },
+    ]
+}
+
+/// What `corral import` made of a file.
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    pub pools: Vec<Imported>,
+    /// Apps that could not be converted: (PM2 name, why).
+    pub skipped: Vec<(String, String)>,
+    /// Top-level keys of the file that are not apps.
+    pub notes: Vec<Line>,
+}
+
+/// Import every app of `req.file` (or the one named by `req.app`).
+pub fn import(req: &ImportRequest) -> Result<Outcome, String> {
+    let eco = read_ecosystem(&req.file)?;
+    let all = apps(&eco)?;
+    let dir = normalize(req.file.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new(".")));
+    let label = |a: &App| a.get("name").or_else(|| a.get("script")).and_then(text).unwrap_or_default();
+    let chosen: Vec<&App> = match &req.app {
+        Some(want) => {
+            let found: Vec<_> = all.iter().filter(|a| label(a) == *want).collect();
+            if found.is_empty() {
+                let names: Vec<String> = all.iter().map(label).collect();
+                return Err(format!("no app named {want:?} in {} (it has: {})", req.file.display(), names.join(", ")));
+            }
+            found
+        }
+        None => all.iter().collect(),
+    };
+    if chosen.is_empty() {
+        return Err(format!("{} has no apps", req.file.display()));
+    }
+    if chosen.len() > 1 && !req.listen.is_empty() {
+        return Err("--listen applies to one app: choose it with --app".into());
+    }
+    let mut out = Outcome { pools: Vec::new(), skipped: Vec::new(), notes: Vec::new() };
+    for app in chosen {
+        match convert(app, req, &dir) {
+            Ok(i) if out.pools.iter().any(|p| p.name == i.name) => out.skipped.push((
+                i.pm2_name.clone(),
+                format!("another app already becomes pool {:?}: import it alone with --app", i.name),
+            )),
+            Ok(i) => out.pools.push(i),
+            Err(e) => out.skipped.push((label(app), e)),
+        }
+    }
+    if let Value::Object(o) = &eco {
+        for k in o.keys().filter(|k| *k != "apps") {
+            let why = unmapped::not_mapped(k).map_or("not part of an app: ignored", |w| w);
+            out.notes.push(Line::NotMapped { key: k.clone(), why: why.into() });
+        }
+    }
+    Ok(out)
+}
+
+/// The report for one app, as printed.
+pub fn render_report(i: &Imported) -> String {
+    let mut s = format!("PM2 app {:?} → corral pool {:?}\n", i.pm2_name, i.name);
+    for l in &i.report {
+        if let Line::Mapped { key, to } = l {
+            let _ = writeln!(s, "  mapped      {key:<26} → {to}");
+        }
+    }
+    for l in &i.report {
+        if let Line::NotMapped { key, why } = l {
+            let _ = writeln!(s, "  not mapped  {key:<26} {why}");
+        }
+    }
+    s
+}
+
+/// What to type next for an imported pool.
+pub fn next_steps(i: &Imported) -> String {
+    let n = &i.name;
+    let timer = if i.files.iter().any(|f| f.path.to_string_lossy().ends_with("-reload.timer")) {
+        format!("  systemctl enable --now {n}-reload.timer   # PM2's cron_restart, as rolling reloads\n")
+    } else {
+        String::new()
+    };
+    format!(
+        "Next for {n} (after `pm2 delete {pm2}` frees its port):\n  corral check -c /etc/corral/{n}.toml\n  \
+         systemctl daemon-reload\n  systemctl enable --now {n}.socket\n{timer}  corral status {n}\n",
+        pm2 = i.pm2_name
+    )
+}
