@@ -1,5 +1,7 @@
 //! Config parsing: defaults, every error with its line and column, instance resolution.
 
+use nix::sys::signal::Signal;
+
 use super::*;
 
 fn parse(text: &str) -> Result<Config, ConfigError> {
