@@ -233,7 +233,7 @@ fn finish_run(result: Result<i32, driver::StartError>) -> ExitCode {
 
 fn ask(name: &str, request: &Request, timeout: Duration) -> Result<Reply, control::ClientError> {
     let path = corral::runtime::control_socket(name)
-        .map_err(|error| control::ClientError::Io { name: name.to_string(), error })?;
+        .map_err(|error| control::ClientError::Io { name: name.to_string(), error: error.to_string() })?;
     control::call(name, &path, request, timeout)
 }
 

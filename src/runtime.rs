@@ -32,13 +32,13 @@ impl RuntimeDir {
 
     /// Create the directory (0700, or 0710 with the workers' group so they can reach the notify
     /// socket), check it is ours alone, and take its lock.
-    pub fn create(name: &str, worker_gid: Option<u32>) -> Result<RuntimeDir, String> {
+    pub fn create(name: &str, worker_gid: Option<u32>) -> Result<RuntimeDir, RuntimeDirError> {
         let (path, dir) = match systemd_runtime_directory() {
             // systemd made it for this service (RuntimeDirectory=): check it, leave its mode. (Set
             // by hand, it may not exist yet.)
             Some(path) => {
                 if !path.exists() {
-                    std::fs::create_dir_all(&path).map_err(|e| format!("cannot create {}: {e}", path.display()))?;
+                    std::fs::create_dir_all(&path).map_err(io("create", &path))?;
                 }
                 let dir = open_dir(&path, None).and_then(|d| check_dir(&path, &d, Owner::Me).map(|_| d))?;
                 (path, dir)
@@ -50,11 +50,17 @@ impl RuntimeDir {
                 let dir = ensure_dir(&root_fd, &path, 0o700, Owner::Me)?;
                 let mode = if worker_gid.is_some() { 0o710 } else { 0o700 };
                 if let Some(gid) = worker_gid {
-                    nix::unistd::fchown(&dir, None, Some(nix::unistd::Gid::from_raw(gid)))
-                        .map_err(|e| format!("cannot give {} to the workers' group: {e}", path.display()))?;
+                    nix::unistd::fchown(&dir, None, Some(nix::unistd::Gid::from_raw(gid))).map_err(|e| {
+                        RuntimeDirError::Io {
+                            action: format!("give {} to the workers' group", path.display()),
+                            error: e.to_string(),
+                        }
+                    })?;
                 }
-                fchmod(&dir, Mode::from_bits_truncate(mode))
-                    .map_err(|e| format!("cannot set permissions on {}: {e}", path.display()))?;
+                fchmod(&dir, Mode::from_bits_truncate(mode)).map_err(|e| RuntimeDirError::Io {
+                    action: format!("set permissions on {}", path.display()),
+                    error: e.to_string(),
+                })?;
                 (path, dir)
             }
         };
@@ -66,10 +72,9 @@ impl RuntimeDir {
             Mode::from_bits_truncate(0o600),
         )
         .map(std::fs::File::from)
-        .map_err(|e| format!("cannot open {}: {e}", lock_path.display()))?;
-        let lock = nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock).map_err(|_| {
-            format!("another corral master is already running pool {name:?} (lock {} is held)", lock_path.display())
-        })?;
+        .map_err(|e| RuntimeDirError::Io { action: format!("open {}", lock_path.display()), error: e.to_string() })?;
+        let lock = nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock)
+            .map_err(|_| RuntimeDirError::Locked { name: name.to_string(), lock: lock_path.clone() })?;
         Ok(RuntimeDir { path, _lock: lock })
     }
 }
@@ -77,9 +82,12 @@ impl RuntimeDir {
 impl RuntimeDir {
     /// The directory and lock a previous image of this master held (`corral upgrade`): the
     /// lock belongs to the open file, which the exec kept.
-    pub fn adopt(path: PathBuf, lock: std::os::fd::OwnedFd) -> Result<RuntimeDir, String> {
+    pub fn adopt(path: PathBuf, lock: std::os::fd::OwnedFd) -> Result<RuntimeDir, RuntimeDirError> {
         let lock = nix::fcntl::Flock::lock(std::fs::File::from(lock), nix::fcntl::FlockArg::LockExclusiveNonblock)
-            .map_err(|(_, e)| format!("cannot keep the lock of {}: {e}", path.display()))?;
+            .map_err(|(_, e)| RuntimeDirError::Io {
+                action: format!("keep the lock of {}", path.display()),
+                error: e.to_string(),
+            })?;
         Ok(RuntimeDir { path, _lock: lock })
     }
 
@@ -112,9 +120,35 @@ pub fn runtime_root() -> PathBuf {
     }
 }
 
+/// Why the runtime directory (or one on the way to it) cannot be used; each says what to do.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RuntimeDirError {
+    /// A step on it failed: "create /run/corral/api", "open …", "set permissions on …".
+    #[error("cannot {action}: {error}")]
+    Io { action: String, error: String },
+    #[error("refusing to use {}: it is a symbolic link or not a directory (remove it; corral creates it)", path.display())]
+    NotADirectory { path: PathBuf },
+    #[error(
+        "refusing to use {}: it belongs to uid {uid}, not to you (uid {me}); remove it, or set \
+         $XDG_RUNTIME_DIR or $CORRAL_RUNTIME_ROOT to a directory of your own",
+        path.display()
+    )]
+    NotOurs { path: PathBuf, uid: u32, me: u32 },
+    #[error("refusing to use {}: others may write to it (mode {mode:o}); remove it and let corral create it", path.display())]
+    OthersMayWrite { path: PathBuf, mode: u32 },
+    #[error("another corral master is already running pool {name:?} (lock {} is held)", lock.display())]
+    Locked { name: String, lock: PathBuf },
+}
+
+/// "cannot `what` `path`: error".
+fn io(what: &str, path: &Path) -> impl FnOnce(std::io::Error) -> RuntimeDirError {
+    let action = format!("{what} {}", path.display());
+    move |e| RuntimeDirError::Io { action, error: e.to_string() }
+}
+
 /// The control socket of pool `name`, as the CLI finds it, once the directories on the way are
 /// known to be safe to trust (see [`check_path`]).
-pub fn control_socket(name: &str) -> Result<PathBuf, String> {
+pub fn control_socket(name: &str) -> Result<PathBuf, RuntimeDirError> {
     let root = runtime_root();
     let dir = root.join(name);
     // Root's directories are as trusted as our own: root could do anything to us anyway. Root
@@ -138,9 +172,9 @@ enum Owner {
 
 /// The runtime root: its parents are created as needed (they are the administrator's or the
 /// environment's choice), the root itself without following a link.
-fn ensure_root(root: &Path) -> Result<OwnedFd, String> {
+fn ensure_root(root: &Path) -> Result<OwnedFd, RuntimeDirError> {
     let parent = root.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("/"));
-    std::fs::create_dir_all(parent).map_err(|e| format!("cannot create {}: {e}", parent.display()))?;
+    std::fs::create_dir_all(parent).map_err(io("create", parent))?;
     let parent_fd = open_dir(parent, None)?;
     // 0755 like systemd's /run/corral: workers of another user reach their pool's notify
     // socket through it; the pool directories inside are private.
@@ -149,11 +183,13 @@ fn ensure_root(root: &Path) -> Result<OwnedFd, String> {
 
 /// Create `path`'s last component under `parent` (with `mode`, less the umask) unless it exists, open it without
 /// following a link, and check it.
-fn ensure_dir(parent: &OwnedFd, path: &Path, mode: u32, owner: Owner) -> Result<OwnedFd, String> {
-    let leaf = path.file_name().ok_or_else(|| format!("{} is not a directory name", path.display()))?;
+fn ensure_dir(parent: &OwnedFd, path: &Path, mode: u32, owner: Owner) -> Result<OwnedFd, RuntimeDirError> {
+    let leaf = path.file_name().ok_or_else(|| RuntimeDirError::NotADirectory { path: path.to_owned() })?;
     match mkdirat(parent, leaf, Mode::from_bits_truncate(mode)) {
         Ok(()) | Err(nix::errno::Errno::EEXIST) => {}
-        Err(e) => return Err(format!("cannot create {}: {e}", path.display())),
+        Err(e) => {
+            return Err(RuntimeDirError::Io { action: format!("create {}", path.display()), error: e.to_string() })
+        }
     }
     let dir = open_dir(path, Some(parent))?;
     check_dir(path, &dir, owner)?;
@@ -162,28 +198,28 @@ fn ensure_dir(parent: &OwnedFd, path: &Path, mode: u32, owner: Owner) -> Result<
 
 /// Open a directory; with `parent`, only `path`'s last component, relative to it and never
 /// through a symbolic link.
-fn open_dir(path: &Path, parent: Option<&OwnedFd>) -> Result<OwnedFd, String> {
+fn open_dir(path: &Path, parent: Option<&OwnedFd>) -> Result<OwnedFd, RuntimeDirError> {
     let flags = OFlag::O_DIRECTORY | OFlag::O_RDONLY | OFlag::O_CLOEXEC | OFlag::O_NOFOLLOW;
     let result = match parent {
         Some(p) => openat(p, path.file_name().unwrap_or(path.as_os_str()), flags, Mode::empty()),
         None => nix::fcntl::open(path, flags, Mode::empty()),
     };
     result.map_err(|e| match e {
-        nix::errno::Errno::ELOOP | nix::errno::Errno::ENOTDIR => format!(
-            "refusing to use {}: it is a symbolic link or not a directory (remove it; corral creates it)",
-            path.display()
-        ),
-        e => format!("cannot open {}: {e}", path.display()),
+        nix::errno::Errno::ELOOP | nix::errno::Errno::ENOTDIR => {
+            RuntimeDirError::NotADirectory { path: path.to_owned() }
+        }
+        e => RuntimeDirError::Io { action: format!("open {}", path.display()), error: e.to_string() },
     })
 }
 
 /// A directory is usable when its owner is trusted and nobody else may write to it.
-fn check_dir(path: &Path, dir: impl AsFd, owner: Owner) -> Result<(), String> {
-    let st = fstat(dir.as_fd()).map_err(|e| format!("cannot inspect {}: {e}", path.display()))?;
+fn check_dir(path: &Path, dir: impl AsFd, owner: Owner) -> Result<(), RuntimeDirError> {
+    let st = fstat(dir.as_fd())
+        .map_err(|e| RuntimeDirError::Io { action: format!("inspect {}", path.display()), error: e.to_string() })?;
     judge(path, st.st_uid, st.st_mode, owner)
 }
 
-fn judge(path: &Path, uid: u32, mode: u32, owner: Owner) -> Result<(), String> {
+fn judge(path: &Path, uid: u32, mode: u32, owner: Owner) -> Result<(), RuntimeDirError> {
     let me = nix::unistd::geteuid().as_raw();
     let trusted = match owner {
         Owner::Me => uid == me,
@@ -191,33 +227,25 @@ fn judge(path: &Path, uid: u32, mode: u32, owner: Owner) -> Result<(), String> {
         Owner::Anyone => true,
     };
     if !trusted {
-        return Err(format!(
-            "refusing to use {}: it belongs to uid {uid}, not to you (uid {me}); remove it, or set \
-             $XDG_RUNTIME_DIR or $CORRAL_RUNTIME_ROOT to a directory of your own",
-            path.display()
-        ));
+        return Err(RuntimeDirError::NotOurs { path: path.to_owned(), uid, me });
     }
     if mode & 0o022 != 0 {
-        return Err(format!(
-            "refusing to use {}: others may write to it (mode {:o}); remove it and let corral create it",
-            path.display(),
-            mode & 0o7777
-        ));
+        return Err(RuntimeDirError::OthersMayWrite { path: path.to_owned(), mode: mode & 0o7777 });
     }
     Ok(())
 }
 
 /// The client's check of an existing directory: no link, trusted owner, not writable by others.
-fn check_path(path: &Path, owner: Owner) -> Result<(), String> {
+fn check_path(path: &Path, owner: Owner) -> Result<(), RuntimeDirError> {
     use std::os::unix::fs::MetadataExt;
     let meta = match std::fs::symlink_metadata(path) {
         Ok(m) => m,
         // Nothing there: the caller reports "not running" when it tries to connect.
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-        Err(e) => return Err(format!("cannot inspect {}: {e}", path.display())),
+        Err(e) => return Err(io("inspect", path)(e)),
     };
     if !meta.file_type().is_dir() {
-        return Err(format!("refusing to use {}: it is a symbolic link or not a directory", path.display()));
+        return Err(RuntimeDirError::NotADirectory { path: path.to_owned() });
     }
     judge(path, meta.uid(), meta.mode(), owner)
 }
@@ -232,11 +260,11 @@ mod tests {
         let p = Path::new("/x");
         assert!(judge(p, me, 0o40700, Owner::Me).is_ok());
         assert!(judge(p, me, 0o40755, Owner::Me).is_ok());
-        assert!(judge(p, me, 0o40777, Owner::Me).unwrap_err().contains("others may write"));
-        assert!(judge(p, me, 0o41777, Owner::MeOrRoot).unwrap_err().contains("others may write"));
+        assert!(judge(p, me, 0o40777, Owner::Me).unwrap_err().to_string().contains("others may write"));
+        assert!(judge(p, me, 0o41777, Owner::MeOrRoot).unwrap_err().to_string().contains("others may write"));
         assert!(judge(p, me, 0o40770, Owner::Me).is_err());
         let other = if me == 1 { 2 } else { 1 };
-        assert!(judge(p, other, 0o40700, Owner::Me).unwrap_err().contains("belongs to uid"));
+        assert!(judge(p, other, 0o40700, Owner::Me).unwrap_err().to_string().contains("belongs to uid"));
         assert!(judge(p, other, 0o40700, Owner::MeOrRoot).is_err());
         assert!(judge(p, 0, 0o40755, Owner::MeOrRoot).is_ok());
     }

@@ -99,42 +99,85 @@ impl UpgradeState {
     }
 }
 
+/// Why `corral upgrade` is refused (the pool carries on unchanged), or why the new image
+/// cannot take over.
+#[derive(Debug, thiserror::Error)]
+pub enum UpgradeError {
+    #[error("an upgrade is already under way")]
+    UnderWay,
+    /// Not now: the pool is stopping, reloading, or starting a worker.
+    #[error(transparent)]
+    Pool(#[from] crate::pool::Refusal),
+    /// The state file or a descriptor could not be made, handed over or read.
+    #[error("{what}: {error}")]
+    State { what: String, error: String },
+    /// The state was written by a newer corral.
+    #[error(
+        "the state of corral {from} has format {format}, newer than this binary ({version}, format {FORMAT}) \
+         understands"
+    )]
+    NewerFormat { from: String, format: u32, version: &'static str },
+    /// The state does not describe a pool this binary can run.
+    #[error(transparent)]
+    Invalid(#[from] crate::pool::InvalidState),
+    /// The binary now at the master's path could not be started.
+    #[error("cannot run the new binary {exe}: {error}")]
+    NotRunnable { exe: PathBuf, error: String },
+    #[error("the new binary {exe} did not answer within {secs}s")]
+    NoAnswer { exe: PathBuf, secs: u64 },
+    /// The new binary checked the state and said no, in its own words.
+    #[error("the new binary {exe} cannot take over: {why}")]
+    Refused { exe: PathBuf, why: String },
+}
+
+impl UpgradeError {
+    fn state(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> UpgradeError {
+        let what = what.into();
+        move |e| UpgradeError::State { what, error: e.to_string() }
+    }
+}
+
 /// Write `state` into a fresh memfd (close-on-exec until the moment it is handed over).
-pub fn write_state(state: &UpgradeState) -> Result<OwnedFd, String> {
+pub fn write_state(state: &UpgradeState) -> Result<OwnedFd, UpgradeError> {
     let fd = nix::sys::memfd::memfd_create("corral-upgrade-state", nix::sys::memfd::MFdFlags::MFD_CLOEXEC)
-        .map_err(|e| format!("cannot create the state file: {e}"))?;
+        .map_err(|e| UpgradeError::State { what: "cannot create the state file".into(), error: e.desc().into() })?;
     let mut file = std::fs::File::from(fd);
-    let json = serde_json::to_vec(state).map_err(|e| format!("cannot encode the state: {e}"))?;
-    file.write_all(&json).map_err(|e| format!("cannot write the state: {e}"))?;
+    let json = serde_json::to_vec(state)
+        .map_err(|e| UpgradeError::State { what: "cannot encode the state".into(), error: e.to_string() })?;
+    file.write_all(&json).map_err(UpgradeError::state("cannot write the state"))?;
     Ok(OwnedFd::from(file))
 }
 
 /// Read the state handed over at `fd` (from its start, whoever read it before).
-pub fn read_state(fd: BorrowedFd<'_>) -> Result<UpgradeState, String> {
-    let mut file = std::fs::File::from(fd.try_clone_to_owned().map_err(|e| format!("state fd: {e}"))?);
-    file.seek(SeekFrom::Start(0)).map_err(|e| format!("cannot read the state: {e}"))?;
+pub fn read_state(fd: BorrowedFd<'_>) -> Result<UpgradeState, UpgradeError> {
+    let owned = fd.try_clone_to_owned().map_err(UpgradeError::state("state fd"))?;
+    let mut file = std::fs::File::from(owned);
+    file.seek(SeekFrom::Start(0)).map_err(UpgradeError::state("cannot read the state"))?;
     let mut text = Vec::new();
-    file.read_to_end(&mut text).map_err(|e| format!("cannot read the state: {e}"))?;
+    file.read_to_end(&mut text).map_err(UpgradeError::state("cannot read the state"))?;
     #[derive(Deserialize)]
     struct Format {
         format: u32,
         from_version: String,
     }
-    let head: Format = serde_json::from_slice(&text).map_err(|e| format!("the state is not readable: {e}"))?;
+    let head: Format = serde_json::from_slice(&text)
+        .map_err(|e| UpgradeError::State { what: "the state is not readable".into(), error: e.to_string() })?;
     if head.format > FORMAT {
-        return Err(format!(
-            "the state of corral {} has format {}, newer than this binary ({}, format {FORMAT}) understands",
-            head.from_version,
-            head.format,
-            crate::VERSION
-        ));
+        return Err(UpgradeError::NewerFormat {
+            from: head.from_version,
+            format: head.format,
+            version: crate::VERSION,
+        });
     }
-    serde_json::from_slice(&text).map_err(|e| format!("the state of corral {} is not readable: {e}", head.from_version))
+    serde_json::from_slice(&text).map_err(|e| UpgradeError::State {
+        what: format!("the state of corral {} is not readable", head.from_version),
+        error: e.to_string(),
+    })
 }
 
 /// `corral upgrade-check --state-fd N`, run by the old image with the new binary: can this
 /// binary take over? Prints its version when it can.
-pub fn check(fd: RawFd) -> Result<String, String> {
+pub fn check(fd: RawFd) -> Result<String, UpgradeError> {
     let borrowed = borrow(fd)?;
     let state = read_state(borrowed)?;
     crate::pool::Pool::restore(state.pool, std::time::Instant::now(), crate::config::usable_cpus())?;
@@ -142,8 +185,9 @@ pub fn check(fd: RawFd) -> Result<String, String> {
 }
 
 /// A descriptor number from the command line or the state, if it is open.
-pub fn borrow(fd: RawFd) -> Result<BorrowedFd<'static>, String> {
-    crate::os::fds::borrow_open(fd).ok_or_else(|| format!("descriptor {fd} is not open"))
+pub fn borrow(fd: RawFd) -> Result<BorrowedFd<'static>, UpgradeError> {
+    crate::os::fds::borrow_open(fd)
+        .ok_or_else(|| UpgradeError::State { what: format!("descriptor {fd}"), error: "not open".into() })
 }
 
 /// Keep `fd` open across `execve` (or not).

@@ -62,14 +62,17 @@ pub enum StartError {
     User(SpawnError),
     /// The runtime directory is unsafe, someone else's, or locked by another master.
     #[error("{0}")]
-    RuntimeDir(String),
+    RuntimeDir(crate::runtime::RuntimeDirError),
     #[error("cannot bind the {what} socket {path}: {source}")]
     Bind { what: &'static str, path: PathBuf, source: std::io::Error },
     #[error("cannot listen for metrics on {addr}: {source}")]
     Metrics { addr: std::net::SocketAddr, source: std::io::Error },
     /// The new image of `corral upgrade` could not take over.
     #[error("cannot take over after the upgrade: {0}")]
-    Resume(String),
+    Resume(crate::upgrade::UpgradeError),
+    /// The master's own path (what `corral upgrade` executes) cannot be found.
+    #[error("cannot find my own binary: {0}")]
+    OwnBinary(std::io::Error),
 }
 
 /// The master's event loop and everything it owns.
@@ -333,7 +336,7 @@ impl Driver {
                 if let Some(tx) = self.replies.remove(&to) {
                     let _ = tx.send(match result {
                         Ok(msg) => Reply::ok(msg),
-                        Err(msg) => Reply::err(msg),
+                        Err(refusal) => Reply::err(refusal.to_string()),
                     });
                 }
             }

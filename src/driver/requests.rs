@@ -41,7 +41,7 @@ impl Driver {
 
     pub(super) fn reload(&mut self, reply: Option<ReplyId>) {
         tracing::info!("reload requested: reading {}", self.config_path.display());
-        let config = Config::load(&self.config_path).map(Arc::new).map_err(|e| e.to_string());
+        let config = Config::load(&self.config_path).map(Arc::new);
         if let Ok(c) = &config {
             if c.listen != self.pool.config().listen && !self.sockets.activated {
                 tracing::warn!(

@@ -141,7 +141,7 @@ impl Driver {
             }
         };
         // Read now: once a package replaces the file, /proc/self/exe names a deleted one.
-        let exe = std::env::current_exe().map_err(|e| StartError::Resume(format!("cannot find my own binary: {e}")))?;
+        let exe = std::env::current_exe().map_err(StartError::OwnBinary)?;
         for s in &sockets.sockets {
             tracing::info!(
                 "listening on {} ({})",

@@ -8,7 +8,7 @@ use std::time::Duration;
 use nix::sys::signal::{SigSet, SigmaskHow};
 
 use super::*;
-use crate::upgrade::{self, PathFd, SocketFd, UpgradeState, WorkerFds};
+use crate::upgrade::{self, PathFd, SocketFd, UpgradeError, UpgradeState, WorkerFds};
 
 /// How long the new binary may take to say whether it can take over.
 const CHECK_TIMEOUT: Duration = Duration::from_secs(10);
@@ -53,12 +53,12 @@ impl Driver {
         }
     }
 
-    fn prepare_upgrade(&mut self) -> Result<PendingUpgrade, String> {
+    fn prepare_upgrade(&mut self) -> Result<PendingUpgrade, UpgradeError> {
         if self.pending_upgrade.is_some() {
-            return Err("an upgrade is already under way".into());
+            return Err(UpgradeError::UnderWay);
         }
         if self.strays.is_some() {
-            return Err("the pool is stopping".into());
+            return Err(crate::pool::Refusal::Stopping.into());
         }
         let now = Instant::now();
         let pool = self.pool.snapshot(now)?;
@@ -109,9 +109,10 @@ impl Driver {
 
     /// Run `EXE upgrade-check --state-fd N`: the new binary reads the state and every config
     /// it would take over. Its own error message is the refusal's reason.
-    fn check_new_binary(&self, state: &OwnedFd) -> Result<String, String> {
-        let exe = self.exe.display();
-        upgrade::set_inherit(state, true).map_err(|e| format!("cannot hand over the state: {e}"))?;
+    fn check_new_binary(&self, state: &OwnedFd) -> Result<String, UpgradeError> {
+        let exe = || self.exe.clone();
+        upgrade::set_inherit(state, true)
+            .map_err(|e| UpgradeError::State { what: "cannot hand over the state".into(), error: e.to_string() })?;
         let child = std::process::Command::new(&self.exe)
             .args(["upgrade-check", "--state-fd", &state.as_raw_fd().to_string()])
             .stdin(Stdio::null())
@@ -119,7 +120,7 @@ impl Driver {
             .stderr(Stdio::piped())
             .spawn();
         let _ = upgrade::set_inherit(state, false);
-        let mut child = child.map_err(|e| format!("cannot run the new binary {exe}: {e}"))?;
+        let mut child = child.map_err(|e| UpgradeError::NotRunnable { exe: exe(), error: e.to_string() })?;
         // Waited for here, on the loop: the check takes milliseconds, and notifications and
         // requests that arrive meanwhile wait in their sockets.
         let deadline = Instant::now() + CHECK_TIMEOUT;
@@ -130,9 +131,11 @@ impl Driver {
                 Ok(None) => {
                     let _ = child.kill();
                     let _ = child.wait();
-                    return Err(format!("the new binary {exe} did not answer within {}s", CHECK_TIMEOUT.as_secs()));
+                    return Err(UpgradeError::NoAnswer { exe: exe(), secs: CHECK_TIMEOUT.as_secs() });
                 }
-                Err(e) => return Err(format!("cannot wait for the new binary {exe}: {e}")),
+                Err(e) => {
+                    return Err(UpgradeError::NotRunnable { exe: exe(), error: format!("cannot wait for it: {e}") })
+                }
             }
         };
         let mut out = String::new();
@@ -148,7 +151,7 @@ impl Driver {
         } else {
             let why = err.trim();
             let why = if why.is_empty() { format!("it exited with {status}") } else { why.to_string() };
-            Err(format!("the new binary {exe} cannot take over: {why}"))
+            Err(UpgradeError::Refused { exe: exe(), why })
         }
     }
 
@@ -218,9 +221,13 @@ impl Driver {
 
     /// The new image: take over the state the old one handed over at `fd`.
     pub(super) fn resume(state_fd: RawFd) -> Result<Driver, StartError> {
-        let fail = |e: String| StartError::Resume(e);
+        let fail = StartError::Resume;
         let state = upgrade::read_state(upgrade::borrow(state_fd).map_err(fail)?).map_err(fail)?;
-        let adopt = |fd: RawFd| crate::os::fds::adopt(fd).map_err(|e| StartError::Resume(e.to_string()));
+        let adopt = |fd: RawFd| {
+            crate::os::fds::adopt(fd).map_err(|e| {
+                StartError::Resume(UpgradeError::State { what: format!("descriptor {fd}"), error: e.to_string() })
+            })
+        };
         if let Err(e) = nix::sys::prctl::set_child_subreaper(true) {
             tracing::warn!("cannot become a child subreaper: {e}");
         }
@@ -228,15 +235,15 @@ impl Driver {
             crate::launch::set_original_nofile(soft, hard);
         }
         let now = Instant::now();
-        let pool = Pool::restore(state.pool, now, crate::config::usable_cpus()).map_err(fail)?;
+        let pool = Pool::restore(state.pool, now, crate::config::usable_cpus()).map_err(|e| fail(e.into()))?;
         let mut sockets = Vec::new();
         for s in state.sockets {
             sockets.push(crate::sockets::ListenSocket { fd: adopt(s.fd)?, name: s.name, address: s.address });
         }
         let notify = NotifyServer::from_fd(adopt(state.notify.fd)?, &state.notify.path)
-            .map_err(|e| fail(format!("notify socket: {e}")))?;
+            .map_err(|e| fail(UpgradeError::State { what: "notify socket".into(), error: e.to_string() }))?;
         let control = ControlServer::from_fd(adopt(state.control.fd)?, &state.control.path)
-            .map_err(|e| fail(format!("control socket: {e}")))?;
+            .map_err(|e| fail(UpgradeError::State { what: "control socket".into(), error: e.to_string() }))?;
         let metrics = match state.metrics {
             None => None,
             Some(fd) => {
@@ -244,11 +251,12 @@ impl Driver {
                 let l = l
                     .set_nonblocking(true)
                     .and_then(|_| tokio::net::TcpListener::from_std(l))
-                    .map_err(|e| fail(format!("metrics listener: {e}")))?;
+                    .map_err(|e| fail(UpgradeError::State { what: "metrics listener".into(), error: e.to_string() }))?;
                 Some((l, crate::accept::Gate::new("metrics listener")))
             }
         };
-        let runtime = RuntimeDir::adopt(state.runtime.path, adopt(state.runtime.fd)?).map_err(fail)?;
+        let runtime =
+            RuntimeDir::adopt(state.runtime.path, adopt(state.runtime.fd)?).map_err(StartError::RuntimeDir)?;
         let mut driver = Driver::new(Beginning {
             pool,
             config_path: state.config_path,

@@ -150,7 +150,7 @@ impl Pool {
     /// `corral scale`, SIGTTIN/SIGTTOU: a new `desired`, saturating, at most [`MAX_INSTANCES`].
     pub(super) fn on_scale(&mut self, request: ScaleRequest, reply: Option<ReplyId>, out: &mut Vec<Action>) {
         let result = if self.phase != Phase::Running || self.drain_until.is_some() {
-            Err("the pool is stopping".to_string())
+            Err(Refusal::Stopping)
         } else {
             let n = match request {
                 ScaleRequest::Set(n) => i64::try_from(n).unwrap_or(i64::MAX),
@@ -158,7 +158,7 @@ impl Pool {
             };
             let max = MAX_INSTANCES as i64;
             if n > max {
-                Err(format!("a pool runs at most {max} workers: {n} refused, still {} workers", self.desired))
+                Err(Refusal::TooManyWorkers { max: MAX_INSTANCES, asked: n, workers: self.desired })
             } else {
                 // Shrinking below one worker stops at one (`-1` on a single worker is a no-op).
                 let n = n.max(1) as usize;

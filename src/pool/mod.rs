@@ -62,7 +62,7 @@ mod worker;
 /// Workers are named by their pid in events.
 pub use nix::unistd::Pid;
 pub use notice::*;
-pub use state::PoolState;
+pub use state::{InvalidState, PoolState};
 pub use types::*;
 use worker::{Due, Enter};
 pub use worker::{Worker, WorkerPhase, WorkerState};

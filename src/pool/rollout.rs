@@ -9,34 +9,35 @@
 //! coalesce) and starts when the current one ends. A config that cannot be used changes nothing.
 
 use super::*;
+use crate::config::ConfigError;
 
 impl Pool {
     /// SIGHUP or `corral reload`: the new config, or why it could not be read.
     pub(super) fn on_reload(
         &mut self,
-        config: Result<Arc<Config>, String>,
+        config: Result<Arc<Config>, ConfigError>,
         reply: Option<ReplyId>,
         out: &mut Vec<Action>,
     ) {
         if self.phase != Phase::Running || self.drain_until.is_some() {
             if let Some(to) = reply {
-                out.push(Action::Reply { to, result: Err("the pool is stopping".into()) });
+                out.push(Action::Reply { to, result: Err(Refusal::Stopping) });
             }
             return;
         }
         let replies: Vec<ReplyId> = reply.into_iter().collect();
         match config {
             Err(error) => {
-                self.notices.push(Notice::ReloadRefused { keeping: self.target, error: error.clone() });
+                self.notices.push(Notice::ReloadRefused { keeping: self.target, error: error.to_string() });
                 for to in replies {
-                    out.push(Action::Reply { to, result: Err(error.clone()) });
+                    out.push(Action::Reply { to, result: Err(Refusal::Config(error.clone())) });
                 }
                 if self.reload.is_none() {
                     // Tell systemd the reload happened (and ended): notify-reload waits for it.
                     out.push(Action::Notify(vec![Notify::Reloading]));
                     out.push(Action::Notify(vec![Notify::Ready]));
                     self.reloads.1 += 1;
-                    self.last_reload = Some(ReloadResult::Failed(error));
+                    self.last_reload = Some(ReloadResult::Failed(error.to_string()));
                 }
             }
             Ok(config) => {
@@ -87,7 +88,7 @@ impl Pool {
         }
     }
 
-    fn finish_reload(&mut self, result: Result<String, String>, out: &mut Vec<Action>) {
+    fn finish_reload(&mut self, result: Result<String, Refusal>, out: &mut Vec<Action>) {
         let Some(run) = self.reload.take() else {
             return;
         };
@@ -101,7 +102,7 @@ impl Pool {
             }
             Err(e) => {
                 self.reloads.1 += 1;
-                ReloadResult::Failed(e)
+                ReloadResult::Failed(e.to_string())
             }
         });
         if let Some(q) = self.queued.take() {
@@ -119,6 +120,6 @@ impl Pool {
         let (from, to) = (run.from, run.to);
         self.notices.push(Notice::ReloadFailed { from, to, reason: reason.clone() });
         self.target = from;
-        self.finish_reload(Err(format!("reload failed, generation {from} keeps serving: {reason}")), out);
+        self.finish_reload(Err(Refusal::ReloadFailed { keeping: from, reason }), out);
     }
 }

@@ -18,7 +18,7 @@ impl Pool {
                 self.queued = None;
                 if let Some(run) = self.reload.take() {
                     for to in run.replies {
-                        out.push(Action::Reply { to, result: Err("the pool is stopping".into()) });
+                        out.push(Action::Reply { to, result: Err(Refusal::Stopping) });
                     }
                 }
                 self.notices.push(Notice::Draining(drain));
@@ -45,7 +45,7 @@ impl Pool {
         self.queued = None;
         if let Some(run) = self.reload.take() {
             for to in run.replies {
-                out.push(Action::Reply { to, result: Err("the pool is stopping".into()) });
+                out.push(Action::Reply { to, result: Err(Refusal::Stopping) });
             }
         }
         let longest = self.workers.iter().map(|w| self.configs[&w.generation].stop.timeout.0).max().unwrap_or_default();

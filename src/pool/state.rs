@@ -16,6 +16,11 @@ use serde::{Deserialize, Serialize};
 
 use super::*;
 
+/// A handed-over state that does not describe a pool this binary can run.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct InvalidState(pub String);
+
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct PoolState {
     generations: Vec<GenerationState>,
@@ -98,12 +103,12 @@ fn abs(offset: i64, now: Instant) -> Instant {
 
 impl Pool {
     /// What a new image needs to carry on, or why now is not the moment.
-    pub fn snapshot(&self, now: Instant) -> Result<PoolState, String> {
+    pub fn snapshot(&self, now: Instant) -> Result<PoolState, Refusal> {
         if self.phase != Phase::Running || self.drain_until.is_some() {
-            return Err("the pool is stopping".into());
+            return Err(Refusal::Stopping);
         }
         if let Some(run) = &self.reload {
-            return Err(format!("a reload to generation {} is in progress; upgrade when it has finished", run.to));
+            return Err(Refusal::Reloading(run.to));
         }
         let mut workers = Vec::new();
         for w in &self.workers {
@@ -119,10 +124,10 @@ impl Pool {
                 WorkerState::Killed { reason } => StateSnapshot::Killed { reason },
                 // Only inside one event's handling; never between events.
                 WorkerState::Spawning | WorkerState::Cancelled { .. } => {
-                    return Err("a worker is being started; try again".into());
+                    return Err(Refusal::WorkerStarting);
                 }
             };
-            let Some(pid) = w.pid else { return Err("a worker is being started; try again".into()) };
+            let Some(pid) = w.pid else { return Err(Refusal::WorkerStarting) };
             workers.push(WorkerSnapshot {
                 id: w.id.0,
                 slot: w.slot,
@@ -170,20 +175,24 @@ impl Pool {
     }
 
     /// Carry on from `state` at `now`: every config is parsed again (for `cpus` usable CPUs).
-    pub fn restore(state: PoolState, now: Instant, cpus: usize) -> Result<Pool, String> {
+    pub fn restore(state: PoolState, now: Instant, cpus: usize) -> Result<Pool, InvalidState> {
         let mut configs = BTreeMap::new();
         for g in state.generations {
-            let config = Config::parse(&g.path, &g.text, cpus)
-                .map_err(|e| format!("this binary cannot use generation {}'s config: {e}", g.generation))?;
+            let config = Config::parse(&g.path, &g.text, cpus).map_err(|e| {
+                InvalidState(format!("this binary cannot use generation {}'s config: {e}", g.generation))
+            })?;
             configs.insert(g.generation, Arc::new(config));
         }
         if !configs.contains_key(&state.target) {
-            return Err(format!("the state has no config for its target generation {}", state.target));
+            return Err(InvalidState(format!("the state has no config for its target generation {}", state.target)));
         }
         let mut workers = Vec::new();
         for w in state.workers {
             if !configs.contains_key(&w.generation) {
-                return Err(format!("the state has no config for generation {} (worker {})", w.generation, w.pid));
+                return Err(InvalidState(format!(
+                    "the state has no config for generation {} (worker {})",
+                    w.generation, w.pid
+                )));
             }
             workers.push(Worker {
                 id: WorkerId(w.id),

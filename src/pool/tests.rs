@@ -376,7 +376,7 @@ fn invalid_config_on_reload_keeps_everything() {
     let mut sim = started();
     sim.run(&[(
         1_000,
-        Event::Reload { config: Err("t.toml:3:1: unknown field `bogus`".into()), reply: Some(9) },
+        Event::Reload { config: Err(config_error(3, "unknown field `bogus`")), reply: Some(9) },
         &["reply 9 err: t.toml:3:1: unknown field `bogus`", "RELOADING", "READY"],
     )]);
     assert_eq!(sim.pool.generation(), 1);
@@ -555,7 +555,7 @@ proptest! {
                 Op::Tick(ms) => { t += ms; Event::Tick }
                 Op::Reload(ok) => {
                     reply += 1;
-                    if ok { reload(with("env = { R = \"x\" }"), reply) } else { Event::Reload { config: Err("bad".into()), reply: Some(reply) } }
+                    if ok { reload(with("env = { R = \"x\" }"), reply) } else { Event::Reload { config: Err(config_error(1, "bad")), reply: Some(reply) } }
                 }
                 Op::Scale(d) => Event::Scale { request: ScaleRequest::Add(d), reply: None },
                 Op::Stop => Event::Stop,
@@ -665,7 +665,7 @@ fn reload_counts_are_kept() {
     sim.step(1_000, reload(with("env = { R = \"2\" }"), 1));
     sim.step(1_100, ready(102));
     sim.step(1_200, ready(103));
-    sim.step(2_000, Event::Reload { config: Err("bad".into()), reply: None });
+    sim.step(2_000, Event::Reload { config: Err(config_error(1, "bad")), reply: None });
     assert_eq!(sim.pool.reload_counts(), (1, 1));
 }
 
@@ -766,7 +766,7 @@ proptest! {
         }
         let mut now = sim.tick_through(5).max(3);
         sim.ready_all(now);
-        let reload = parse(&second).map_err(|e| e.to_string());
+        let reload = parse(&second);
         now += 1;
         sim.step(now, Event::Reload { config: reload, reply: Some(1) });
         sim.ready_all(now);
@@ -877,7 +877,8 @@ fn no_snapshot_during_a_reload() {
     let mut sim = started();
     sim.step(1_000, reload(with("env = { R = \"2\" }"), 1));
     let err = sim.pool.snapshot(sim.at(1_001)).unwrap_err();
-    assert!(err.contains("a reload to generation 2 is in progress"), "{err}");
+    assert_eq!(err, Refusal::Reloading(2));
+    assert!(err.to_string().contains("a reload to generation 2 is in progress"), "{err}");
 }
 
 #[test]
@@ -974,4 +975,9 @@ fn a_drain_keeps_serving_then_stops() {
     assert!(!sim.pool.draining());
     // A third signal kills.
     assert_eq!(sim.step(1_600, Event::Stop), ["kill 100 SIGKILL", "kill 101 SIGKILL"]);
+}
+
+/// A config error in `t.toml` at `line`, column 1.
+fn config_error(line: usize, message: &str) -> crate::config::ConfigError {
+    crate::config::ConfigError { path: "t.toml".into(), line, col: 1, message: message.into() }
 }

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use super::Pid;
 use nix::sys::signal::Signal;
 
-use crate::config::{Config, ReadySignal};
+use crate::config::{Config, ConfigError, ReadySignal};
 
 pub type SlotId = usize;
 pub type Generation = u64;
@@ -90,7 +90,7 @@ pub enum Event {
     },
     /// Re-read config: the new one, or why it could not be used.
     Reload {
-        config: Result<Arc<Config>, String>,
+        config: Result<Arc<Config>, ConfigError>,
         reply: Option<ReplyId>,
     },
     Scale {
@@ -132,9 +132,31 @@ pub enum Action {
     Notify(Vec<Notify>),
     Reply {
         to: ReplyId,
-        result: Result<String, String>,
+        result: Result<String, Refusal>,
     },
     Exit(i32),
+}
+
+/// Why the pool refuses a request, or ends one in failure: what `corral reload`, `scale` and
+/// `upgrade` print (and exit 1 with).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    #[error("the pool is stopping")]
+    Stopping,
+    /// The new config cannot be used: nothing changed.
+    #[error("{0}")]
+    Config(ConfigError),
+    /// A worker of the new generation failed before it was ready: rolled back.
+    #[error("reload failed, generation {keeping} keeps serving: {reason}")]
+    ReloadFailed { keeping: Generation, reason: String },
+    #[error("a pool runs at most {max} workers: {asked} refused, still {workers} workers")]
+    TooManyWorkers { max: usize, asked: i64, workers: usize },
+    /// Upgrades wait for a reload to end.
+    #[error("a reload to generation {0} is in progress; upgrade when it has finished")]
+    Reloading(Generation),
+    /// Only inside the handling of one event; asking again is enough.
+    #[error("a worker is being started; try again")]
+    WorkerStarting,
 }
 
 /// Who an [`Action::Signal`] is for.
