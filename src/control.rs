@@ -70,7 +70,7 @@ pub struct Incoming {
 pub struct ControlServer {
     listener: tokio::net::UnixListener,
     path: PathBuf,
-    gate: crate::accept::Gate,
+    gate: crate::gate::Gate,
 }
 
 impl ControlServer {
@@ -87,7 +87,7 @@ impl ControlServer {
         Ok(ControlServer {
             listener: tokio::net::UnixListener::from_std(listener)?,
             path: path.to_owned(),
-            gate: crate::accept::Gate::new("control socket"),
+            gate: crate::gate::Gate::new("control socket"),
         })
     }
 
@@ -98,7 +98,7 @@ impl ControlServer {
         Ok(ControlServer {
             listener: tokio::net::UnixListener::from_std(listener)?,
             path: path.to_owned(),
-            gate: crate::accept::Gate::new("control socket"),
+            gate: crate::gate::Gate::new("control socket"),
         })
     }
 
@@ -111,7 +111,7 @@ impl ControlServer {
     }
 
     /// Accept one connection and serve it in its own task; requests reach `to_driver`. At most
-    /// [`crate::accept::MAX_CONNECTIONS`] are served at once; accept errors pause, never spin.
+    /// [`crate::gate::MAX_CONNECTIONS`] are served at once; accept errors pause, never spin.
     pub async fn accept(&self, to_driver: mpsc::UnboundedSender<Incoming>) {
         let permit = self.gate.admit().await;
         match self.listener.accept().await {

@@ -10,7 +10,7 @@ use crate::config::LogTarget;
 pub fn uses_journal(target: LogTarget) -> bool {
     match target {
         LogTarget::Journal => true,
-        LogTarget::Auto => crate::journal::stderr_is_journal(),
+        LogTarget::Auto => crate::output::journal::stderr_is_journal(),
         LogTarget::Stderr | LogTarget::Inherit => false,
     }
 }
@@ -31,7 +31,7 @@ pub fn init(target: LogTarget, json: bool) {
             .flatten_event(true)
             .with_current_span(true)
             .with_span_list(false)
-            .with_writer(|| crate::stderr::LogWriter)
+            .with_writer(|| crate::output::stderr::LogWriter)
             .with_target(false);
         tracing_subscriber::registry().with(filter).with(layer).init();
         return;
@@ -44,7 +44,7 @@ pub fn init(target: LogTarget, json: bool) {
     }
     let tty = std::io::stderr().is_terminal();
     let fmt = tracing_subscriber::fmt::layer()
-        .with_writer(|| crate::stderr::LogWriter)
+        .with_writer(|| crate::output::stderr::LogWriter)
         .with_target(false)
         .with_ansi(tty && std::env::var_os("NO_COLOR").is_none());
     tracing_subscriber::registry().with(filter).with(fmt).init();

@@ -62,9 +62,9 @@ fn main() -> ExitCode {
 
 /// `corral run --state-fd N`: the new image of an upgrade.
 fn resume(fd: std::os::fd::RawFd) -> ExitCode {
-    corral::stderr::init();
-    let (target, format) = corral::upgrade::borrow(fd)
-        .and_then(corral::upgrade::read_state)
+    corral::output::stderr::init();
+    let (target, format) = corral::handover::borrow(fd)
+        .and_then(corral::handover::read_state)
         .map_or((LogTarget::Auto, LogFormat::Text), |s| (s.log_target, s.log_format));
     // A JSON-logging master already pointed its stderr at stdout before the upgrade.
     corral::logging::init(target, format == LogFormat::Json && !corral::logging::uses_journal(target));
@@ -76,7 +76,7 @@ fn run(path: std::path::PathBuf, init: bool) -> ExitCode {
     let mut config = match Config::load(&path) {
         Ok(c) => c,
         Err(e) => {
-            corral::stderr::init();
+            corral::output::stderr::init();
             corral::logging::init(LogTarget::Auto, false);
             tracing::error!("{e}");
             return ExitCode::from(EX_CONFIG);
@@ -94,7 +94,7 @@ fn run(path: std::path::PathBuf, init: bool) -> ExitCode {
             eprintln!("corral: cannot send the logs to stdout ({e}); they stay on stderr");
         }
     }
-    corral::stderr::init();
+    corral::output::stderr::init();
     corral::logging::init(config.logs.target, json);
     if container {
         tracing::info!(
@@ -113,7 +113,7 @@ fn run(path: std::path::PathBuf, init: bool) -> ExitCode {
 
 /// `corral upgrade-check --state-fd N`, run by an old master with this binary.
 fn upgrade_check(state_fd: std::os::fd::RawFd) -> ExitCode {
-    match corral::upgrade::check(state_fd) {
+    match corral::handover::check(state_fd) {
         Ok(version) => {
             println!("{version}");
             ExitCode::SUCCESS
@@ -227,12 +227,12 @@ fn finish_run(result: Result<i32, driver::StartError>) -> ExitCode {
             ExitCode::from(1)
         }
     };
-    corral::stderr::flush_before_exit(Duration::from_secs(1));
+    corral::output::stderr::flush_before_exit(Duration::from_secs(1));
     code
 }
 
 fn ask(name: &str, request: &Request, timeout: Duration) -> Result<Reply, control::ClientError> {
-    let path = corral::runtime::control_socket(name)
+    let path = corral::rundir::control_socket(name)
         .map_err(|error| control::ClientError::Io { name: name.to_string(), error: error.to_string() })?;
     control::call(name, &path, request, timeout)
 }
@@ -257,11 +257,11 @@ fn finish(name: &str, reply: Result<Reply, control::ClientError>) -> ExitCode {
 
 /// The pools under this user's runtime root, by name.
 fn running_pools() -> Vec<String> {
-    let root = corral::runtime::runtime_root();
+    let root = corral::rundir::runtime_root();
     let mut found: Vec<String> = std::fs::read_dir(&root)
         .map(|d| {
             d.flatten()
-                .filter(|e| e.path().join(corral::runtime::CONTROL_SOCKET).exists())
+                .filter(|e| e.path().join(corral::rundir::CONTROL_SOCKET).exists())
                 .filter_map(|e| e.file_name().into_string().ok())
                 .filter(|n| config::check_pool_name(n).is_ok())
                 .collect()
@@ -279,7 +279,7 @@ fn upgrade(name: Option<&str>, timeout: Duration) -> ExitCode {
         None => running_pools(),
     };
     if names.is_empty() {
-        println!("no pools running (looked in {})", corral::runtime::runtime_root().display());
+        println!("no pools running (looked in {})", corral::rundir::runtime_root().display());
         return ExitCode::SUCCESS;
     }
     let mut failed = false;
@@ -344,7 +344,7 @@ fn status(name: Option<&str>, json: bool) -> ExitCode {
         None => {
             let found = running_pools();
             if found.is_empty() && !json {
-                println!("no pools running (looked in {})", corral::runtime::runtime_root().display());
+                println!("no pools running (looked in {})", corral::rundir::runtime_root().display());
                 return ExitCode::SUCCESS;
             }
             found

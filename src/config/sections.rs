@@ -17,7 +17,7 @@ pub enum ReadyMode {
     /// The worker sends `READY=1` on `NOTIFY_SOCKET`.
     Notify,
     /// A process of the worker's group waits for connections on an inherited socket (seen by
-    /// the master in /proc: see `crate::accepting`).
+    /// the master in /proc: see `crate::readiness::listen`).
     Listen,
     /// Node's `process.send('ready')` on the IPC channel corral gives (`NODE_CHANNEL_FD`).
     Ipc,

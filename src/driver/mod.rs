@@ -24,15 +24,15 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::config::{Config, LogTarget};
 use crate::control::{self, ControlServer, Incoming, Reply, Request};
-use crate::journal::{self, Origin, Sink, Stream};
 use crate::launch::{self, Credentials, SpawnError, SpawnRequest};
 use crate::metrics::SnapshotRequest;
 use crate::notify::{NotifyServer, SystemdNotifier};
 use crate::os::spawn;
+use crate::output::journal::{self, Origin, Sink, Stream};
 use crate::pool::{
     Action, Event, ExitStatus, Notice, Notify, Pool, ReloadResult, ReplyId, ScaleRequest, Severity, SignalTo,
 };
-use crate::runtime::RuntimeDir;
+use crate::rundir::RuntimeDir;
 use crate::sockets::ListenSockets;
 use crate::status::{LastReload, PoolStatus, WorkerStatus};
 
@@ -62,14 +62,14 @@ pub enum StartError {
     User(SpawnError),
     /// The runtime directory is unsafe, someone else's, or locked by another master.
     #[error("{0}")]
-    RuntimeDir(crate::runtime::RuntimeDirError),
+    RuntimeDir(crate::rundir::RuntimeDirError),
     #[error("cannot bind the {what} socket {path}: {source}")]
     Bind { what: &'static str, path: PathBuf, source: std::io::Error },
     #[error("cannot listen for metrics on {addr}: {source}")]
     Metrics { addr: std::net::SocketAddr, source: std::io::Error },
     /// The new image of `corral upgrade` could not take over.
     #[error("cannot take over after the upgrade: {0}")]
-    Resume(crate::upgrade::UpgradeError),
+    Resume(crate::handover::UpgradeError),
     /// The master's own path (what `corral upgrade` executes) cannot be found.
     #[error("cannot find my own binary: {0}")]
     OwnBinary(std::io::Error),
@@ -104,7 +104,7 @@ pub struct Driver {
     /// `corral status`/`reload`/`scale` come in here.
     control: ControlServer,
     /// `/metrics` and `/health`, when configured, with its connection limit.
-    metrics: Option<(tokio::net::TcpListener, crate::accept::Gate)>,
+    metrics: Option<(tokio::net::TcpListener, crate::gate::Gate)>,
     /// Control clients waiting for an outcome (a reload, a scale), by the id the pool knows.
     replies: HashMap<ReplyId, oneshot::Sender<Reply>>,
     /// Source of those ids.
@@ -204,7 +204,7 @@ impl Driver {
             Some(&upgrade::handled_signals()),
             None,
         );
-        let flusher = tokio::spawn(crate::stderr::flusher());
+        let flusher = tokio::spawn(crate::output::stderr::flusher());
         if let Some(from) = self.resumed.take() {
             // Workers that exited while the exec was in flight are waiting to be reaped.
             self.reap();
@@ -412,7 +412,7 @@ async fn sleep_until_some(at: Option<tokio::time::Instant>) {
 
 /// Accept on the metrics listener once its gate admits a connection, or never when there is none.
 async fn accept_metrics(
-    listener: Option<&(tokio::net::TcpListener, crate::accept::Gate)>,
+    listener: Option<&(tokio::net::TcpListener, crate::gate::Gate)>,
 ) -> (std::io::Result<tokio::net::TcpStream>, tokio::sync::OwnedSemaphorePermit) {
     match listener {
         Some((l, gate)) => {

@@ -104,7 +104,7 @@ impl Driver {
                 .collect(),
             reloads_succeeded,
             reloads_failed,
-            log_messages_dropped: crate::stderr::dropped(),
+            log_messages_dropped: crate::output::stderr::dropped(),
             upgrades: self.upgrades,
             draining: self.pool.draining(),
             min_ready: self.pool.config().metrics.as_ref().map_or(1, |m| m.min_ready.resolve(self.pool.desired())),

@@ -1,6 +1,6 @@
 //! The two ready modes the master observes itself: "listen" (a starting worker is checked in
 //! /proc, with a back-off, until a process of its group waits for connections on one of the
-//! pool's sockets: `crate::accepting`) and "ipc" (`crate::ipc` reads its Node IPC channel).
+//! pool's sockets: `crate::readiness::listen`) and "ipc" (`crate::readiness::ipc` reads its Node IPC channel).
 //! Either becomes an [`Event::Ready`] with its signal; the pool decides whether it counts.
 
 use std::time::Duration;
@@ -46,7 +46,7 @@ impl Driver {
             self.ready_watch.listening.insert(pid, (Instant::now() + FIRST_CHECK, FIRST_CHECK));
         }
         if let Some(fd) = ipc {
-            tokio::spawn(crate::ipc::watch(fd, pid, self.ready_watch.ipc_tx.clone()));
+            tokio::spawn(crate::readiness::ipc::watch(fd, pid, self.ready_watch.ipc_tx.clone()));
         }
     }
 
@@ -71,8 +71,10 @@ impl Driver {
         let groups = if whole.is_empty() { Default::default() } else { crate::sampler::sample_groups(&whole) };
         for (pid, wait) in due {
             let found = match groups.get(&pid.as_raw()) {
-                Some(g) => crate::accepting::first_accepting(&g.pids, &self.listen_inodes),
-                None => crate::accepting::is_accepting(pid.as_raw(), &self.listen_inodes).then_some(pid.as_raw()),
+                Some(g) => crate::readiness::listen::first_accepting(&g.pids, &self.listen_inodes),
+                None => {
+                    crate::readiness::listen::is_accepting(pid.as_raw(), &self.listen_inodes).then_some(pid.as_raw())
+                }
             };
             if let Some(by) = found {
                 self.ready_watch.listening.remove(&pid);

@@ -15,7 +15,7 @@ pub(super) struct Endpoints {
     /// `corral status`/`reload`/`scale` come in here.
     pub control: ControlServer,
     /// `/metrics` and `/health`, when configured, with its connection limit.
-    pub metrics: Option<(tokio::net::TcpListener, crate::accept::Gate)>,
+    pub metrics: Option<(tokio::net::TcpListener, crate::gate::Gate)>,
     /// The runtime directory, held for its lock.
     pub runtime: RuntimeDir,
 }
@@ -114,7 +114,7 @@ impl Driver {
         };
         let runtime = RuntimeDir::create(&config.name, worker_gid).map_err(StartError::RuntimeDir)?;
         let mode = if worker_gid.is_some() { 0o660 } else { 0o600 };
-        let notify_path = runtime.path.join(crate::runtime::NOTIFY_SOCKET);
+        let notify_path = runtime.path.join(crate::rundir::NOTIFY_SOCKET);
         let notify = NotifyServer::bind(&notify_path, mode).map_err(|source| StartError::Bind {
             what: "notify",
             path: notify_path.clone(),
@@ -123,7 +123,7 @@ impl Driver {
         if let Some(gid) = worker_gid {
             let _ = nix::unistd::chown(&notify_path, None, Some(nix::unistd::Gid::from_raw(gid)));
         }
-        let control_path = runtime.path.join(crate::runtime::CONTROL_SOCKET);
+        let control_path = runtime.path.join(crate::rundir::CONTROL_SOCKET);
         let control = ControlServer::bind(&control_path).map_err(|source| StartError::Bind {
             what: "control",
             path: control_path.clone(),
@@ -137,7 +137,7 @@ impl Driver {
                     .and_then(tokio::net::TcpListener::from_std)
                     .map_err(|source| StartError::Metrics { addr: m.listen, source })?;
                 tracing::info!("metrics on http://{}/metrics and /health", m.listen);
-                Some((l, crate::accept::Gate::new("metrics listener")))
+                Some((l, crate::gate::Gate::new("metrics listener")))
             }
         };
         // Read now: once a package replaces the file, /proc/self/exe names a deleted one.

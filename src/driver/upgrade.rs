@@ -1,5 +1,5 @@
 //! `corral upgrade` in the driver: hand everything over to the binary now at the master's path
-//! (see [`crate::upgrade`] for the steps), and, in the new image, take it all over again.
+//! (see [`crate::handover`] for the steps), and, in the new image, take it all over again.
 
 use std::os::fd::{AsRawFd, RawFd};
 use std::process::Stdio;
@@ -8,7 +8,7 @@ use std::time::Duration;
 use nix::sys::signal::{SigSet, SigmaskHow};
 
 use super::*;
-use crate::upgrade::{self, PathFd, SocketFd, UpgradeError, UpgradeState, WorkerFds};
+use crate::handover::{self, PathFd, SocketFd, UpgradeError, UpgradeState, WorkerFds};
 
 /// How long the new binary may take to say whether it can take over.
 const CHECK_TIMEOUT: Duration = Duration::from_secs(10);
@@ -77,7 +77,7 @@ impl Driver {
             });
         }
         let state = UpgradeState {
-            format: upgrade::FORMAT,
+            format: handover::FORMAT,
             from_version: crate::VERSION.to_string(),
             exe: self.exe.clone(),
             config_path: self.config_path.clone(),
@@ -102,7 +102,7 @@ impl Driver {
             pool,
         };
         let fds = state.fds();
-        let fd = upgrade::write_state(&state)?;
+        let fd = handover::write_state(&state)?;
         let to_version = self.check_new_binary(&fd)?;
         Ok(PendingUpgrade { state: fd, fds, to_version })
     }
@@ -111,7 +111,7 @@ impl Driver {
     /// it would take over. Its own error message is the refusal's reason.
     fn check_new_binary(&self, state: &OwnedFd) -> Result<String, UpgradeError> {
         let exe = || self.exe.clone();
-        upgrade::set_inherit(state, true)
+        handover::set_inherit(state, true)
             .map_err(|e| UpgradeError::State { what: "cannot hand over the state".into(), error: e.to_string() })?;
         let child = std::process::Command::new(&self.exe)
             .args(["upgrade-check", "--state-fd", &state.as_raw_fd().to_string()])
@@ -119,7 +119,7 @@ impl Driver {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn();
-        let _ = upgrade::set_inherit(state, false);
+        let _ = handover::set_inherit(state, false);
         let mut child = child.map_err(|e| UpgradeError::NotRunnable { exe: exe(), error: e.to_string() })?;
         // Waited for here, on the loop: the check takes milliseconds, and notifications and
         // requests that arrive meanwhile wait in their sockets.
@@ -194,11 +194,11 @@ impl Driver {
         let _ = nix::sys::signal::sigprocmask(SigmaskHow::SIG_BLOCK, Some(&signals), None);
         for fd in &keep {
             if let Some(b) = crate::os::fds::borrow_open(*fd) {
-                let _ = upgrade::set_inherit(b, true);
+                let _ = handover::set_inherit(b, true);
             }
         }
         tracing::info!("upgrade: executing {} (corral {to}), pid {}", self.exe.display(), std::process::id());
-        crate::stderr::flush_before_exit(Duration::from_millis(200));
+        crate::output::stderr::flush_before_exit(Duration::from_millis(200));
         let error = match nix::unistd::execve(&argv[0], &argv, &env) {
             Err(e) => e,
             Ok(never) => match never {},
@@ -206,7 +206,7 @@ impl Driver {
         // Still here: nothing changed but the flags; undo them and carry on.
         for fd in &keep {
             if let Some(b) = crate::os::fds::borrow_open(*fd) {
-                let _ = upgrade::set_inherit(b, false);
+                let _ = handover::set_inherit(b, false);
             }
         }
         let _ = nix::sys::signal::sigprocmask(SigmaskHow::SIG_UNBLOCK, Some(&signals), None);
@@ -222,7 +222,7 @@ impl Driver {
     /// The new image: take over the state the old one handed over at `fd`.
     pub(super) fn resume(state_fd: RawFd) -> Result<Driver, StartError> {
         let fail = StartError::Resume;
-        let state = upgrade::read_state(upgrade::borrow(state_fd).map_err(fail)?).map_err(fail)?;
+        let state = handover::read_state(handover::borrow(state_fd).map_err(fail)?).map_err(fail)?;
         let adopt = |fd: RawFd| {
             crate::os::fds::adopt(fd).map_err(|e| {
                 StartError::Resume(UpgradeError::State { what: format!("descriptor {fd}"), error: e.to_string() })
@@ -252,7 +252,7 @@ impl Driver {
                     .set_nonblocking(true)
                     .and_then(|_| tokio::net::TcpListener::from_std(l))
                     .map_err(|e| fail(UpgradeError::State { what: "metrics listener".into(), error: e.to_string() }))?;
-                Some((l, crate::accept::Gate::new("metrics listener")))
+                Some((l, crate::gate::Gate::new("metrics listener")))
             }
         };
         let runtime =

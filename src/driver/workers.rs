@@ -28,7 +28,7 @@ impl Driver {
         let program = crate::launch::resolve_program(&config.command[0], path.as_deref())?;
         // "ipc": Node's channel goes after the listening sockets.
         let ipc = match config.ready.mode {
-            ReadyMode::Ipc => Some(crate::ipc::channel().map_err(|e| SpawnError::Resources {
+            ReadyMode::Ipc => Some(crate::readiness::ipc::channel().map_err(|e| SpawnError::Resources {
                 what: "create the worker's IPC channel".into(),
                 error: e.to_string(),
             })?),

@@ -117,7 +117,7 @@ impl Sink {
     pub async fn write(&self, origin: &Origin, rec: &Record<'_>) {
         match self {
             Sink::Stderr => write_stderr(origin, rec).await,
-            Sink::Json => crate::stderr::write_waiting(json_line(origin, rec).as_bytes()).await,
+            Sink::Json => crate::output::stderr::write_waiting(json_line(origin, rec).as_bytes()).await,
             Sink::Journal(sock) => {
                 let msg = journal_message(origin, rec);
                 match sock.send(&msg).await {
@@ -142,7 +142,7 @@ impl Sink {
 async fn write_stderr(origin: &Origin, rec: &Record<'_>) {
     // A log line is text for a terminal or a file: no escape sequence of the worker's gets through.
     let line = format!("{}[{}]: {}\n", origin.name, origin.slot, crate::text::escape_terminal(rec.message));
-    crate::stderr::write_waiting(line.as_bytes()).await;
+    crate::output::stderr::write_waiting(line.as_bytes()).await;
 }
 
 /// A worker's line as one JSON object, with the fields journald would get.
