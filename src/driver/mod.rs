@@ -8,9 +8,7 @@
 //! while a worker it started is alive.
 
 use std::collections::{HashMap, VecDeque};
-use std::ffi::OsString;
-use std::os::fd::{AsFd, OwnedFd};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -23,18 +21,14 @@ use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::config::{Config, LogTarget};
-use crate::control::{self, ControlServer, Incoming, Reply, Request};
-use crate::launch::{self, Credentials, SpawnError, SpawnRequest};
+use crate::control::{ControlServer, Incoming, Reply, Request};
+use crate::launch::SpawnError;
 use crate::metrics::SnapshotRequest;
 use crate::notify::{NotifyServer, SystemdNotifier};
-use crate::os::spawn;
-use crate::output::journal::{self, Origin, Sink, Stream};
-use crate::pool::{
-    Action, Event, ExitStatus, Notice, Notify, Pool, ReloadResult, ReplyId, ScaleRequest, Severity, SignalTo,
-};
+use crate::output::journal::{self, Sink};
+use crate::pool::{Action, Event, ExitStatus, Notice, Notify, Pool, ReplyId, ScaleRequest, Severity, SignalTo};
 use crate::rundir::RuntimeDir;
 use crate::sockets::ListenSockets;
-use crate::status::{LastReload, PoolStatus, WorkerStatus};
 
 mod observe;
 mod readiness;

@@ -1,7 +1,14 @@
 //! What the driver reports about the pool: /proc samples of each worker's process group (which
 //! feed the memory limit) and the status snapshot behind `corral status`, /metrics and /health.
 
-use super::*;
+use std::time::Instant;
+
+use nix::unistd::Pid;
+
+use crate::pool::{Event, ReloadResult};
+use crate::status::{LastReload, PoolStatus, WorkerStatus};
+
+use super::Driver;
 
 impl Driver {
     /// Read RSS (and, with `cpu`, CPU times) of every worker's process group; feed memory

@@ -3,10 +3,17 @@
 //! pool's sockets: `crate::readiness::listen`) and "ipc" (`crate::readiness::ipc` reads its Node IPC channel).
 //! Either becomes an [`Event::Ready`] with its signal; the pool decides whether it counts.
 
-use std::time::Duration;
+use std::collections::HashMap;
+use std::os::fd::OwnedFd;
+use std::time::{Duration, Instant};
 
-use super::*;
+use nix::unistd::Pid;
+use tokio::sync::mpsc;
+
 use crate::config::{ReadyMode, ReadySignal};
+use crate::pool::Event;
+
+use super::Driver;
 
 /// The first check of a starting worker comes this soon after its start...
 const FIRST_CHECK: Duration = Duration::from_millis(5);

@@ -1,7 +1,14 @@
 //! Requests from outside the loop: control-socket commands, reload (SIGHUP or `corral reload`),
 //! and notifications from workers, each turned into pool events.
 
-use super::*;
+use std::sync::Arc;
+
+use tokio::sync::oneshot;
+
+use crate::control;
+use crate::pool::{Event, ReplyId};
+
+use super::{Config, Driver, Incoming, Reply, Request};
 
 impl Driver {
     pub(super) fn on_control(&mut self, incoming: Incoming) {

@@ -3,7 +3,23 @@
 //! (`Driver::resume` in `upgrade.rs`: adopt them all). Both end in [`Driver::new`], the one
 //! place every field of the driver is set.
 
-use super::*;
+use std::collections::{HashMap, VecDeque};
+use std::os::fd::AsFd;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use crate::driver::readiness::ReadyWatch;
+use crate::launch;
+use crate::launch::Credentials;
+use crate::notify::{NotifyServer, SystemdNotifier};
+use crate::output::journal;
+use crate::output::journal::Sink;
+use crate::pool::Pool;
+use crate::rundir::RuntimeDir;
+use crate::sockets::ListenSockets;
+
+use super::{Config, ControlServer, Driver, LogTarget, StartError};
 
 /// The endpoints a master owns and `corral upgrade` hands over to its next image: bound (or
 /// inherited) at a first start, adopted from descriptors after an upgrade.
@@ -73,7 +89,7 @@ impl Driver {
             listen_inodes,
             last_cpu_sample: None,
             sampler: crate::sampler::GroupSampler::default(),
-            ready_watch: readiness::ReadyWatch::new(),
+            ready_watch: ReadyWatch::new(),
         }
     }
 }

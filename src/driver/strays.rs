@@ -3,7 +3,12 @@
 //! stopped, these get the stop signal, then SIGKILL at `stop.timeout`, as systemd stops what is
 //! left in a unit's cgroup, and the master exits when none is left.
 
-use super::*;
+use nix::sys::signal::{killpg, Signal};
+use nix::unistd::Pid;
+
+use crate::pool::Event;
+
+use super::Driver;
 
 /// The last step of a stop: processes left behind by workers.
 pub(super) struct Strays {

@@ -1,14 +1,22 @@
 //! `corral upgrade` in the driver: hand everything over to the binary now at the master's path
 //! (see [`crate::handover`] for the steps), and, in the new image, take it all over again.
 
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::process::Stdio;
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use nix::sys::signal::{SigSet, SigmaskHow};
+use nix::unistd::Pid;
+use tokio::sync::oneshot;
 
-use super::*;
 use crate::handover::{self, PathFd, SocketFd, UpgradeError, UpgradeState, WorkerFds};
+use crate::notify::{NotifyServer, SystemdNotifier};
+use crate::pool::{Notify, Pool};
+use crate::rundir::RuntimeDir;
+use crate::sockets::ListenSockets;
+
+use super::{log_sink, Beginning, ControlServer, Driver, Endpoints, Reply, StartError, WorkerMeta, HANDLED_SIGNALS};
 
 /// How long the new binary may take to say whether it can take over.
 const CHECK_TIMEOUT: Duration = Duration::from_secs(10);

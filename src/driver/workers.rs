@@ -1,8 +1,19 @@
 //! Starting one worker: its credentials, program, environment and sockets, then fork/exec
 //! (`crate::spawn`) and the tasks that forward its output.
 
-use super::*;
+use std::ffi::OsString;
+use std::os::fd::{AsFd, OwnedFd};
+use std::time::Instant;
+
+use nix::unistd::Pid;
+
 use crate::config::ReadyMode;
+use crate::launch::{Credentials, SpawnError, SpawnRequest};
+use crate::os::spawn;
+use crate::output::journal;
+use crate::output::journal::{Origin, Stream};
+
+use super::{Config, Driver, LogTarget};
 
 impl Driver {
     pub(super) fn spawn_worker(&mut self, slot: usize, generation: u64, config: &Config) -> Result<Pid, SpawnError> {

@@ -8,7 +8,10 @@
 
 use std::time::Instant;
 
-use super::*;
+use super::{
+    Action, Enter, Generation, Notice, Phase, Pool, Refusal, ReplyId, RestartReason, ScaleRequest, SlotId, StopReason,
+    Worker, WorkerId, WorkerState, MAX_INSTANCES,
+};
 
 impl Pool {
     /// Converge the workers onto `desired` ready workers of the target generation.

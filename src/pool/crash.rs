@@ -6,9 +6,9 @@
 
 use std::time::{Duration, Instant};
 
-use super::Pid;
-
-use super::*;
+use super::{
+    later, Action, Enter, ExitStatus, Notice, Phase, Pid, Pool, RestartReason, StopReason, Worker, WorkerId, EARLY_EXIT,
+};
 
 impl Pool {
     /// The driver could not fork or exec worker `id`.

@@ -8,8 +8,11 @@
 //! and rolls back slots already replaced. A reload asked for during a reload is queued (requests
 //! coalesce) and starts when the current one ends. A config that cannot be used changes nothing.
 
-use super::*;
+use std::sync::Arc;
+
 use crate::config::ConfigError;
+
+use super::{Action, Config, Notice, Notify, Phase, Pool, QueuedReload, Refusal, ReloadResult, ReloadRun, ReplyId};
 
 impl Pool {
     /// SIGHUP or `corral reload`: the new config, or why it could not be read.

@@ -5,7 +5,7 @@
 
 use std::time::Instant;
 
-use super::*;
+use super::{later, Action, Enter, Notice, Notify, Phase, Pool, Refusal, StopReason, EXTEND_MARGIN};
 
 impl Pool {
     /// SIGTERM/SIGINT: a graceful stop, or (the second time) stop now. With `stop.drain`, the

@@ -8,13 +8,18 @@
 //! timers resume as the time that remained. A snapshot is refused while a reload or a stop is
 //! in progress: those wait for replies the old image owes.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use nix::unistd::Pid;
 use serde::{Deserialize, Serialize};
 
-use super::*;
+use super::{
+    later, Config, Generation, Phase, Pool, Refusal, ReloadResult, RestartReason, SlotId, SlotInfo, StopReason, Worker,
+    WorkerId, WorkerState, MAX_INSTANCES,
+};
 
 /// A handed-over state that does not describe a pool this binary can run.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

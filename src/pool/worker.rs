@@ -8,11 +8,13 @@
 
 use std::time::{Duration, Instant};
 
-use super::Pid;
 use nix::sys::signal::Signal;
 use serde::{Deserialize, Serialize};
 
-use super::*;
+use super::{
+    later, spread, Action, Generation, Notice, Phase, Pid, Pool, ReadyMode, ReadySignal, RestartReason, SignalTo,
+    SlotId, StopMode, StopReason, WorkerId, WorkerRef,
+};
 
 /// What a worker is doing. Each state that can end by itself carries its deadline.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
