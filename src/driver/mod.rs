@@ -394,6 +394,7 @@ fn log_notice(notice: &Notice) {
         Severity::Error => tracing::error!("{notice}"),
         Severity::Warning => tracing::warn!("{notice}"),
         Severity::Info => tracing::info!("{notice}"),
+        Severity::Debug => tracing::debug!("{notice}"),
     }
 }
 

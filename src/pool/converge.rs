@@ -16,7 +16,7 @@ use super::{
 impl Pool {
     /// Converge the workers onto `desired` ready workers of the target generation.
     pub(super) fn converge(&mut self, now: Instant, out: &mut Vec<Action>) {
-        if self.phase != Phase::Running {
+        if !self.phase.serving() {
             return;
         }
         let target = self.target;
@@ -134,7 +134,7 @@ impl Pool {
         let target = self.target;
         let Some(limit) = self.configs[&self.workers[i].generation].limits.memory else { return };
         let w = &mut self.workers[i];
-        if rss > limit.0 && w.is_ready() && w.is_current(target) && self.phase == Phase::Running {
+        if rss > limit.0 && w.is_ready() && w.is_current(target) && self.phase.serving() {
             w.replace = Some(RestartReason::Memory);
             self.notices.push(Notice::OverMemory { worker: w.who(), rss, limit: limit.0 });
             self.count(RestartReason::Memory);
@@ -152,7 +152,7 @@ impl Pool {
 
     /// `corral scale`, SIGTTIN/SIGTTOU: a new `desired`, saturating, at most [`MAX_INSTANCES`].
     pub(super) fn on_scale(&mut self, request: ScaleRequest, reply: Option<ReplyId>, out: &mut Vec<Action>) {
-        let result = if self.phase != Phase::Running || self.drain_until.is_some() {
+        let result = if self.phase != Phase::Running {
             Err(Refusal::Stopping)
         } else {
             let n = match request {

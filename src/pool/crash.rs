@@ -7,14 +7,14 @@
 use std::time::{Duration, Instant};
 
 use super::{
-    later, Action, Enter, ExitStatus, Notice, Phase, Pid, Pool, RestartReason, StopReason, Worker, WorkerId, EARLY_EXIT,
+    later, Action, Enter, ExitStatus, Notice, Pid, Pool, RestartReason, StopReason, Worker, WorkerId, EARLY_EXIT,
 };
 
 impl Pool {
     /// The driver could not fork or exec worker `id`.
     pub(super) fn on_spawn_failed(&mut self, now: Instant, id: WorkerId, error: String, out: &mut Vec<Action>) {
         let Some(i) = self.index_of(id) else { return };
-        let w = self.workers.remove(i);
+        let Some(w) = self.enter(now, i, Enter::Gone, out) else { return };
         let reason = format!("worker {} of generation {} could not start: {error}", w.slot, w.generation);
         self.notices.push(Notice::CannotStart(w.who(), error));
         self.on_failure(now, &w, RestartReason::SpawnFailed, reason, out);
@@ -30,12 +30,12 @@ impl Pool {
         out: &mut Vec<Action>,
     ) {
         let Some(i) = self.workers.iter().position(|w| w.pid == Some(pid)) else { return };
-        let w = self.workers.remove(i);
+        let Some(w) = self.enter(now, i, Enter::Gone, out) else { return };
         if !w.is_live() {
             self.notices.push(Notice::Stopped(w.who(), status));
             return;
         }
-        if self.phase != Phase::Running {
+        if !self.phase.serving() {
             return;
         }
         let reason = if w.is_ready() {
@@ -85,7 +85,7 @@ impl Pool {
     /// A worker died or failed to start when nobody asked it to: back off its slot, abort a
     /// reload it belonged to, or give up.
     fn on_failure(&mut self, now: Instant, w: &Worker, kind: RestartReason, reason: String, out: &mut Vec<Action>) {
-        if self.phase != Phase::Running {
+        if !self.phase.serving() {
             return;
         }
         self.count(kind);

@@ -85,11 +85,23 @@ struct QueuedReload {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Phase {
     Running,
+    /// `stop.drain`: workers keep serving (and are restarted), health says 503, nothing new is
+    /// accepted (reload, scale, upgrade); the stop begins at `until`.
+    Draining {
+        until: Instant,
+    },
     /// Stopping every worker; then exit with `exit_code`.
     Stopping {
         exit_code: i32,
     },
     Exited,
+}
+
+impl Phase {
+    /// Workers are kept serving: running, or draining before a stop.
+    fn serving(self) -> bool {
+        matches!(self, Phase::Running | Phase::Draining { .. })
+    }
 }
 
 pub struct Pool {
@@ -111,9 +123,6 @@ pub struct Pool {
     /// The reload that follows the current one.
     queued: Option<QueuedReload>,
     phase: Phase,
-    /// Set while running by a stop signal with `stop.drain`: serving on, health answering 503,
-    /// until then; the stop proper begins at that moment.
-    drain_until: Option<Instant>,
     /// `READY=1` was sent to systemd (once, for the first generation).
     announced_ready: bool,
     /// When recent failures happened, for the `restart.window` give-up rule.
@@ -151,7 +160,6 @@ impl Pool {
             reload: None,
             queued: None,
             phase: Phase::Running,
-            drain_until: None,
             announced_ready: false,
             crashes: VecDeque::new(),
             failures_since_ready: 0,
@@ -196,7 +204,6 @@ impl Pool {
             Event::Reload { config, reply } => self.on_reload(config, reply, &mut out),
             Event::Scale { request, reply } => self.on_scale(request, reply, &mut out),
             Event::Stop => self.on_stop(now, &mut out),
-            Event::StopNow => self.on_stop_now(now, &mut out),
         }
         self.settle(now, &mut out);
         out
@@ -224,12 +231,16 @@ impl Pool {
 
     /// A timer is due: each worker whose state waited for this moment moves on.
     fn on_tick(&mut self, now: Instant, out: &mut Vec<Action>) {
-        if self.drain_until.is_some_and(|t| t <= now) && self.phase == Phase::Running {
-            self.begin_stop(now, 0, out);
+        if let Phase::Draining { until } = self.phase {
+            if until <= now {
+                self.begin_stop(now, 0, out);
+            }
         }
         for i in 0..self.workers.len() {
             match self.due(&self.workers[i], now) {
-                Some(Due::Ready) => self.enter(now, i, Enter::Ready, out),
+                Some(Due::Ready) => {
+                    self.enter(now, i, Enter::Ready, out);
+                }
                 Some(Due::ReadyTimeout) => self.not_ready_in_time(now, i, out),
                 Some(Due::Watchdog) => self.watchdog_expired(now, i, out),
                 Some(Due::Recycle) => self.recycle(i),
@@ -245,14 +256,14 @@ impl Pool {
     /// The earliest time at which a [`Event::Tick`] has something to do.
     pub fn next_deadline(&self) -> Option<Instant> {
         let workers = self.workers.iter().flat_map(|w| self.deadlines(w));
-        let by_slot = (self.phase == Phase::Running).then(|| self.live_by_slot());
+        let by_slot = self.phase.serving().then(|| self.live_by_slot());
         let restarts = by_slot
             .iter()
             .flat_map(|b| b.slots())
             .enumerate()
             .filter(|(_, here)| here.is_empty())
             .filter_map(|(slot, _)| self.slots.get(slot).and_then(|s| s.not_before));
-        let drain = self.drain_until.filter(|_| self.phase == Phase::Running);
+        let drain = if let Phase::Draining { until } = self.phase { Some(until) } else { None };
         workers.chain(restarts).chain(drain).min()
     }
 
@@ -271,7 +282,7 @@ impl Pool {
 
     /// Draining before a stop (`stop.drain`): still serving, but no longer healthy.
     pub fn draining(&self) -> bool {
-        self.drain_until.is_some() && self.phase == Phase::Running
+        matches!(self.phase, Phase::Draining { .. })
     }
 
     pub fn desired(&self) -> usize {

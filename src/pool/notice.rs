@@ -21,6 +21,8 @@ pub struct WorkerRef {
 /// How much a notice matters (maps onto log levels).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Severity {
+    /// A worker's change of state: for `CORRAL_LOG=debug`.
+    Debug,
     Info,
     Warning,
     Error,
@@ -28,6 +30,8 @@ pub enum Severity {
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum Notice {
+    /// A worker moved from one state to another (their names).
+    Transition(WorkerRef, &'static str, &'static str),
     Started(WorkerRef),
     Ready(WorkerRef),
     /// Exited after it was asked to stop.
@@ -128,6 +132,7 @@ impl Notice {
             | Notice::KilledAfterTimeout(..)
             | Notice::Stalled(..)
             | Notice::StoppingNow => Severity::Warning,
+            Notice::Transition(..) => Severity::Debug,
             _ => Severity::Info,
         }
     }
@@ -141,6 +146,7 @@ use crate::text::{human_bytes as size, human_ms as human};
 impl fmt::Display for Notice {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
+            Notice::Transition(w, from, to) => write!(f, "slot {}: {from} → {to}", w.slot),
             Notice::Started(_) => write!(f, "worker started"),
             Notice::Ready(_) => write!(f, "worker ready"),
             Notice::Stopped(_, status) => write!(f, "worker stopped ({status})"),

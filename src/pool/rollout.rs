@@ -22,7 +22,7 @@ impl Pool {
         reply: Option<ReplyId>,
         out: &mut Vec<Action>,
     ) {
-        if self.phase != Phase::Running || self.drain_until.is_some() {
+        if self.phase != Phase::Running {
             if let Some(to) = reply {
                 out.push(Action::Reply { to, result: Err(Refusal::Stopping) });
             }
@@ -73,7 +73,7 @@ impl Pool {
     /// After converging: tell systemd once the first generation is ready, and finish a reload
     /// whose new generation serves alone (which may start the queued one).
     pub(super) fn conclude(&mut self, out: &mut Vec<Action>) {
-        if self.phase != Phase::Running || !self.all_slots_ready_on_target() {
+        if !self.phase.serving() || !self.all_slots_ready_on_target() {
             return;
         }
         if !self.announced_ready {

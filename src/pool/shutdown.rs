@@ -13,8 +13,8 @@ impl Pool {
     pub(super) fn on_stop(&mut self, now: Instant, out: &mut Vec<Action>) {
         let drain = self.configs[&self.target].stop.drain.0;
         match self.phase {
-            Phase::Running if self.drain_until.is_none() && !drain.is_zero() => {
-                self.drain_until = Some(later(now, drain));
+            Phase::Running if !drain.is_zero() => {
+                self.phase = Phase::Draining { until: later(now, drain) };
                 self.queued = None;
                 if let Some(run) = self.reload.take() {
                     for to in run.replies {
@@ -26,16 +26,9 @@ impl Pool {
                 let wait = drain.saturating_add(longest.unwrap_or_default()).saturating_add(EXTEND_MARGIN);
                 out.push(Action::Notify(vec![Notify::Stopping, Notify::ExtendTimeout(wait)]));
             }
-            Phase::Running => self.begin_stop(now, 0, out),
-            _ => self.stop_now(now, out),
+            Phase::Running | Phase::Draining { .. } => self.begin_stop(now, 0, out),
+            Phase::Stopping { .. } | Phase::Exited => self.stop_now(now, out),
         }
-    }
-
-    pub(super) fn on_stop_now(&mut self, now: Instant, out: &mut Vec<Action>) {
-        if self.phase == Phase::Running {
-            self.begin_stop(now, 0, out);
-        }
-        self.stop_now(now, out);
     }
 
     /// Stop every worker gracefully; the pool exits with `exit_code` once they are gone.

@@ -109,7 +109,7 @@ fn abs(offset: i64, now: Instant) -> Instant {
 impl Pool {
     /// What a new image needs to carry on, or why now is not the moment.
     pub fn snapshot(&self, now: Instant) -> Result<PoolState, Refusal> {
-        if self.phase != Phase::Running || self.drain_until.is_some() {
+        if self.phase != Phase::Running {
             return Err(Refusal::Stopping);
         }
         if let Some(run) = &self.reload {
@@ -240,7 +240,6 @@ impl Pool {
             reload: None,
             queued: None,
             phase: Phase::Running,
-            drain_until: None,
             announced_ready: state.announced_ready,
             crashes: state.crashes.into_iter().map(|t| abs(t, now)).collect(),
             failures_since_ready: state.failures_since_ready,

@@ -575,8 +575,10 @@ proptest! {
             }
         }
         // Drive to the end: stop, let every process exit, expect exit.
-        sim.step(t, Event::Stop);
-        sim.step(t, Event::StopNow);
+        // Stop (a drain, with stop.drain), stop, and stop now.
+        for _ in 0..3 {
+            sim.step(t, Event::Stop);
+        }
         let pids: Vec<i32> = sim.alive.iter().copied().collect();
         let mut exited_cleanly = false;
         for pid in pids {
@@ -980,4 +982,25 @@ fn a_drain_keeps_serving_then_stops() {
 /// A config error in `t.toml` at `line`, column 1.
 fn config_error(line: usize, message: &str) -> crate::config::ConfigError {
     crate::config::ConfigError { path: "t.toml".into(), line, col: 1, message: message.into() }
+}
+
+/// Every change of a worker's state is a notice at debug level ("slot 0: starting → ready"), as
+/// systemd logs a unit's transitions; leaving the pool when reaped is one too.
+#[test]
+fn every_change_of_a_workers_state_is_a_debug_notice() {
+    let mut sim = started();
+    sim.step(1_000, exited(100, 1));
+    let moves: Vec<String> =
+        sim.pool.take_notices().iter().filter(|n| n.severity() == Severity::Debug).map(|n| n.to_string()).collect();
+    assert_eq!(
+        moves[..4],
+        [
+            "slot 0: spawning → starting",
+            "slot 1: spawning → starting",
+            "slot 0: starting → ready",
+            "slot 1: starting → ready"
+        ],
+        "{moves:?}"
+    );
+    assert_eq!(moves.get(4).map(String::as_str), Some("slot 0: ready → gone"), "{moves:?}");
 }

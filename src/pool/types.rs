@@ -97,12 +97,9 @@ pub enum Event {
         request: ScaleRequest,
         reply: Option<ReplyId>,
     },
-    /// Graceful stop (SIGTERM/SIGINT). A second one stops at once, as [`Event::StopNow`] does.
+    /// Graceful stop (SIGTERM/SIGINT): with `stop.drain`, a drain first; the next one stops
+    /// gracefully (ending a drain), and one more while stopping kills every worker at once.
     Stop,
-    /// Stop at once: SIGKILL to every worker. The driver gets there with a second `Stop`; the
-    /// tables send it directly.
-    #[cfg_attr(not(test), allow(dead_code))]
-    StopNow,
 }
 
 /// A message for systemd; the driver adds `MONOTONIC_USEC=` to `Reloading`.

@@ -12,8 +12,8 @@ use nix::sys::signal::Signal;
 use serde::{Deserialize, Serialize};
 
 use super::{
-    later, spread, Action, Generation, Notice, Phase, Pid, Pool, ReadyMode, ReadySignal, RestartReason, SignalTo,
-    SlotId, StopMode, StopReason, WorkerId, WorkerRef,
+    later, spread, Action, Generation, Notice, Pid, Pool, ReadyMode, ReadySignal, RestartReason, SignalTo, SlotId,
+    StopMode, StopReason, WorkerId, WorkerRef,
 };
 
 /// What a worker is doing. Each state that can end by itself carries its deadline.
@@ -41,6 +41,20 @@ pub enum WorkerState {
     Killed {
         reason: StopReason,
     },
+}
+
+impl WorkerState {
+    /// For the log of transitions ("slot 2: starting → ready").
+    pub fn name(&self) -> &'static str {
+        match self {
+            WorkerState::Spawning => "spawning",
+            WorkerState::Starting { .. } => "starting",
+            WorkerState::Ready => "ready",
+            WorkerState::Cancelled { .. } => "cancelled",
+            WorkerState::Stopping { .. } => "stopping",
+            WorkerState::Killed { .. } => "killed",
+        }
+    }
 }
 
 /// A worker's state as `corral status`, `/metrics` and the JSON contract name it.
@@ -135,6 +149,8 @@ pub(super) enum Enter {
     /// Stop gracefully: the generation's stop signal (SIGABRT for the watchdog), SIGKILL later.
     Stop(StopReason),
     Kill,
+    /// Reaped, or could not be started: it leaves the pool (and is handed back).
+    Gone,
 }
 
 /// What a worker's current state is waiting for, when that time has come.
@@ -149,8 +165,27 @@ pub(super) enum Due {
 }
 
 impl Pool {
-    /// Move worker `i` (the only place a worker's state changes).
-    pub(super) fn enter(&mut self, now: Instant, i: usize, to: Enter, out: &mut Vec<Action>) {
+    /// Move worker `i` (the only place a worker's state changes, and the only place a worker
+    /// leaves the pool: [`Enter::Gone`] returns it). Every change of state is a debug-level
+    /// notice, as systemd logs a unit's transitions.
+    pub(super) fn enter(&mut self, now: Instant, i: usize, to: Enter, out: &mut Vec<Action>) -> Option<Worker> {
+        let from = self.workers[i].state;
+        if let Enter::Gone = to {
+            let w = self.workers.remove(i);
+            self.notices.push(Notice::Transition(w.who(), from.name(), "gone"));
+            return Some(w);
+        }
+        self.move_worker(now, i, to, out);
+        if let Some(w) = self.workers.get(i) {
+            if w.state.name() != from.name() {
+                self.notices.push(Notice::Transition(w.who(), from.name(), w.state.name()));
+            }
+        }
+        None
+    }
+
+    /// [`Pool::enter`]'s moves between states.
+    fn move_worker(&mut self, now: Instant, i: usize, to: Enter, out: &mut Vec<Action>) {
         let config = self.configs[&self.workers[i].generation].clone();
         let w = &mut self.workers[i];
         match (w.state, to) {
@@ -159,7 +194,7 @@ impl Pool {
                 w.started = now;
                 if let WorkerState::Cancelled { reason } = w.state {
                     // Stopped while it was being forked: stop it now that it has a pid.
-                    return self.enter(now, i, Enter::Stop(reason), out);
+                    return self.move_worker(now, i, Enter::Stop(reason), out);
                 }
                 let ready = &config.ready;
                 w.state = match ready.mode {
@@ -173,10 +208,10 @@ impl Pool {
                 };
                 self.notices.push(Notice::Started(w.who()));
                 if ready.mode == ReadyMode::Spawn {
-                    self.enter(now, i, Enter::Ready, out);
+                    self.move_worker(now, i, Enter::Ready, out);
                 }
-                if self.phase != Phase::Running {
-                    self.enter(now, i, Enter::Stop(StopReason::Shutdown), out);
+                if !self.phase.serving() {
+                    self.move_worker(now, i, Enter::Stop(StopReason::Shutdown), out);
                 }
             }
             (WorkerState::Starting { .. }, Enter::Ready) => {

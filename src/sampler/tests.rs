@@ -50,7 +50,12 @@ fn group_sampler_agrees_with_a_fresh_look() {
         assert!(std::time::Instant::now() < deadline, "an exited member is still counted");
         std::thread::sleep(std::time::Duration::from_millis(10));
     }
-    // ...and forgotten.
+    // ...and forgotten, once its parent (the shell, waiting) has reaped it: until then it is a
+    // zombie whose stat a full sample still reads.
+    while std::path::Path::new(&format!("/proc/{victim}")).exists() {
+        assert!(std::time::Instant::now() < deadline, "the shell never reaped its killed child");
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
     assert!(!sampler.sample_as(&[pid], true, true)[&pid].pids.contains(&victim));
     assert!(!sampler.procs.contains_key(&victim));
     let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
