@@ -149,7 +149,7 @@ pub enum Command {
 }
 
 /// Every NAME on the command line follows the config's pool-name rule: it becomes a path.
-fn pool_name(s: &str) -> Result<String, String> {
+fn pool_name(s: &str) -> Result<String, crate::config::InvalidPoolName> {
     crate::config::check_pool_name(s)
 }
 

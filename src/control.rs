@@ -134,9 +134,9 @@ impl Drop for ControlServer {
 
 async fn serve(mut stream: tokio::net::UnixStream, to_driver: mpsc::UnboundedSender<Incoming>) {
     let reply = match authorize(&stream) {
-        Err(refusal) => Reply::err(refusal),
+        Err(refusal) => Reply::err(refusal.to_string()),
         Ok(()) => match read_request(&mut stream).await {
-            Err(e) => Reply::err(e),
+            Err(e) => Reply::err(e.to_string()),
             Ok(request) => {
                 let (tx, rx) = oneshot::channel();
                 if to_driver.send(Incoming { request, reply: tx }).is_err() {
@@ -153,38 +153,57 @@ async fn serve(mut stream: tokio::net::UnixStream, to_driver: mpsc::UnboundedSen
     let _ = stream.shutdown().await;
 }
 
+/// Why the control socket answers a connection with a refusal (the reply's `error`).
+#[derive(Debug, thiserror::Error)]
+pub enum RequestError {
+    #[error("permission denied: uid {uid} may not control this pool (only root and uid {me})")]
+    NotAllowed { uid: u32, me: u32 },
+    #[error("cannot check the caller's credentials: {0}")]
+    Credentials(std::io::Error),
+    #[error("timed out waiting for the request")]
+    Timeout,
+    #[error("cannot read the request: {0}")]
+    Read(std::io::Error),
+    #[error("request too large")]
+    TooLarge,
+    #[error("invalid request: {0}")]
+    Invalid(serde_json::Error),
+    #[error(transparent)]
+    Scale(#[from] BadScale),
+}
+
 /// Root and the master's own uid may control the pool; anyone else gets a refusal and nothing
 /// of theirs is read.
-fn authorize(stream: &tokio::net::UnixStream) -> Result<(), String> {
+fn authorize(stream: &tokio::net::UnixStream) -> Result<(), RequestError> {
     let me = nix::unistd::geteuid().as_raw();
     match stream.peer_cred() {
         Ok(cred) if cred.uid() == 0 || cred.uid() == me => Ok(()),
         Ok(cred) => {
             tracing::warn!("control request from uid {} refused", cred.uid());
-            Err(format!("permission denied: uid {} may not control this pool (only root and uid {me})", cred.uid()))
+            Err(RequestError::NotAllowed { uid: cred.uid(), me })
         }
-        Err(e) => Err(format!("cannot check the caller's credentials: {e}")),
+        Err(e) => Err(RequestError::Credentials(e)),
     }
 }
 
-async fn read_request(stream: &mut tokio::net::UnixStream) -> Result<Request, String> {
+async fn read_request(stream: &mut tokio::net::UnixStream) -> Result<Request, RequestError> {
     let mut buf = Vec::new();
     let mut limited = (&mut *stream).take(MAX_REQUEST + 1);
     match tokio::time::timeout(READ_TIMEOUT, limited.read_to_end(&mut buf)).await {
-        Err(_) => return Err("timed out waiting for the request".into()),
-        Ok(Err(e)) => return Err(format!("cannot read the request: {e}")),
-        Ok(Ok(_)) if buf.len() as u64 > MAX_REQUEST => return Err("request too large".into()),
+        Err(_) => return Err(RequestError::Timeout),
+        Ok(Err(e)) => return Err(RequestError::Read(e)),
+        Ok(Ok(_)) if buf.len() as u64 > MAX_REQUEST => return Err(RequestError::TooLarge),
         Ok(Ok(_)) => {}
     }
     parse_request(&buf)
 }
 
 /// A request as the control socket receives it (at most [`MAX_REQUEST`] bytes of JSON).
-pub fn parse_request(bytes: &[u8]) -> Result<Request, String> {
+pub fn parse_request(bytes: &[u8]) -> Result<Request, RequestError> {
     if bytes.len() as u64 > MAX_REQUEST {
-        return Err("request too large".into());
+        return Err(RequestError::TooLarge);
     }
-    let request: Request = serde_json::from_slice(bytes).map_err(|e| format!("invalid request: {e}"))?;
+    let request: Request = serde_json::from_slice(bytes).map_err(RequestError::Invalid)?;
     if let Request::Scale { to } = &request {
         parse_scale(to)?;
     }
@@ -229,10 +248,19 @@ pub fn call(name: &str, path: &Path, request: &Request, timeout: Duration) -> Re
     serde_json::from_str(&text).map_err(|e| ClientError::Io { name: name.into(), error: format!("invalid reply: {e}") })
 }
 
+/// A worker count `corral scale` cannot take.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BadScale {
+    #[error("invalid worker count {0:?}: use N, +N or -N")]
+    NotACount(String),
+    #[error("a pool needs at least 1 worker")]
+    Zero,
+}
+
 /// Parse `corral scale` arguments: `N`, `+N`, `-N`.
-pub fn parse_scale(to: &str) -> Result<crate::pool::ScaleRequest, String> {
+pub fn parse_scale(to: &str) -> Result<crate::pool::ScaleRequest, BadScale> {
     use crate::pool::ScaleRequest;
-    let bad = || format!("invalid worker count {to:?}: use N, +N or -N");
+    let bad = || BadScale::NotACount(to.to_string());
     let t = to.trim();
     if let Some(n) = t.strip_prefix('+') {
         return n.parse::<i64>().map(ScaleRequest::Add).map_err(|_| bad());
@@ -241,7 +269,7 @@ pub fn parse_scale(to: &str) -> Result<crate::pool::ScaleRequest, String> {
         return t.parse::<i64>().map(ScaleRequest::Add).map_err(|_| bad());
     }
     match t.parse::<usize>() {
-        Ok(0) => Err("a pool needs at least 1 worker".into()),
+        Ok(0) => Err(BadScale::Zero),
         Ok(n) => Ok(ScaleRequest::Set(n)),
         Err(_) => Err(bad()),
     }

@@ -38,6 +38,29 @@ pub struct File {
     pub text: String,
 }
 
+/// Why `corral init` (or `import`) writes nothing; each says what to do.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum InitError {
+    #[error(transparent)]
+    Name(#[from] crate::config::InvalidPoolName),
+    #[error("give the worker command after `--`, like: corral init myapi --listen 3000 -- node index.js")]
+    NoCommand,
+    #[error("give at least one --listen address, like --listen 3000 or --listen unix:/run/myapi.sock")]
+    NoListen,
+    /// A `--listen` address, in the words of the config's own parser.
+    #[error("{0}")]
+    Listen(String),
+    #[error("the config would be invalid: {0}")]
+    Config(crate::config::ConfigError),
+    #[error(
+        "{} exists; use --force to overwrite it (or --dry-run to see what would be written)",
+        .0.display()
+    )]
+    Exists(PathBuf),
+    #[error("cannot {action}: {error}")]
+    Io { action: String, error: String },
+}
+
 /// What `corral init` writes for a pool: its config and its two units.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PoolFiles {
@@ -54,16 +77,16 @@ impl PoolFiles {
 }
 
 /// The config, socket and service files for `req`, validated but not written.
-pub fn render(req: &InitRequest) -> Result<PoolFiles, String> {
+pub fn render(req: &InitRequest) -> Result<PoolFiles, InitError> {
     crate::config::check_pool_name(&req.name)?;
     if req.command.is_empty() {
-        return Err("give the worker command after `--`, like: corral init myapi --listen 3000 -- node index.js".into());
+        return Err(InitError::NoCommand);
     }
     if req.listen.is_empty() {
-        return Err("give at least one --listen address, like --listen 3000 or --listen unix:/run/myapi.sock".into());
+        return Err(InitError::NoListen);
     }
     // Addresses first: a bad one is named as such, not as an invalid config.
-    let listen: Vec<ListenAddr> = req.listen.iter().map(|l| l.parse()).collect::<Result<_, _>>()?;
+    let listen = parse_listen(&req.listen)?;
     let config_path = Path::new("/etc/corral").join(format!("{}.toml", req.name));
 
     let mut cfg = format!("# Pool {name}: written by `corral init`. See corral.toml(5).\n", name = req.name);
@@ -85,7 +108,7 @@ pub fn render(req: &InitRequest) -> Result<PoolFiles, String> {
              mode = \"listen\"   # ready once it waits for connections on its socket: no app change needed;\n\
              \x20                 # \"notify\" if the app sends READY=1 when warm, \"ipc\" for process.send('ready')\n\
              timeout = \"30s\"\n";
-    Config::parse(&config_path, &cfg, 1).map_err(|e| format!("the config would be invalid: {e}"))?;
+    Config::parse(&config_path, &cfg, 1).map_err(InitError::Config)?;
     let (socket, service) = units(req, &listen, "`corral init`; edit freely (`corral init --force` rewrites it)");
     let etc = |p: &Path| req.root.join(p.strip_prefix("/").unwrap_or(p));
     Ok(PoolFiles { config: File { path: etc(&config_path), text: cfg }, socket, service })
@@ -94,10 +117,13 @@ pub fn render(req: &InitRequest) -> Result<PoolFiles, String> {
 /// A pool's `.socket` and `.service` units, rendered from the shipped templates with the
 /// instance name, the `listen` addresses as `ListenStream=` lines and the binary's path; the
 /// header says who wrote them (`written_by`: "`corral init`; …", "`corral import`; …").
-pub fn render_units(req: &InitRequest, written_by: &str) -> Result<(File, File), String> {
+pub fn render_units(req: &InitRequest, written_by: &str) -> Result<(File, File), InitError> {
     crate::config::check_pool_name(&req.name)?;
-    let listen: Vec<ListenAddr> = req.listen.iter().map(|l| l.parse()).collect::<Result<_, _>>()?;
-    Ok(units(req, &listen, written_by))
+    Ok(units(req, &parse_listen(&req.listen)?, written_by))
+}
+
+fn parse_listen(listen: &[String]) -> Result<Vec<ListenAddr>, InitError> {
+    listen.iter().map(|l| l.parse().map_err(InitError::Listen)).collect()
 }
 
 fn units(req: &InitRequest, listen: &[ListenAddr], written_by: &str) -> (File, File) {
@@ -156,20 +182,18 @@ fn listen_stream(a: &ListenAddr) -> String {
 }
 
 /// Write `files`; refuse to overwrite any existing one unless `force`.
-pub fn write(files: &[File], force: bool) -> Result<(), String> {
+pub fn write(files: &[File], force: bool) -> Result<(), InitError> {
     if !force {
         if let Some(f) = files.iter().find(|f| f.path.exists()) {
-            return Err(format!(
-                "{} exists; use --force to overwrite it (or --dry-run to see what would be written)",
-                f.path.display()
-            ));
+            return Err(InitError::Exists(f.path.clone()));
         }
     }
+    let io = |action: String| move |e: std::io::Error| InitError::Io { action, error: e.to_string() };
     for f in files {
         if let Some(dir) = f.path.parent() {
-            std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+            std::fs::create_dir_all(dir).map_err(io(format!("create {}", dir.display())))?;
         }
-        std::fs::write(&f.path, &f.text).map_err(|e| format!("cannot write {}: {e}", f.path.display()))?;
+        std::fs::write(&f.path, &f.text).map_err(io(format!("write {}", f.path.display())))?;
     }
     Ok(())
 }
@@ -242,12 +266,12 @@ mod tests {
     fn refuses_bad_input() {
         let mut r = req();
         r.listen = vec!["nowhere".into()];
-        assert!(render(&r).unwrap_err().contains("invalid listen address"));
+        assert!(render(&r).unwrap_err().to_string().contains("invalid listen address"));
         let mut r = req();
         r.name = "my api".into();
-        assert!(render(&r).unwrap_err().contains("invalid pool name"));
+        assert!(render(&r).unwrap_err().to_string().contains("invalid pool name"));
         let mut r = req();
         r.instances = Some("0".into());
-        assert!(render(&r).unwrap_err().contains("instances must be at least 1"));
+        assert!(render(&r).unwrap_err().to_string().contains("instances must be at least 1"));
     }
 }

@@ -296,27 +296,40 @@ fn upgrade(name: Option<&str>, timeout: Duration) -> ExitCode {
     }
 }
 
-fn upgrade_one(name: &str, timeout: Duration) -> Result<(), String> {
+/// Why `corral upgrade` failed for one pool.
+#[derive(Debug, thiserror::Error)]
+enum UpgradeFailed {
+    #[error(transparent)]
+    Unreachable(#[from] control::ClientError),
+    /// The master's own words (a refusal, or no status to compare with).
+    #[error("{0}")]
+    Master(String),
+    #[error("the master was replaced (pid {before} → {now}), not upgraded in place")]
+    Replaced { before: u32, now: u32 },
+    #[error("no new image answered within {}", humantime::format_duration(*.0))]
+    NoAnswer(Duration),
+}
+
+fn upgrade_one(name: &str, timeout: Duration) -> Result<(), UpgradeFailed> {
     let status = |wait: Duration| match ask(name, &Request::Status, wait) {
         Ok(Reply { status: Some(s), .. }) => Ok(s),
-        Ok(Reply { error, .. }) => Err(error.unwrap_or_else(|| "no status".into())),
-        Err(e) => Err(e.to_string()),
+        Ok(Reply { error, .. }) => Err(UpgradeFailed::Master(error.unwrap_or_else(|| "no status".into()))),
+        Err(e) => Err(e.into()),
     };
     let before = status(Duration::from_secs(10))?;
     match ask(name, &Request::Upgrade, Duration::from_secs(30)) {
-        Ok(Reply { ok: false, error, .. }) => return Err(error.unwrap_or_else(|| "upgrade refused".into())),
+        Ok(Reply { ok: false, error, .. }) => {
+            return Err(UpgradeFailed::Master(error.unwrap_or_else(|| "upgrade refused".into())))
+        }
         // Accepted; or the connection closed with the exec before the reply was written.
         Ok(_) | Err(control::ClientError::Io { .. }) => {}
-        Err(e) => return Err(e.to_string()),
+        Err(e) => return Err(e.into()),
     }
     let deadline = std::time::Instant::now() + timeout;
     loop {
         if let Ok(now) = status(Duration::from_secs(2)) {
             if now.pid != before.pid {
-                return Err(format!(
-                    "the master was replaced (pid {} → {}), not upgraded in place",
-                    before.pid, now.pid
-                ));
+                return Err(UpgradeFailed::Replaced { before: before.pid, now: now.pid });
             }
             if now.upgrades > before.upgrades {
                 let pids = |s: &corral::status::PoolStatus| s.workers.iter().filter_map(|w| w.pid).collect::<Vec<_>>();
@@ -332,7 +345,7 @@ fn upgrade_one(name: &str, timeout: Duration) -> Result<(), String> {
             }
         }
         if std::time::Instant::now() >= deadline {
-            return Err(format!("no new image answered within {}", humantime::format_duration(timeout)));
+            return Err(UpgradeFailed::NoAnswer(timeout));
         }
         std::thread::sleep(Duration::from_millis(50));
     }

@@ -138,7 +138,7 @@ fn read_config_file(path: &Path) -> Result<String, String> {
 /// A pool name as it may appear in paths and unit names: 1-64 ASCII letters, digits, `-`, `_`,
 /// `.` or `@`, starting with a letter, digit or `_` (so never `.`, `..`, a hidden name or an
 /// option). The same rule holds for `name =`, `corral init` and every CLI command taking a NAME.
-pub fn check_pool_name(name: &str) -> Result<String, String> {
+pub fn check_pool_name(name: &str) -> Result<String, InvalidPoolName> {
     let valid = !name.is_empty()
         && name.len() <= 64
         && name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.@".contains(c))
@@ -146,11 +146,16 @@ pub fn check_pool_name(name: &str) -> Result<String, String> {
     if valid {
         Ok(name.to_string())
     } else {
-        Err(format!(
-            "invalid pool name {name:?}: use 1-64 letters, digits, '-', '_', '.' or '@', starting with a letter, digit or '_'"
-        ))
+        Err(InvalidPoolName(name.to_string()))
     }
 }
+
+/// A pool name [`check_pool_name`] refuses.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "invalid pool name {0:?}: use 1-64 letters, digits, '-', '_', '.' or '@', starting with a letter, digit or '_'"
+)]
+pub struct InvalidPoolName(pub String);
 
 /// Variables corral sets itself for each worker (and keeps from the master's own environment);
 /// a config may not override them.
@@ -181,7 +186,7 @@ impl Config {
     fn from_raw(path: &Path, text: &str, raw: RawConfig, cpus: usize) -> Result<Config, ConfigError> {
         let err = |span: Range<usize>, msg: String| ConfigError::at(path, text, Some(span), msg);
         let name = match raw.name {
-            Some(n) => check_pool_name(n.get_ref()).map_err(|e| err(n.span(), e))?,
+            Some(n) => check_pool_name(n.get_ref()).map_err(|e| err(n.span(), e.to_string()))?,
             None => {
                 let stem = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
                 check_pool_name(&stem).map_err(|e| {

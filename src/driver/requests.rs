@@ -34,7 +34,7 @@ impl Driver {
                     self.dispatch(Event::Scale { request, reply: Some(id) });
                 }
                 Err(e) => {
-                    let _ = reply.send(Reply::err(e));
+                    let _ = reply.send(Reply::err(e.to_string()));
                 }
             },
         }

@@ -6,21 +6,26 @@ use std::path::Path;
 
 use serde_json::{Map, Value};
 
+use super::ImportError;
+
 /// Read an ecosystem file into the JSON value PM2 would see.
-pub fn read_ecosystem(path: &Path) -> Result<Value, String> {
+pub fn read_ecosystem(path: &Path) -> Result<Value, ImportError> {
     let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("").to_ascii_lowercase();
-    let text = || std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()));
+    let text =
+        || std::fs::read_to_string(path).map_err(|e| ImportError::Read { path: path.to_owned(), error: e.to_string() });
+    let syntax = |format| move |error: String| ImportError::Syntax { path: path.to_owned(), format, error };
     match ext.as_str() {
-        "json" => serde_json::from_str(&text()?).map_err(|e| format!("{}: not valid JSON: {e}", path.display())),
-        "yaml" | "yml" => yaml_to_json(&text()?).map_err(|e| format!("{}: not valid YAML: {e}", path.display())),
+        "json" => serde_json::from_str(&text()?).map_err(|e| syntax("JSON")(e.to_string())),
+        "yaml" | "yml" => yaml_to_json(&text()?).map_err(syntax("YAML")),
         "js" | "cjs" | "mjs" => eval_with_node(path),
-        _ => Err(format!("{}: an ecosystem file ends in .js, .cjs, .mjs, .json, .yaml or .yml", path.display())),
+        _ => Err(ImportError::Extension(path.to_owned())),
     }
 }
 
 /// Evaluate a JavaScript ecosystem file with `node` and take its export as JSON.
-fn eval_with_node(path: &Path) -> Result<Value, String> {
-    let abs = std::fs::canonicalize(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+fn eval_with_node(path: &Path) -> Result<Value, ImportError> {
+    let abs =
+        std::fs::canonicalize(path).map_err(|e| ImportError::Read { path: path.to_owned(), error: e.to_string() })?;
     // import() reads CommonJS and ES modules alike; functions and undefined drop out of JSON.
     let script = "import(require('url').pathToFileURL(process.argv[1]).href).then((m) => {\
                     let c = m.default !== undefined ? m.default : m;\
@@ -35,24 +40,17 @@ fn eval_with_node(path: &Path) -> Result<Value, String> {
         .output()
         .map_err(|e| {
             if e.kind() == std::io::ErrorKind::NotFound {
-                format!(
-                    "{}: a .js ecosystem file is a program, and `node` is needed to read it: install Node.js, \
-                     or save it as JSON first (node -p 'JSON.stringify(require(\"./{}\"))' > ecosystem.json)",
-                    path.display(),
-                    path.file_name().and_then(|n| n.to_str()).unwrap_or("ecosystem.config.js")
-                )
+                let file = path.file_name().and_then(|n| n.to_str()).unwrap_or("ecosystem.config.js");
+                ImportError::NodeMissing { path: path.to_owned(), file: file.to_string() }
             } else {
-                format!("cannot run node: {e}")
+                ImportError::Node(e.to_string())
             }
         })?;
     if !out.status.success() {
-        return Err(format!(
-            "{}: node could not evaluate it:\n{}",
-            path.display(),
-            String::from_utf8_lossy(&out.stderr).trim_end()
-        ));
+        let stderr = String::from_utf8_lossy(&out.stderr).trim_end().to_string();
+        return Err(ImportError::Evaluate { path: path.to_owned(), stderr });
     }
-    serde_json::from_slice(&out.stdout).map_err(|e| format!("{}: its export is not JSON data: {e}", path.display()))
+    serde_json::from_slice(&out.stdout).map_err(|e| ImportError::Export { path: path.to_owned(), error: e.to_string() })
 }
 
 fn yaml_to_json(text: &str) -> Result<Value, String> {
@@ -87,23 +85,23 @@ fn yaml_to_json(text: &str) -> Result<Value, String> {
 }
 
 /// The apps of an ecosystem: `{apps: [...]}`, `{apps: {...}}`, `[...]`, or one app object.
-pub fn apps(eco: &Value) -> Result<Vec<Map<String, Value>>, String> {
+pub fn apps(eco: &Value) -> Result<Vec<Map<String, Value>>, ImportError> {
     let list = match eco {
         Value::Object(o) => match o.get("apps") {
             Some(Value::Array(a)) => a.clone(),
             Some(v @ Value::Object(_)) => vec![v.clone()],
-            Some(_) => return Err("`apps` must be a list of apps".into()),
+            Some(_) => return Err(ImportError::Shape("`apps` must be a list of apps")),
             None if o.contains_key("script") => vec![eco.clone()],
-            None => return Err("no `apps` in the ecosystem file".into()),
+            None => return Err(ImportError::Shape("no `apps` in the ecosystem file")),
         },
         Value::Array(a) => a.clone(),
-        _ => return Err("the ecosystem file must export an object with `apps`".into()),
+        _ => return Err(ImportError::Shape("the ecosystem file must export an object with `apps`")),
     };
     list.into_iter()
         .enumerate()
         .map(|(i, a)| match a {
             Value::Object(o) => Ok(o),
-            _ => Err(format!("app #{} is not an object", i + 1)),
+            _ => Err(ImportError::NotAnApp(i + 1)),
         })
         .collect()
 }
@@ -119,8 +117,8 @@ mod tests {
         assert_eq!(apps(&serde_json::json!({"apps": [{"script": "a"}, {"script": "b"}]})).unwrap().len(), 2);
         assert_eq!(apps(&serde_json::json!({"apps": {"script": "a"}})).unwrap().len(), 1);
         assert_eq!(apps(&serde_json::json!([{"script": "a"}])).unwrap().len(), 1);
-        assert!(apps(&serde_json::json!({"deploy": {}})).unwrap_err().contains("no `apps`"));
-        assert!(apps(&serde_json::json!({"apps": [1]})).unwrap_err().contains("not an object"));
+        assert!(apps(&serde_json::json!({"deploy": {}})).unwrap_err().to_string().contains("no `apps`"));
+        assert!(apps(&serde_json::json!({"apps": [1]})).unwrap_err().to_string().contains("not an object"));
         let y = yaml_to_json("apps:\n  - script: ./a.js\n    instances: 4\n    env:\n      PORT: 3001\n").unwrap();
         assert_eq!(y, serde_json::json!({"apps": [{"script": "./a.js", "instances": 4, "env": {"PORT": 3001}}]}));
     }

@@ -10,7 +10,7 @@ use serde_json::{Map, Value};
 
 use super::unmapped::not_mapped;
 use super::values::{argv, interpreter_for, memory, millis, normalize, pool_name, text, toml_argv};
-use super::{ImportRequest, Line};
+use super::{ImportRequest, Line, Skipped};
 use crate::text::toml_str;
 
 /// One app of the ecosystem file.
@@ -60,7 +60,7 @@ pub(super) struct Context<'a> {
 /// too), and the function that maps them.
 pub(super) struct Mapper {
     pub keys: &'static [&'static str],
-    pub map: fn(&App, &Context<'_>, &mut Draft) -> Result<(), String>,
+    pub map: fn(&App, &Context<'_>, &mut Draft) -> Result<(), Skipped>,
 }
 
 /// In order: later parts read what earlier ones found (the listen address comes from the
@@ -89,7 +89,7 @@ pub(super) fn known(key: &str) -> bool {
 }
 
 /// Convert one app into a draft: every mapper in order, then every key no mapper takes.
-pub(super) fn draft(app: &App, cx: &Context<'_>) -> Result<Draft, String> {
+pub(super) fn draft(app: &App, cx: &Context<'_>) -> Result<Draft, Skipped> {
     let mut d = Draft {
         pm2_name: String::new(),
         name: String::new(),
@@ -129,7 +129,7 @@ pub(super) fn draft(app: &App, cx: &Context<'_>) -> Result<Draft, String> {
 }
 
 /// `name`: the pool's name, from PM2's (or the script's file name).
-fn identity(app: &App, _: &Context<'_>, d: &mut Draft) -> Result<(), String> {
+fn identity(app: &App, _: &Context<'_>, d: &mut Draft) -> Result<(), Skipped> {
     d.pm2_name = app.get("name").and_then(text).unwrap_or_else(|| {
         app.get("script")
             .and_then(text)
@@ -143,7 +143,7 @@ fn identity(app: &App, _: &Context<'_>, d: &mut Draft) -> Result<(), String> {
 }
 
 /// `command` and `workdir`: the script with its interpreter and arguments, found as PM2 finds it.
-fn command(app: &App, cx: &Context<'_>, d: &mut Draft) -> Result<(), String> {
+fn command(app: &App, cx: &Context<'_>, d: &mut Draft) -> Result<(), Skipped> {
     // Paths: cwd relative to the ecosystem file's directory, script relative to cwd.
     let workdir = match app.get("cwd").and_then(text) {
         Some(c) => cx.dir.join(c),
@@ -151,7 +151,7 @@ fn command(app: &App, cx: &Context<'_>, d: &mut Draft) -> Result<(), String> {
     };
     let workdir = normalize(&workdir);
     let pm2_name = &d.pm2_name;
-    let script = app.get("script").and_then(text).ok_or_else(|| format!("app {pm2_name:?} has no `script`"))?;
+    let script = app.get("script").and_then(text).ok_or_else(|| Skipped::NoScript(pm2_name.clone()))?;
     // The interpreter given ("none": run the script itself), else PM2's by extension.
     let interpreter = match app.get("interpreter").or_else(|| app.get("exec_interpreter")).and_then(text) {
         Some(i) if i == "none" => None,
@@ -166,10 +166,10 @@ fn command(app: &App, cx: &Context<'_>, d: &mut Draft) -> Result<(), String> {
     if let Some(i) = interpreter {
         command.push(i);
         let args = app.get("interpreter_args").or(app.get("node_args")).unwrap_or(&Value::Null);
-        command.extend(argv(args, "interpreter_args")?);
+        command.extend(argv(args, "interpreter_args").map_err(Skipped::Value)?);
     }
     command.push(script_path);
-    command.extend(argv(app.get("args").unwrap_or(&Value::Null), "args")?);
+    command.extend(argv(app.get("args").unwrap_or(&Value::Null), "args").map_err(Skipped::Value)?);
     d.mapped("script", format!("command = {}", toml_argv(&command)));
     for k in ["args", "interpreter", "interpreter_args", "node_args"] {
         if app.contains_key(k) {
@@ -185,7 +185,7 @@ fn command(app: &App, cx: &Context<'_>, d: &mut Draft) -> Result<(), String> {
 }
 
 /// `instances` (PM2's 0 and -1 are "max" and "max-1"), and what `exec_mode` means here.
-fn instances(app: &App, _: &Context<'_>, d: &mut Draft) -> Result<(), String> {
+fn instances(app: &App, _: &Context<'_>, d: &mut Draft) -> Result<(), Skipped> {
     let pm2_name = &d.pm2_name;
     let instances = match app.get("instances") {
         None => "1".to_string(),
@@ -194,16 +194,22 @@ fn instances(app: &App, _: &Context<'_>, d: &mut Draft) -> Result<(), String> {
             Some(-1) => "\"max-1\"".into(),
             Some(i) if i < -1 => format!("\"max{i}\""),
             Some(i) => i.to_string(),
-            None => return Err(format!("app {pm2_name:?}: instances must be a whole number or \"max\"")),
+            None => {
+                return Err(Skipped::Value(format!("app {pm2_name:?}: instances must be a whole number or \"max\"")))
+            }
         },
         Some(Value::String(s)) if s == "max" => "\"max\"".into(),
         Some(Value::String(s)) => match s.trim().parse::<i64>() {
             Ok(0) => "\"max\"".into(),
             Ok(i) if i < 0 => format!("\"max{i}\""),
             Ok(i) => i.to_string(),
-            Err(_) => return Err(format!("app {pm2_name:?}: instances {s:?} is not a number or \"max\"")),
+            Err(_) => {
+                return Err(Skipped::Value(format!("app {pm2_name:?}: instances {s:?} is not a number or \"max\"")))
+            }
         },
-        Some(other) => return Err(format!("app {pm2_name:?}: instances {other} is not a number or \"max\"")),
+        Some(other) => {
+            return Err(Skipped::Value(format!("app {pm2_name:?}: instances {other} is not a number or \"max\"")))
+        }
     };
     if app.contains_key("instances") {
         let to = format!(
@@ -226,7 +232,7 @@ fn instances(app: &App, _: &Context<'_>, d: &mut Draft) -> Result<(), String> {
 }
 
 /// `env`, then `env_<ENV>` over it (PM2's `--env`); the other environments are reported.
-fn environment(app: &App, cx: &Context<'_>, d: &mut Draft) -> Result<(), String> {
+fn environment(app: &App, cx: &Context<'_>, d: &mut Draft) -> Result<(), Skipped> {
     take_env(app, "env", d)?;
     if let Some(e) = &cx.req.env {
         let key = format!("env_{e}");
@@ -243,7 +249,7 @@ fn environment(app: &App, cx: &Context<'_>, d: &mut Draft) -> Result<(), String>
 }
 
 /// The variables of one environment object `key` into the draft's environment.
-fn take_env(app: &App, key: &str, d: &mut Draft) -> Result<(), String> {
+fn take_env(app: &App, key: &str, d: &mut Draft) -> Result<(), Skipped> {
     match app.get(key) {
         None => Ok(()),
         Some(Value::Object(o)) => {
@@ -269,13 +275,13 @@ fn take_env(app: &App, key: &str, d: &mut Draft) -> Result<(), String> {
             d.report.push(Line::Mapped { key: key.into(), to: "env".into() });
             Ok(())
         }
-        Some(_) => Err(format!("app {:?}: `{key}` must be an object", d.pm2_name)),
+        Some(_) => Err(Skipped::Value(format!("app {:?}: `{key}` must be an object", d.pm2_name))),
     }
 }
 
 /// `listen`: `--listen`, else PORT from the environment (every address, as the app's own
 /// `listen(PORT)` did).
-fn listen(_: &App, cx: &Context<'_>, d: &mut Draft) -> Result<(), String> {
+fn listen(_: &App, cx: &Context<'_>, d: &mut Draft) -> Result<(), Skipped> {
     d.listen = if !cx.req.listen.is_empty() {
         cx.req.listen.clone()
     } else if let Some(port) = d.env.get("PORT").cloned() {
@@ -288,18 +294,13 @@ fn listen(_: &App, cx: &Context<'_>, d: &mut Draft) -> Result<(), String> {
         });
         vec![port]
     } else {
-        return Err(format!(
-            "no PORT in its environment: a corral pool serves a listening socket; if this app serves \
-             one, import it alone with `--app {} --listen ADDR`; a background worker with no \
-             socket is better run as a plain systemd service (Restart=always)",
-            d.pm2_name
-        ));
+        return Err(Skipped::NoPort(d.pm2_name.clone()));
     };
     Ok(())
 }
 
 /// `instance_var`: the variable holding the worker's number (PM2's default NODE_APP_INSTANCE).
-fn instance_var(app: &App, _: &Context<'_>, d: &mut Draft) -> Result<(), String> {
+fn instance_var(app: &App, _: &Context<'_>, d: &mut Draft) -> Result<(), Skipped> {
     if let Some(v) = app.get("instance_var").and_then(text) {
         d.instance_var = v;
         d.mapped("instance_var", format!("instance_var = {}", toml_str(&d.instance_var)));
@@ -308,7 +309,7 @@ fn instance_var(app: &App, _: &Context<'_>, d: &mut Draft) -> Result<(), String>
 }
 
 /// `[ready]`: `wait_ready` is the "ipc" mode, else "listen"; `listen_timeout` its timeout.
-fn ready(app: &App, _: &Context<'_>, d: &mut Draft) -> Result<(), String> {
+fn ready(app: &App, _: &Context<'_>, d: &mut Draft) -> Result<(), Skipped> {
     d.wait_ready = app.get("wait_ready").is_some_and(|v| v == &Value::Bool(true) || v == "true");
     if app.contains_key("wait_ready") {
         let to = if d.wait_ready {
@@ -326,7 +327,7 @@ fn ready(app: &App, _: &Context<'_>, d: &mut Draft) -> Result<(), String> {
 }
 
 /// `[stop]`: PM2 sends SIGINT by default.
-fn stop(app: &App, _: &Context<'_>, d: &mut Draft) -> Result<(), String> {
+fn stop(app: &App, _: &Context<'_>, d: &mut Draft) -> Result<(), Skipped> {
     if let Some(signal) = app.get("kill_signal").and_then(text) {
         d.stop_signal = signal;
         d.mapped("kill_signal", format!("stop.signal = \"{}\"", d.stop_signal));
@@ -339,7 +340,7 @@ fn stop(app: &App, _: &Context<'_>, d: &mut Draft) -> Result<(), String> {
 }
 
 /// `[restart]`: PM2's fixed or exponential delay, its restart limit and `min_uptime`.
-fn restart(app: &App, _: &Context<'_>, d: &mut Draft) -> Result<(), String> {
+fn restart(app: &App, _: &Context<'_>, d: &mut Draft) -> Result<(), Skipped> {
     if let Some(t) = app.get("restart_delay").and_then(millis) {
         d.restart.push(format!("delay = \"{t}\""));
         d.restart.push(format!("max_delay = \"{t}\"   # PM2's restart_delay does not grow"));
@@ -365,7 +366,7 @@ fn restart(app: &App, _: &Context<'_>, d: &mut Draft) -> Result<(), String> {
 }
 
 /// `[limits]`: `max_memory_restart` is the per-worker memory limit.
-fn limits(app: &App, _: &Context<'_>, d: &mut Draft) -> Result<(), String> {
+fn limits(app: &App, _: &Context<'_>, d: &mut Draft) -> Result<(), Skipped> {
     d.memory = app.get("max_memory_restart").and_then(memory);
     if let Some(m) = d.memory.clone() {
         d.mapped(
@@ -377,7 +378,7 @@ fn limits(app: &App, _: &Context<'_>, d: &mut Draft) -> Result<(), String> {
 }
 
 /// `user` (or `uid`); `gid` is reported with the keys no mapper takes.
-fn user(app: &App, _: &Context<'_>, d: &mut Draft) -> Result<(), String> {
+fn user(app: &App, _: &Context<'_>, d: &mut Draft) -> Result<(), Skipped> {
     d.user = app.get("user").or_else(|| app.get("uid")).and_then(text);
     if let Some(u) = d.user.clone() {
         d.mapped(if app.contains_key("user") { "user" } else { "uid" }, format!("user = {}", toml_str(&u)));
@@ -386,7 +387,7 @@ fn user(app: &App, _: &Context<'_>, d: &mut Draft) -> Result<(), String> {
 }
 
 /// `cron_restart`: a timer that runs a rolling reload.
-fn cron(app: &App, _: &Context<'_>, d: &mut Draft) -> Result<(), String> {
+fn cron(app: &App, _: &Context<'_>, d: &mut Draft) -> Result<(), Skipped> {
     let Some(cron) = app.get("cron_restart").and_then(text) else { return Ok(()) };
     match super::cron::cron_to_oncalendar(&cron) {
         Some(cal) => {

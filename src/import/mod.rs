@@ -49,6 +49,64 @@ pub struct ImportRequest {
     pub on_failure_alert: bool,
 }
 
+/// Why `corral import` imports nothing from a file; each says what to do.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ImportError {
+    #[error("cannot read {}: {error}", path.display())]
+    Read { path: PathBuf, error: String },
+    #[error("{}: not valid {format}: {error}", path.display())]
+    Syntax { path: PathBuf, format: &'static str, error: String },
+    #[error("{}: an ecosystem file ends in .js, .cjs, .mjs, .json, .yaml or .yml", .0.display())]
+    Extension(PathBuf),
+    #[error(
+        "{}: a .js ecosystem file is a program, and `node` is needed to read it: install Node.js, or save it \
+         as JSON first (node -p 'JSON.stringify(require(\"./{file}\"))' > ecosystem.json)",
+        path.display()
+    )]
+    NodeMissing { path: PathBuf, file: String },
+    #[error("cannot run node: {0}")]
+    Node(String),
+    #[error("{}: node could not evaluate it:\n{stderr}", path.display())]
+    Evaluate { path: PathBuf, stderr: String },
+    #[error("{}: its export is not JSON data: {error}", path.display())]
+    Export { path: PathBuf, error: String },
+    /// The apps are not where PM2 looks for them.
+    #[error("{0}")]
+    Shape(&'static str),
+    #[error("app #{0} is not an object")]
+    NotAnApp(usize),
+    #[error("no app named {want:?} in {} (it has: {names})", file.display())]
+    NoSuchApp { want: String, file: PathBuf, names: String },
+    #[error("{} has no apps", .0.display())]
+    NoApps(PathBuf),
+    #[error("--listen applies to one app: choose it with --app")]
+    ListenForMany,
+}
+
+/// Why one app is not converted: it is skipped, with this as the reason, and the others are
+/// imported.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Skipped {
+    #[error(transparent)]
+    Name(#[from] crate::config::InvalidPoolName),
+    #[error("app {0:?} has no `script`")]
+    NoScript(String),
+    #[error(
+        "no PORT in its environment: a corral pool serves a listening socket; if this app serves \
+         one, import it alone with `--app {0} --listen ADDR`; a background worker with no \
+         socket is better run as a plain systemd service (Restart=always)"
+    )]
+    NoPort(String),
+    /// A value PM2 would take that corral cannot read: `instances` not a number, an `env` that
+    /// is not an object, unbalanced quotes in `args`.
+    #[error("{0}")]
+    Value(String),
+    #[error("app {app:?}: the imported config would be invalid: {error}")]
+    Config { app: String, error: crate::config::ConfigError },
+    #[error(transparent)]
+    Units(#[from] crate::init::InitError),
+}
+
 /// One line of the report.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Line {
@@ -67,13 +125,13 @@ pub struct Imported {
 }
 
 /// Convert one app. `dir` is the ecosystem file's directory (relative paths start there).
-pub fn convert(app: &App, req: &ImportRequest, dir: &Path) -> Result<Imported, String> {
+pub fn convert(app: &App, req: &ImportRequest, dir: &Path) -> Result<Imported, Skipped> {
     let d = mapping::draft(app, &Context { req, dir })?;
     let cfg = config_text(&d, req);
     let config_path = Path::new("/etc/corral").join(format!("{}.toml", d.name));
     // The same parser as `corral run`: what is written runs (a bad --listen is reported here).
     crate::config::Config::parse(&config_path, &cfg, 1)
-        .map_err(|e| format!("app {:?}: the imported config would be invalid: {e}", d.pm2_name))?;
+        .map_err(|error| Skipped::Config { app: d.pm2_name.clone(), error })?;
     let init = crate::init::InitRequest {
         name: d.name.clone(),
         listen: d.listen.clone(),
@@ -176,7 +234,7 @@ pub struct Outcome {
 }
 
 /// Import every app of `req.file` (or the one named by `req.app`).
-pub fn import(req: &ImportRequest) -> Result<Outcome, String> {
+pub fn import(req: &ImportRequest) -> Result<Outcome, ImportError> {
     let eco = read_ecosystem(&req.file)?;
     let all = apps(&eco)?;
     let dir = normalize(req.file.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new(".")));
@@ -186,17 +244,21 @@ pub fn import(req: &ImportRequest) -> Result<Outcome, String> {
             let found: Vec<_> = all.iter().filter(|a| label(a) == *want).collect();
             if found.is_empty() {
                 let names: Vec<String> = all.iter().map(label).collect();
-                return Err(format!("no app named {want:?} in {} (it has: {})", req.file.display(), names.join(", ")));
+                return Err(ImportError::NoSuchApp {
+                    want: want.clone(),
+                    file: req.file.clone(),
+                    names: names.join(", "),
+                });
             }
             found
         }
         None => all.iter().collect(),
     };
     if chosen.is_empty() {
-        return Err(format!("{} has no apps", req.file.display()));
+        return Err(ImportError::NoApps(req.file.clone()));
     }
     if chosen.len() > 1 && !req.listen.is_empty() {
-        return Err("--listen applies to one app: choose it with --app".into());
+        return Err(ImportError::ListenForMany);
     }
     let mut out = Outcome { pools: Vec::new(), skipped: Vec::new(), notes: Vec::new() };
     for app in chosen {
@@ -206,7 +268,7 @@ pub fn import(req: &ImportRequest) -> Result<Outcome, String> {
                 format!("another app already becomes pool {:?}: import it alone with --app", i.name),
             )),
             Ok(i) => out.pools.push(i),
-            Err(e) => out.skipped.push((label(app), e)),
+            Err(e) => out.skipped.push((label(app), e.to_string())),
         }
     }
     if let Value::Object(o) = &eco {
