@@ -302,18 +302,6 @@ fn the_packages_carry_what_package_managers_check() {
     }
 }
 
-fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap().flatten() {
-        let target = to.join(entry.file_name());
-        if entry.file_type().unwrap().is_dir() {
-            copy_dir(&entry.path(), &target);
-        } else {
-            std::fs::copy(entry.path(), &target).unwrap();
-        }
-    }
-}
-
 /// Install from the signed apt repository, init a Node pool and a template instance, reload,
 /// upgrade under load, postinst twice, remove, reinstall, purge; then the same with the rpm.
 fn package_story(suite: &str) {

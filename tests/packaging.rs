@@ -10,18 +10,6 @@ use std::process::Command;
 
 use common::*;
 
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap().flatten() {
-        let target = to.join(entry.file_name());
-        if entry.file_type().unwrap().is_dir() {
-            copy_dir(&entry.path(), &target);
-        } else {
-            std::fs::copy(entry.path(), &target).unwrap();
-        }
-    }
-}
-
 /// A copy of what cargo needs to read the manifest, and the packaging scripts.
 fn checkout_copy() -> TempDir {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
