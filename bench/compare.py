@@ -57,7 +57,8 @@ def install():
     try:
         import matplotlib  # noqa: F401
     except ImportError:
-        sh(sys.executable, "-m", "pip", "install", "-q", "matplotlib")
+        # Debian's package (no pip into Debian's Python: PEP 668); run the benchmarks with it.
+        sh("apt-get", "install", "-y", "-q", "python3-matplotlib")
     sh("cargo", "build", "--release", "--quiet", "--bin", "corral", cwd=ROOT)
 
 
