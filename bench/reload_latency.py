@@ -10,7 +10,7 @@ of the same length on each manager, the managers interleaved round by round:
   continuous  reloads back to back
 and reports throughput, p50/p99/max latency and errors, with each phase as a ratio of the same
 manager's steady phase. Then, per manager, a Node client that records every request
-(bench/launchers/latency-client.js) runs 6 s with one reload at 2 s: the latency time series
+(bench/launchers/latency-client.js) runs 7 s with one reload at 3 s: the latency time series
 around a single rolling reload, plotted to docs/bench-reload-latency.png.
 
     python3 bench/reload_latency.py            # 15 s phases, 2 rounds (~8 min on 2 cores)
@@ -117,16 +117,17 @@ def reloader(mgr, every):
 
 
 def time_series(mgr, port, close, tmp):
-    """Every request's latency over 6 s with one reload at 2 s."""
+    """Every request's latency over 7 s with one reload at 3 s (the first second, the client's
+    own warm-up, is left out of the plot)."""
     out = os.path.join(tmp, f"series-{mgr.name}-{int(close)}.jsonl")
-    client = subprocess.Popen(["node", CLIENT, str(port), "6", "32", "1" if close else "0", out])
-    time.sleep(2.0)
+    client = subprocess.Popen(["node", CLIENT, str(port), "7", "32", "1" if close else "0", out])
+    time.sleep(3.0)
     t = time.monotonic()
     mgr.reload()
     took = time.monotonic() - t
     client.wait(timeout=60)
     rows = [json.loads(line) for line in open(out) if line.strip()]
-    return {"reload_at_ms": 2000.0, "reload_s": took, "rows": rows}
+    return {"reload_at_ms": 3000.0, "reload_s": took, "rows": rows}
 
 
 def main():
@@ -223,11 +224,11 @@ def report(results):
             windows = {}
             for start, lat, _ok in rows:
                 windows.setdefault(int(start // 100), []).append(lat)
-            xs = sorted(windows)
+            xs = sorted(x for x in windows if x >= 10)
             ys = [sorted(windows[x])[max(0, int(len(windows[x]) * 0.99) - 1)] for x in xs]
             ax.plot([x / 10 for x in xs], ys, label=f"{kind} (reload {s['reload_s']:.2f} s)", color=colors.get(kind))
             ax.axvspan(s["reload_at_ms"] / 1000, s["reload_at_ms"] / 1000 + s["reload_s"], color=colors.get(kind), alpha=0.08)
-        ax.set_title(f"p99 latency per 100 ms around one rolling reload at 2 s ({mode}, 2 workers, 32 clients)")
+        ax.set_title(f"p99 latency per 100 ms around one rolling reload at 3 s ({mode}, 2 workers, 32 clients)")
         ax.set_xlabel("seconds")
         ax.set_ylabel("p99 ms")
         ax.set_yscale("log")
