@@ -93,6 +93,8 @@ pub struct SpawnRequest<'a> {
     pub credentials: Option<&'a Credentials>,
     /// Give the worker the master's own stdout and stderr instead of pipes.
     pub inherit_output: bool,
+    /// Start at this absolute nice value (`reload.start_nice`), restored by the driver.
+    pub nice: Option<i32>,
 }
 
 /// A started worker: its pid and the read ends of its stdout and stderr (None when inherited).
@@ -155,6 +157,24 @@ pub fn resolve_program(program: &str, path: Option<&OsStr>) -> Result<PathBuf, S
         }
     }
     Err(SpawnError::NotFound { program: program.into(), path: path.to_string_lossy().into_owned() })
+}
+
+/// Whether this process may raise a worker's nice value back to `base` once it has lowered
+/// it (`reload.start_nice`): with CAP_SYS_NICE in its effective set, or an `RLIMIT_NICE` that
+/// reaches `base` (a unit's `LimitNICE=+0`).
+pub fn can_restore_priority(base: i32) -> bool {
+    let caps = std::fs::read_to_string("/proc/self/status").ok().and_then(|status| {
+        status.lines().find_map(|l| l.strip_prefix("CapEff:")).and_then(|h| u64::from_str_radix(h.trim(), 16).ok())
+    });
+    const CAP_SYS_NICE: u32 = 23;
+    if caps.is_some_and(|c| c & (1 << CAP_SYS_NICE) != 0) {
+        return true;
+    }
+    match nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NICE) {
+        // The lowest nice value allowed is 20 - limit (an infinite limit allows any).
+        Ok((soft, _)) => 20i64.saturating_sub(i64::try_from(soft).unwrap_or(i64::MAX)) <= i64::from(base),
+        Err(_) => false,
+    }
 }
 
 #[cfg(test)]

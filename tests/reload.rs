@@ -26,6 +26,9 @@ fn reload_under_load(keep_alive: bool) {
     assert_eq!(r.failed, 0, "failed requests during 3 rolling reloads: {:?}", r.errors);
     assert!(r.ok > 100, "the load loop ran ({} requests)", r.ok);
     assert!(r.pids.len() >= 4, "requests were served by several generations of workers: {:?}", r.pids);
+    // The reload is done once the old workers were told to stop; each stops accepting a few
+    // milliseconds later. Once they are gone, the new release answers.
+    p.m.wait_workers(2);
     assert!(get(p.addr).unwrap().contains("generation 4 release 4"));
 }
 
@@ -133,4 +136,49 @@ fn a_reload_applies_a_changed_instance_count_and_command() {
     p.m.systemd().wait_status("3/3 workers ready · generation 2");
     p.m.wait_workers(3);
     assert!(p.answers().iter().all(|a| a.contains("release big")));
+}
+
+/// The nice value of `pid` (field 19 of /proc/PID/stat).
+fn nice_of(pid: i32) -> Option<i64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat.rsplit_once(')')?.1.split_whitespace().nth(16)?.parse().ok()
+}
+
+/// `reload.start_nice`: a reload's new worker and every process of its group (here a wrapper
+/// shell and the server it runs) start at the lower priority while the old generation serves,
+/// and get the master's back once ready; the first generation starts at the master's.
+#[test]
+fn a_reload_starts_new_workers_at_a_lower_priority_until_they_are_ready() {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("skipped: needs root (raising a priority back)");
+        return;
+    }
+    let port = free_port();
+    let cfg = format!(
+        "command = [\"sh\", \"-c\", \"python3 {{worker}} --any-listen-pid --never-ready & wait\"]\nlisten = [\"127.0.0.1:{port}\"]\n\
+         instances = 1\n[ready]\nmode = \"delay\"\ndelay = \"2s\"\n[reload]\nstart_nice = 7\n"
+    );
+    let mut m = Master::start("nice", &cfg, Options::default());
+    m.systemd().wait("READY=1");
+    let master_nice = nice_of(m.pid()).unwrap();
+    let first = m.wait_workers(1);
+    let group = |leader: i32| -> Vec<i32> {
+        let mut all = vec![leader];
+        all.extend(descendants(leader));
+        all
+    };
+    wait_until("the first worker's server runs", TIMEOUT, || group(first[0]).len() >= 2);
+    for pid in group(first[0]) {
+        assert_eq!(nice_of(pid), Some(master_nice), "the first generation starts at the master's priority");
+    }
+    m.signal(Signal::SIGHUP);
+    let new = wait_for("the new worker", TIMEOUT, || m.workers().into_iter().find(|p| !first.contains(p)));
+    wait_until("the new worker's server runs", TIMEOUT, || group(new).len() >= 2);
+    for pid in group(new) {
+        assert_eq!(nice_of(pid), Some((master_nice + 7).min(19)), "pid {pid} of the new worker's group while starting");
+    }
+    m.systemd().wait_status("1/1 workers ready · generation 2");
+    wait_until("the new worker's group back at the master's priority", TIMEOUT, || {
+        group(new).iter().all(|p| nice_of(*p).is_none_or(|n| n == master_nice))
+    });
 }

@@ -139,11 +139,34 @@ impl Default for Restart {
 #[serde(deny_unknown_fields, default)]
 pub struct Reload {
     pub batch: Batch,
+    /// The nice value a worker runs at while it starts and other workers serve (a reload, a
+    /// crash restart, scaling up), its whole process group; 0 turns it off. Restored when the
+    /// worker is ready, or at half its `ready.timeout` if it is not ready by then.
+    pub start_nice: StartNice,
 }
 
 impl Default for Reload {
     fn default() -> Self {
-        Reload { batch: Batch::Count(1) }
+        Reload { batch: Batch::Count(1), start_nice: StartNice(DEFAULT_START_NICE) }
+    }
+}
+
+/// `reload.start_nice` when the config does not say.
+pub const DEFAULT_START_NICE: u8 = 10;
+
+/// A nice value from 0 (off) to 19.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "i64")]
+pub struct StartNice(pub u8);
+
+impl TryFrom<i64> for StartNice {
+    type Error = String;
+    fn try_from(n: i64) -> Result<Self, String> {
+        u8::try_from(n)
+            .ok()
+            .filter(|n| *n <= 19)
+            .map(StartNice)
+            .ok_or_else(|| format!("start_nice must be from 0 (off) to 19, not {n}"))
     }
 }
 

@@ -67,6 +67,11 @@ fn errors_point_at_line_and_column() {
         ("command = [\"x\"]\ninstances = 100000\n", "api.toml:2:13: instances = 100000 is more than corral runs"),
         ("command = [\"x\"]\ninstances = 9223372036854775807\n", "api.toml:2:13: instances ="),
         ("command = [\"x\"]\n[reload]\nbatch = 5000\n", "api.toml:3:9: reload.batch must be"),
+        (
+            "command = [\"x\"]\n[reload]\nstart_nice = 20\n",
+            "api.toml:3:14: start_nice must be from 0 (off) to 19, not 20",
+        ),
+        ("command = [\"x\"]\n[reload]\nstart_nice = -1\n", "api.toml:3:14: start_nice must be from 0 (off) to 19"),
         ("command = [\"x\"]\n[limits]\ninterval = \"1ns\"\n", "api.toml:3:12: limits.interval must be at least 100ms"),
     ];
     for (text, want) in cases {

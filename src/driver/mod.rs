@@ -125,6 +125,17 @@ pub struct Driver {
     sampler: crate::sampler::GroupSampler,
     /// Starting workers watched for readiness by the master ("listen" and "ipc" modes).
     ready_watch: readiness::ReadyWatch,
+    /// The master's own nice value, and whether a worker started below it can be raised back.
+    priority: Priority,
+}
+
+/// The priority workers get back once ready (`reload.start_nice`).
+#[derive(Debug, Clone, Copy)]
+struct Priority {
+    /// The master's nice value, which workers inherit.
+    base: i32,
+    /// Whether workers may start lower: only if the master can raise them back.
+    gentle: bool,
 }
 
 /// Run a pool in the foreground until it stops; returns the process exit code.
@@ -308,12 +319,17 @@ impl Driver {
 
     fn execute(&mut self, action: Action) {
         match action {
-            Action::Spawn { id, slot, generation, config } => {
-                let event = match self.spawn_worker(slot, generation, &config) {
+            Action::Spawn { id, slot, generation, config, nice } => {
+                let event = match self.spawn_worker(slot, generation, &config, nice) {
                     Ok(pid) => Event::Spawned { id, pid },
                     Err(error) => Event::SpawnFailed { id, error: error.to_string() },
                 };
                 self.events.push_back(event);
+            }
+            Action::NormalPriority { pid } => {
+                if let Err(e) = crate::os::priority::set_group(pid.as_raw(), self.priority.base) {
+                    tracing::debug!(pid = pid.as_raw(), "cannot restore the priority of its process group: {e}");
+                }
             }
             Action::Signal { pid, signal, to: SignalTo::Group } => {
                 // The worker leads its own process group: signal all of it, like systemd's

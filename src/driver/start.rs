@@ -60,6 +60,15 @@ pub(super) struct Beginning {
 impl Driver {
     /// Assemble a driver: the only place every field is set.
     pub(super) fn new(b: Beginning) -> Driver {
+        let base = crate::os::priority::own_nice();
+        let gentle = crate::launch::can_restore_priority(base);
+        if !gentle && b.pool.config().reload.start_nice.0 > 0 {
+            tracing::warn!(
+                "reload.start_nice is not used: this master could not raise a worker's priority back to {base} \
+                 (it has no CAP_SYS_NICE, and RLIMIT_NICE does not reach {base}); give the unit LimitNICE=+0"
+            );
+        }
+        let priority = super::Priority { base, gentle };
         let Endpoints { sockets, notify, control, metrics, runtime } = b.endpoints;
         let listen_inodes =
             sockets.fds().iter().filter_map(|fd| nix::sys::stat::fstat(fd).ok()).map(|st| st.st_ino).collect();
@@ -90,6 +99,7 @@ impl Driver {
             last_cpu_sample: None,
             sampler: crate::sampler::GroupSampler::default(),
             ready_watch: ReadyWatch::new(),
+            priority,
         }
     }
 }

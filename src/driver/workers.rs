@@ -16,7 +16,13 @@ use crate::output::journal::{Origin, Stream};
 use super::{Config, Driver, LogTarget};
 
 impl Driver {
-    pub(super) fn spawn_worker(&mut self, slot: usize, generation: u64, config: &Config) -> Result<Pid, SpawnError> {
+    pub(super) fn spawn_worker(
+        &mut self,
+        slot: usize,
+        generation: u64,
+        config: &Config,
+        nice: u8,
+    ) -> Result<Pid, SpawnError> {
         let credentials = match &config.user {
             None => None,
             Some(user) => {
@@ -65,6 +71,7 @@ impl Driver {
             workdir: config.workdir.as_deref(),
             credentials: credentials.as_ref(),
             inherit_output: config.logs.target == LogTarget::Inherit,
+            nice: (nice > 0 && self.priority.gentle).then(|| (self.priority.base + i32::from(nice)).min(19)),
         };
         let child = spawn::spawn(&req)?;
         let mut meta = WorkerMeta::new();

@@ -4,8 +4,10 @@
 //! - [`spawn`]: fork and exec of one worker; between the two only async-signal-safe system calls,
 //!   with `LISTEN_PID` written into a reserved envp buffer.
 //! - [`fds`]: taking ownership of the descriptors systemd handed over (`LISTEN_FDS`).
+//! - [`priority`]: the nice value of a worker's process group (`reload.start_nice`).
 
 #![allow(unsafe_code)]
 
 pub mod fds;
+pub mod priority;
 pub mod spawn;

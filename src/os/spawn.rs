@@ -67,6 +67,8 @@ struct Prepared {
     master: libc::pid_t,
     /// The descriptor limit the master was started with, given back to the worker.
     nofile: Option<libc::rlimit>,
+    /// The nice value to start at (`reload.start_nice` over the master's own), if any.
+    nice: Option<libc::c_int>,
 }
 
 const PID_DIGITS: usize = 20;
@@ -129,6 +131,7 @@ impl Prepared {
             master: std::process::id() as libc::pid_t,
             nofile: crate::launch::original_rlimit()
                 .map(|(soft, hard)| libc::rlimit { rlim_cur: soft, rlim_max: hard }),
+            nice: req.nice,
         })
     }
 }
@@ -239,6 +242,11 @@ unsafe fn child_main(p: &mut Prepared, fds: ChildFds) -> ! {
     unsafe {
         if libc::setpgid(0, 0) != 0 {
             fail(fds.status, Step::Setpgid);
+        }
+        // A start at lower priority (inherited by every thread and child it makes); best
+        // effort: a failure leaves it at the master's.
+        if let Some(nice) = p.nice {
+            libc::setpriority(libc::PRIO_PROCESS, 0, nice);
         }
         // Die with the master. It may already have died before prctl: then our parent changed.
         if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0) != 0 {
@@ -391,6 +399,7 @@ mod tests {
             workdir: None,
             credentials: None,
             inherit_output: false,
+            nice: None,
         };
         let err = spawn(&req).unwrap_err();
         assert!(matches!(err, SpawnError::Exec { .. }));
@@ -412,6 +421,7 @@ mod tests {
             workdir: Some(Path::new("/")),
             credentials: None,
             inherit_output: false,
+            nice: None,
         };
         let child = spawn(&req).unwrap();
         let mut out = String::new();

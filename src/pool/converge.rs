@@ -9,8 +9,8 @@
 use std::time::Instant;
 
 use super::{
-    Action, Enter, Generation, Notice, Phase, Pool, Refusal, ReplyId, RestartReason, ScaleRequest, SlotId, StopReason,
-    Worker, WorkerId, WorkerState, MAX_INSTANCES,
+    Action, Enter, Generation, Notice, Phase, Pool, ReadyMode, Refusal, ReplyId, RestartReason, ScaleRequest, SlotId,
+    StopReason, Worker, WorkerId, WorkerState, MAX_INSTANCES,
 };
 
 impl Pool {
@@ -92,8 +92,19 @@ impl Pool {
             last_ping: None,
             replace: None,
             recycle_at: None,
+            niced: false,
+            escalate_at: None,
         });
-        out.push(Action::Spawn { id, slot, generation: self.target, config: self.configs[&self.target].clone() });
+        let config = self.configs[&self.target].clone();
+        // Gently only when someone serves meanwhile: the first generation starts at full speed,
+        // and a worker ready on exec ("spawn" mode) has no start to spread.
+        let nice = config.reload.start_nice.0;
+        let gentle = nice > 0 && config.ready.mode != ReadyMode::Spawn && self.workers.iter().any(|w| w.is_ready());
+        let nice = if gentle { nice } else { 0 };
+        if let Some(w) = self.workers.last_mut() {
+            w.niced = nice > 0;
+        }
+        out.push(Action::Spawn { id, slot, generation: self.target, config, nice });
     }
 
     pub(super) fn all_slots_ready_on_target(&self) -> bool {

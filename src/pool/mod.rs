@@ -244,6 +244,7 @@ impl Pool {
                 Some(Due::ReadyTimeout) => self.not_ready_in_time(now, i, out),
                 Some(Due::Watchdog) => self.watchdog_expired(now, i, out),
                 Some(Due::Recycle) => self.recycle(i),
+                Some(Due::Escalate) => self.escalate(now, i, out),
                 Some(Due::Kill) => {
                     self.notices.push(Notice::KilledAfterTimeout(self.workers[i].who()));
                     self.enter(now, i, Enter::Kill, out);

@@ -30,6 +30,8 @@ pub enum Severity {
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum Notice {
+    /// Still not ready after this long at `reload.start_nice`: back to normal priority.
+    StillStartingAtLowPriority(WorkerRef, Duration),
     /// A worker moved from one state to another (their names).
     Transition(WorkerRef, &'static str, &'static str),
     Started(WorkerRef),
@@ -147,6 +149,11 @@ impl fmt::Display for Notice {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Notice::Transition(w, from, to) => write!(f, "slot {}: {from} → {to}", w.slot),
+            Notice::StillStartingAtLowPriority(_, after) => write!(
+                f,
+                "still starting after {} at reload.start_nice: back to normal priority so it is ready in time",
+                human(*after)
+            ),
             Notice::Started(_) => write!(f, "worker started"),
             Notice::Ready(_) => write!(f, "worker ready"),
             Notice::Stopped(_, status) => write!(f, "worker stopped ({status})"),

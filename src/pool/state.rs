@@ -63,6 +63,11 @@ struct WorkerSnapshot {
     last_ping: Option<i64>,
     replace: Option<RestartReason>,
     recycle_at: Option<i64>,
+    /// Still at `reload.start_nice` (added later: absent in older states).
+    #[serde(default)]
+    niced: bool,
+    #[serde(default)]
+    escalate_at: Option<i64>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -144,6 +149,8 @@ impl Pool {
                 last_ping: w.last_ping.map(|t| rel(t, now)),
                 replace: w.replace,
                 recycle_at: w.recycle_at.map(|t| rel(t, now)),
+                niced: w.niced,
+                escalate_at: w.escalate_at.map(|t| rel(t, now)),
             });
         }
         Ok(PoolState {
@@ -220,6 +227,8 @@ impl Pool {
                 last_ping: w.last_ping.map(|t| abs(t, now)),
                 replace: w.replace,
                 recycle_at: w.recycle_at.map(|t| abs(t, now)),
+                niced: w.niced,
+                escalate_at: w.escalate_at.map(|t| abs(t, now)),
             });
         }
         Ok(Pool {

@@ -41,11 +41,21 @@ struct Sim {
     next_pid: i32,
     alive: BTreeSet<i32>,
     fail_spawns: bool,
+    /// Priority actions, apart from the main log: "nice PID N" for a spawn at a lower
+    /// priority, "normal PID" when it is restored.
+    priority: Vec<String>,
 }
 
 impl Sim {
     fn new(config: Arc<Config>) -> Sim {
-        Sim { pool: Pool::new(config), t0: Instant::now(), next_pid: 100, alive: BTreeSet::new(), fail_spawns: false }
+        Sim {
+            pool: Pool::new(config),
+            t0: Instant::now(),
+            next_pid: 100,
+            alive: BTreeSet::new(),
+            fail_spawns: false,
+            priority: Vec::new(),
+        }
     }
 
     fn at(&self, ms: u64) -> Instant {
@@ -62,7 +72,10 @@ impl Sim {
         while let Some(event) = queue.pop_front() {
             for action in self.pool.handle(now, event) {
                 match action {
-                    Action::Spawn { id, slot, generation, .. } => {
+                    Action::Spawn { id, slot, generation, nice, .. } => {
+                        if nice > 0 && !self.fail_spawns {
+                            self.priority.push(format!("nice {} {nice}", self.next_pid));
+                        }
                         if self.fail_spawns {
                             log.push(format!("spawn {slot} g{generation} failed"));
                             queue.push_back(Event::SpawnFailed { id, error: "No such file or directory".into() });
@@ -73,6 +86,10 @@ impl Sim {
                             log.push(format!("spawn {slot} g{generation} = {pid}"));
                             queue.push_back(Event::Spawned { id, pid: Pid::from_raw(pid) });
                         }
+                    }
+                    Action::NormalPriority { pid } => {
+                        assert!(self.alive.contains(&pid.as_raw()), "reniced pid {pid} is not alive");
+                        self.priority.push(format!("normal {pid}"));
                     }
                     Action::Signal { pid, signal, .. } => {
                         assert!(self.alive.contains(&pid.as_raw()), "signalled pid {pid} is not alive");
@@ -170,7 +187,8 @@ fn crash_restarts_with_exponential_backoff_and_resets_after_min_uptime() {
         (8_600, exited(106, 1), &["spawn 0 g1 = 107"]),
     ]);
     assert_eq!(sim.pool.restarts_total(), 6);
-    assert_eq!(sim.pool.next_deadline(), Some(sim.at(8_600 + 10_000)), "ready timeout of 107");
+    // 107 starts while 101 serves, so at reload.start_nice: raised at half its 10 s ready timeout.
+    assert_eq!(sim.pool.next_deadline(), Some(sim.at(8_600 + 5_000)), "escalation of 107");
 }
 
 #[test]
@@ -1003,4 +1021,60 @@ fn every_change_of_a_workers_state_is_a_debug_notice() {
         "{moves:?}"
     );
     assert_eq!(moves.get(4).map(String::as_str), Some("slot 0: ready → gone"), "{moves:?}");
+}
+
+/// `reload.start_nice`: a worker started while others serve runs at the lower priority until
+/// it is ready; the first generation starts at full speed.
+#[test]
+fn workers_started_while_others_serve_start_at_a_lower_priority_until_ready() {
+    let mut sim = started();
+    assert!(sim.priority.is_empty(), "the first generation is not niced: {:?}", sim.priority);
+    sim.run(&[
+        (1_000, reload(with("env = { R = \"2\" }"), 1), &["RELOADING", "spawn 0 g2 = 102"]),
+        (1_100, ready(102), &["kill 100 SIGTERM", "spawn 1 g2 = 103"]),
+    ]);
+    assert_eq!(sim.priority, ["nice 102 10", "normal 102", "nice 103 10"]);
+    sim.step(1_200, ready(103));
+    assert_eq!(sim.priority.last().map(String::as_str), Some("normal 103"));
+    // A crash restart while the other worker serves is gentle too (102 was up past min_uptime:
+    // it restarts at once).
+    sim.step(9_000, exited(102, 1));
+    let respawned = sim.alive.iter().copied().max().unwrap();
+    assert_eq!(sim.priority.last(), Some(&format!("nice {respawned} 10")), "{:?}", sim.priority);
+}
+
+/// A worker still starting at half its `ready.timeout` gets its normal priority back, so a
+/// saturated machine cannot starve it into a failed reload; the reload goes on.
+#[test]
+fn a_slow_start_at_low_priority_is_raised_at_half_its_ready_timeout() {
+    let mut sim = started();
+    sim.step(1_000, reload(with("env = { R = \"2\" }"), 1));
+    assert_eq!(sim.priority, ["nice 102 10"]);
+    assert_eq!(sim.pool.next_deadline(), Some(sim.at(6_000)), "half of the 10 s ready timeout");
+    sim.step(6_000, Event::Tick);
+    assert_eq!(sim.priority, ["nice 102 10", "normal 102"]);
+    assert!(sim.pool.take_notices().iter().any(|n| matches!(n, Notice::StillStartingAtLowPriority(..))));
+    // Ready later: nothing more to restore.
+    sim.run(&[(7_000, ready(102), &["kill 100 SIGTERM", "spawn 1 g2 = 103"])]);
+    assert_eq!(sim.priority, ["nice 102 10", "normal 102", "nice 103 10"]);
+}
+
+/// `start_nice = 0` turns it off; `spawn` mode (ready on exec) has no start to spread.
+#[test]
+fn start_nice_zero_and_spawn_mode_start_at_full_priority() {
+    for extra in ["[reload]\nstart_nice = 0\n", ""] {
+        let base = if extra.is_empty() {
+            BASE.replace("[ready]\n", "[ready]\nmode = \"spawn\"\n")
+        } else {
+            format!("{BASE}\n{extra}")
+        };
+        let mut sim = Sim::new(config(&base));
+        sim.step(0, Event::Start);
+        sim.ready_all(10);
+        let next = config(&base.replace("instances = 2", "instances = 2\nenv = { R = \"2\" }"));
+        sim.step(1_000, reload(next, 1));
+        sim.ready_all(1_100);
+        sim.ready_all(1_200);
+        assert!(sim.priority.is_empty(), "{extra:?}: {:?}", sim.priority);
+    }
 }

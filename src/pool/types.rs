@@ -119,6 +119,13 @@ pub enum Action {
         slot: SlotId,
         generation: Generation,
         config: Arc<Config>,
+        /// Run at this nice value until ready (0: as the master): see `reload.start_nice`.
+        nice: u8,
+    },
+    /// Back to the master's own priority, for the worker's whole process group (it was started
+    /// at a lower one).
+    NormalPriority {
+        pid: Pid,
     },
     /// Signal a worker: its whole process group, or (`stop.mode = "main"`) its main process.
     Signal {

@@ -117,6 +117,11 @@ pub struct Worker {
     pub replace: Option<RestartReason>,
     /// When `[recycle]` replaces it.
     pub recycle_at: Option<Instant>,
+    /// Started at a lower priority (`reload.start_nice`) that readiness restores.
+    pub niced: bool,
+    /// While niced and starting: when its priority is restored even if it is not ready yet, so
+    /// a saturated machine cannot starve it past `ready.timeout`.
+    pub escalate_at: Option<Instant>,
 }
 
 impl Worker {
@@ -162,6 +167,8 @@ pub(super) enum Due {
     Watchdog,
     Recycle,
     Kill,
+    /// Still starting at a lower priority at its escalation time.
+    Escalate,
 }
 
 impl Pool {
@@ -206,6 +213,14 @@ impl Pool {
                         WorkerState::Starting { timeout_at: Some(later(now, ready.timeout.0)), ready_at: None }
                     }
                 };
+                if w.niced {
+                    // Half its ready timeout at a lower priority at most ("delay" mode: until
+                    // its delay ends, when it is ready anyway).
+                    w.escalate_at = match ready.mode {
+                        ReadyMode::Notify | ReadyMode::Listen | ReadyMode::Ipc => Some(later(now, ready.timeout.0 / 2)),
+                        ReadyMode::Spawn | ReadyMode::Delay => None,
+                    };
+                }
                 self.notices.push(Notice::Started(w.who()));
                 if ready.mode == ReadyMode::Spawn {
                     self.move_worker(now, i, Enter::Ready, out);
@@ -217,6 +232,13 @@ impl Pool {
             (WorkerState::Starting { .. }, Enter::Ready) => {
                 w.state = WorkerState::Ready;
                 w.ready_since = Some(now);
+                if w.niced {
+                    if let Some(pid) = w.pid {
+                        out.push(Action::NormalPriority { pid });
+                    }
+                    w.niced = false;
+                    w.escalate_at = None;
+                }
                 self.failures_since_ready = 0;
                 if let Some(r) = &config.recycle {
                     // after ± jitter, spread over the workers.
@@ -254,6 +276,22 @@ impl Pool {
             // Anything else is no move at all: a second stop, readiness of a stopping worker.
             _ => {}
         }
+    }
+
+    /// Worker `i` is still starting at its escalation time: back to normal priority, so that a
+    /// saturated machine cannot starve it past `ready.timeout`.
+    pub(super) fn escalate(&mut self, now: Instant, i: usize, out: &mut Vec<Action>) {
+        let w = &mut self.workers[i];
+        w.escalate_at = None;
+        if !w.niced {
+            return;
+        }
+        w.niced = false;
+        if let Some(pid) = w.pid {
+            out.push(Action::NormalPriority { pid });
+        }
+        let after = now.saturating_duration_since(w.started);
+        self.notices.push(Notice::StillStartingAtLowPriority(w.who(), after));
     }
 
     /// `READY=1` from `pid` (credentials checked by the driver).
@@ -295,13 +333,13 @@ impl Pool {
 
     /// The deadlines of worker `w`'s state (the earliest first is what matters).
     pub(super) fn deadlines(&self, w: &Worker) -> impl Iterator<Item = Instant> {
-        let (a, b) = match w.state {
-            WorkerState::Starting { timeout_at, ready_at } => (timeout_at, ready_at),
-            WorkerState::Stopping { kill_at, .. } => (Some(kill_at), None),
-            WorkerState::Ready => (self.watchdog_due(w), w.recycle_at.filter(|_| w.replace.is_none())),
-            WorkerState::Spawning | WorkerState::Cancelled { .. } | WorkerState::Killed { .. } => (None, None),
+        let (a, b, c) = match w.state {
+            WorkerState::Starting { timeout_at, ready_at } => (timeout_at, ready_at, w.escalate_at),
+            WorkerState::Stopping { kill_at, .. } => (Some(kill_at), None, None),
+            WorkerState::Ready => (self.watchdog_due(w), w.recycle_at.filter(|_| w.replace.is_none()), None),
+            WorkerState::Spawning | WorkerState::Cancelled { .. } | WorkerState::Killed { .. } => (None, None, None),
         };
-        a.into_iter().chain(b)
+        a.into_iter().chain(b).chain(c)
     }
 
     /// What worker `w`'s state has waited for, if its time has come.
@@ -309,6 +347,7 @@ impl Pool {
         match w.state {
             WorkerState::Starting { ready_at: Some(t), .. } if t <= now => Some(Due::Ready),
             WorkerState::Starting { timeout_at: Some(t), .. } if t <= now => Some(Due::ReadyTimeout),
+            WorkerState::Starting { .. } if w.escalate_at.is_some_and(|t| t <= now) => Some(Due::Escalate),
             WorkerState::Ready if self.watchdog_due(w).is_some_and(|t| t <= now) => Some(Due::Watchdog),
             WorkerState::Ready if w.recycle_at.is_some_and(|t| t <= now) && w.is_current(self.target) => {
                 Some(Due::Recycle)
