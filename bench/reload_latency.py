@@ -13,8 +13,8 @@ manager's steady phase. Then, per manager, a Node client that records every requ
 (bench/launchers/latency-client.js) runs 7 s with one reload at 3 s: the latency time series
 around a single rolling reload, plotted to docs/bench-reload-latency.png.
 
-    python3 bench/reload_latency.py            # 15 s phases, 2 rounds (~8 min on 2 cores)
-    python3 bench/reload_latency.py --quick    # 5 s phases, 1 round (~3 min)
+    python3 bench/reload_latency.py            # 15 s phases, 2 rounds (~13 min on 2 cores)
+    python3 bench/reload_latency.py --quick    # 5 s phases, 1 round (~4 min)
 Writes bench/results/reload-latency.json; prints the tables for docs/benchmarks.md.
 """
 
@@ -35,7 +35,8 @@ import compare  # noqa: E402  (the managers' set-up, wrk and PM2 installation ar
 
 ROOT = compare.ROOT
 CLIENT = os.path.join(ROOT, "bench/launchers/latency-client.js")
-KINDS = ["corral", "pm2", "cluster"]
+# corral-plain: reload.start_nice = 0, new workers at full priority (corral before #26).
+KINDS = ["corral", "corral-plain", "pm2", "cluster"]
 WRK_MAX = re.compile(r"Latency\s+[\d.]+\w+\s+[\d.]+\w+\s+([\d.]+)(us|ms|s)")
 
 
@@ -43,12 +44,31 @@ class Manager(compare.Setup):
     """compare.Setup with Node cluster's rolling reload (SIGHUP to the primary), waited for."""
 
     def __init__(self, kind, n, port, tmp):
-        super().__init__("cluster-none" if kind == "cluster" else kind, n, port, tmp)
+        base = {"cluster": "cluster-none", "corral-plain": "corral"}.get(kind, kind)
+        super().__init__(base, n, port, tmp)
         self.name = kind
         self.done_file = os.path.join(tmp, f"{kind}-reload-done")
         self.env["BENCH_RELOAD_DONE"] = self.done_file
 
+    def start(self):
+        if self.kind != "corral":
+            return super().start()
+        # compare.Setup's corral, with reload.start_nice as this configuration wants.
+        cfg = os.path.join(self.tmp, f"{self.name}.toml")
+        nice = "\n[reload]\nstart_nice = 0\n" if self.name == "corral-plain" else ""
+        with open(cfg, "w") as f:
+            f.write(f'name = "{self.name}"\ncommand = ["node", "{compare.APP}"]\ninstances = {self.n}\n')
+            f.write(f'listen = ["127.0.0.1:{self.port}"]\n[ready]\nmode = "notify"\n[logs]\ntarget = "stderr"\n{nice}')
+        self.env["CORRAL_RUNTIME_ROOT"] = os.path.join(self.tmp, "run")
+        self.env["CORRAL_LOG"] = "warn"
+        log = open(os.path.join(self.tmp, f"{self.name}.log"), "a")
+        self.proc = subprocess.Popen([compare.CORRAL, "run", "-c", cfg], env=self.env, stdout=log, stderr=log,
+                                     stdin=subprocess.DEVNULL, cwd=ROOT)
+
     def reload(self):
+        if self.kind == "corral":
+            subprocess.run([compare.CORRAL, "reload", self.name], env=self.env, check=True, stdout=subprocess.DEVNULL)
+            return
         if self.name != "cluster":
             return super().reload()
         before = os.path.getmtime(self.done_file) if os.path.exists(self.done_file) else 0
@@ -216,7 +236,7 @@ def report(results):
         return
     modes = list(results["series"])
     fig, axes = plt.subplots(len(modes), 1, figsize=(10, 4 * len(modes)), squeeze=False)
-    colors = {"corral": "tab:blue", "pm2": "tab:orange", "cluster": "tab:green"}
+    colors = {"corral": "tab:blue", "corral-plain": "tab:purple", "pm2": "tab:orange", "cluster": "tab:green"}
     for ax, mode in zip(axes[:, 0], modes):
         for kind, s in results["series"][mode].items():
             rows = s["rows"]
