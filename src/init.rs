@@ -110,8 +110,7 @@ pub fn render(req: &InitRequest) -> Result<PoolFiles, InitError> {
              timeout = \"30s\"\n";
     Config::parse(&config_path, &cfg, 1).map_err(InitError::Config)?;
     let (socket, service) = units(req, &listen, "`corral init`; edit freely (`corral init --force` rewrites it)");
-    let etc = |p: &Path| req.root.join(p.strip_prefix("/").unwrap_or(p));
-    Ok(PoolFiles { config: File { path: etc(&config_path), text: cfg }, socket, service })
+    Ok(PoolFiles { config: File { path: under_root(&req.root, &config_path), text: cfg }, socket, service })
 }
 
 /// A pool's `.socket` and `.service` units, rendered from the shipped templates with the
@@ -165,11 +164,16 @@ fn units(req: &InitRequest, listen: &[ListenAddr], written_by: &str) -> (File, F
             socket.push('\n');
         }
     }
-    let etc = |p: String| req.root.join(p.trim_start_matches('/'));
     (
-        File { path: etc(format!("/etc/systemd/system/{}.socket", req.name)), text: socket },
-        File { path: etc(format!("/etc/systemd/system/{}.service", req.name)), text: service },
+        File { path: under_root(&req.root, format!("/etc/systemd/system/{}.socket", req.name)), text: socket },
+        File { path: under_root(&req.root, format!("/etc/systemd/system/{}.service", req.name)), text: service },
     )
+}
+
+/// An absolute `path` under `root` (`--root`, for tests and packaging; "/" normally).
+pub fn under_root(root: &Path, path: impl AsRef<Path>) -> PathBuf {
+    let path = path.as_ref();
+    root.join(path.strip_prefix("/").unwrap_or(path))
 }
 
 /// `ListenStream=` syntax for a listen address.

@@ -143,8 +143,7 @@ pub fn convert(app: &App, req: &ImportRequest, dir: &Path) -> Result<Imported, S
         on_failure_alert: req.on_failure_alert,
     };
     let (socket, service) = crate::init::render_units(&init, "`corral import`; edit freely")?;
-    let etc = |p: &Path| req.root.join(p.strip_prefix("/").unwrap_or(p));
-    let mut files = vec![File { path: etc(&config_path), text: cfg }, socket, service];
+    let mut files = vec![File { path: crate::init::under_root(&req.root, &config_path), text: cfg }, socket, service];
     if let Some((cron, cal)) = &d.timer {
         files.extend(reload_timer(&d.name, cron, cal, req));
     }
@@ -202,11 +201,10 @@ fn config_text(d: &Draft, req: &ImportRequest) -> String {
 
 /// PM2's `cron_restart` as a timer and the oneshot service it runs: `corral reload NAME`.
 fn reload_timer(name: &str, cron: &str, cal: &str, req: &ImportRequest) -> [File; 2] {
-    let etc = |p: String| req.root.join(p.trim_start_matches('/'));
     let bin = req.binary.display();
     [
         File {
-            path: etc(format!("/etc/systemd/system/{name}-reload.timer")),
+            path: crate::init::under_root(&req.root, format!("/etc/systemd/system/{name}-reload.timer")),
             text: format!(
                 "# PM2's cron_restart ({cron}) for pool {name}: a rolling reload at these times.\n\
                  [Unit]\nDescription=Rolling reload of corral pool {name}\n\n\
@@ -214,7 +212,7 @@ fn reload_timer(name: &str, cron: &str, cal: &str, req: &ImportRequest) -> [File
             ),
         },
         File {
-            path: etc(format!("/etc/systemd/system/{name}-reload.service")),
+            path: crate::init::under_root(&req.root, format!("/etc/systemd/system/{name}-reload.service")),
             text: format!(
                 "[Unit]\nDescription=Rolling reload of corral pool {name}\nRequisite={name}.service\n\
                  After={name}.service\n\n[Service]\nType=oneshot\nExecStart={bin} reload {name}\n"

@@ -81,6 +81,11 @@ impl Pool {
     fn spawn(&mut self, now: Instant, slot: SlotId, out: &mut Vec<Action>) {
         let id = WorkerId(self.next_id);
         self.next_id += 1;
+        let config = self.configs[&self.target].clone();
+        // Gently only when someone serves meanwhile: the first generation starts at full speed,
+        // and a worker ready on exec ("spawn" mode) has no start to spread.
+        let gentle = config.ready.mode != ReadyMode::Spawn && self.workers.iter().any(|w| w.is_ready());
+        let nice = if gentle { config.reload.start_nice.0 } else { 0 };
         self.workers.push(Worker {
             id,
             slot,
@@ -92,18 +97,9 @@ impl Pool {
             last_ping: None,
             replace: None,
             recycle_at: None,
-            niced: false,
+            niced: nice > 0,
             escalate_at: None,
         });
-        let config = self.configs[&self.target].clone();
-        // Gently only when someone serves meanwhile: the first generation starts at full speed,
-        // and a worker ready on exec ("spawn" mode) has no start to spread.
-        let nice = config.reload.start_nice.0;
-        let gentle = nice > 0 && config.ready.mode != ReadyMode::Spawn && self.workers.iter().any(|w| w.is_ready());
-        let nice = if gentle { nice } else { 0 };
-        if let Some(w) = self.workers.last_mut() {
-            w.niced = nice > 0;
-        }
         out.push(Action::Spawn { id, slot, generation: self.target, config, nice });
     }
 

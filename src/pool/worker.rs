@@ -125,6 +125,19 @@ pub struct Worker {
 }
 
 impl Worker {
+    /// Back from `reload.start_nice` to the master's priority, if it was started lower; whether
+    /// it was.
+    pub(super) fn restore_priority(&mut self, out: &mut Vec<Action>) -> bool {
+        self.escalate_at = None;
+        if !std::mem::take(&mut self.niced) {
+            return false;
+        }
+        if let Some(pid) = self.pid {
+            out.push(Action::NormalPriority { pid });
+        }
+        true
+    }
+
     /// Not on its way out.
     pub(super) fn is_live(&self) -> bool {
         matches!(self.state, WorkerState::Spawning | WorkerState::Starting { .. } | WorkerState::Ready)
@@ -232,13 +245,7 @@ impl Pool {
             (WorkerState::Starting { .. }, Enter::Ready) => {
                 w.state = WorkerState::Ready;
                 w.ready_since = Some(now);
-                if w.niced {
-                    if let Some(pid) = w.pid {
-                        out.push(Action::NormalPriority { pid });
-                    }
-                    w.niced = false;
-                    w.escalate_at = None;
-                }
+                w.restore_priority(out);
                 self.failures_since_ready = 0;
                 if let Some(r) = &config.recycle {
                     // after ± jitter, spread over the workers.
@@ -282,13 +289,8 @@ impl Pool {
     /// saturated machine cannot starve it past `ready.timeout`.
     pub(super) fn escalate(&mut self, now: Instant, i: usize, out: &mut Vec<Action>) {
         let w = &mut self.workers[i];
-        w.escalate_at = None;
-        if !w.niced {
+        if !w.restore_priority(out) {
             return;
-        }
-        w.niced = false;
-        if let Some(pid) = w.pid {
-            out.push(Action::NormalPriority { pid });
         }
         let after = now.saturating_duration_since(w.started);
         self.notices.push(Notice::StillStartingAtLowPriority(w.who(), after));
