@@ -44,7 +44,7 @@ min_ready = 2
         worker = worker_py()
     );
     std::fs::write(dir.join("pool.toml"), cfg).unwrap();
-    let mut unshare = Command::new("unshare")
+    let unshare = Command::new("unshare")
         .args(["--fork", "--pid", "--mount-proc", CORRAL, "run", "-c"])
         .arg(dir.join("pool.toml"))
         .env("CORRAL_RUNTIME_ROOT", dir.join("run"))
@@ -55,10 +55,15 @@ min_ready = 2
         .stderr(std::fs::File::create(dir.join("stderr")).unwrap())
         .spawn()
         .expect("unshare (util-linux)");
+    let mut unshare = Pid1 { child: unshare, dir: &dir };
     let log = || std::fs::read_to_string(dir.join("stdout")).unwrap_or_default();
     // corral, as seen from here: unshare's child.
-    let master = wait_for("corral in its PID namespace", TIMEOUT, || children(unshare.id() as i32).first().copied());
-    wait_until("2 workers ready", TIMEOUT, || http(metrics, "/ready").is_some_and(|(c, _)| c == 200));
+    let master =
+        wait_for("corral in its PID namespace", TIMEOUT, || children(unshare.child.id() as i32).first().copied());
+    wait_until("2 workers ready", TIMEOUT, || {
+        assert!(unshare.child.try_wait().ok().flatten().is_none(), "corral exited before its workers were ready");
+        http(metrics, "/ready").is_some_and(|(c, _)| c == 200)
+    });
     assert!(log().contains("running as the container's init (pid 1)"), "{}", log());
     // The orphans ran as corral's children and are reaped: no zombie, no sleep left.
     wait_until("every orphan reaped", TIMEOUT, || {
@@ -75,7 +80,7 @@ min_ready = 2
     assert!(body.contains("\"status\":\"draining\""), "{body}");
     assert_eq!(http(metrics, "/live").map(|(c, _)| c), Some(200));
     assert!(get(format!("127.0.0.1:{port}").parse().unwrap()).is_ok(), "still serving while draining");
-    let status = wait_for("corral to exit", TIMEOUT, || unshare.try_wait().ok().flatten());
+    let status = wait_for("corral to exit", TIMEOUT, || unshare.child.try_wait().ok().flatten());
     assert_eq!(
         status.code(),
         Some(0),
@@ -94,6 +99,32 @@ min_ready = 2
     assert!(text.contains("\"pool\":\"pool\""), "worker lines carry their pool: {text}");
     assert!(text.contains("all workers stopped, exiting with 0"), "{text}");
     assert!(std::fs::read_to_string(dir.join("stderr")).unwrap_or_default().is_empty());
+}
+
+/// `unshare` and the corral in it: killed when the test ends, whatever happened, with what corral
+/// printed shown when it failed.
+struct Pid1<'a> {
+    child: std::process::Child,
+    dir: &'a TempDir,
+}
+
+impl Drop for Pid1<'_> {
+    fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_none() {
+            // corral is unshare's child: SIGKILL to it (PID 1 of its namespace) ends the namespace.
+            for pid in children(self.child.id() as i32) {
+                let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), Signal::SIGKILL);
+            }
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+        if std::thread::panicking() {
+            for name in ["stdout", "stderr"] {
+                let text = std::fs::read_to_string(self.dir.join(name)).unwrap_or_default();
+                eprintln!("---- corral's {name} ----\n{text}");
+            }
+        }
+    }
 }
 
 /// Liveness and readiness apart: /ready needs `min_ready` workers, /health one, /live only a

@@ -136,8 +136,19 @@ impl Default for ForOtherUsers {
 }
 
 /// A free TCP port on loopback (bound and released; tests use it right away).
+/// A loopback port nothing listens on, never the same twice in one test process: the kernel may
+/// hand a port just released to the next bind to port 0, and two tests running in parallel
+/// must not both be given it.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("free port")
+    static GIVEN: Mutex<Vec<u16>> = Mutex::new(Vec::new());
+    loop {
+        let port = TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("free port");
+        let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
+        if !given.contains(&port) {
+            given.push(port);
+            return port;
+        }
+    }
 }
 
 /// The datagram socket systemd would read: the master's NOTIFY_SOCKET. Like systemd, it is
