@@ -84,6 +84,9 @@ pub struct WorkerFds {
     #[serde(default)]
     pub ipc: Option<RawFd>,
     pub status: Option<String>,
+    /// Where it may serve its own metrics (`[metrics] workers`).
+    #[serde(default)]
+    pub metrics_socket: Option<PathBuf>,
 }
 
 impl UpgradeState {

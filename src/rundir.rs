@@ -17,6 +17,9 @@ use nix::sys::stat::{fchmod, fstat, mkdirat, Mode};
 pub const CONTROL_SOCKET: &str = "control.sock";
 /// The workers' notify socket's file name in a pool's runtime directory.
 pub const NOTIFY_SOCKET: &str = "notify.sock";
+/// The folder of the workers' metrics sockets (`CORRAL_METRICS_SOCKET`) in a pool's runtime
+/// directory.
+pub const WORKER_METRICS_DIR: &str = "metrics";
 
 /// The pool's private directory: the workers' notify socket and a lock against a second master.
 pub struct RuntimeDir {
@@ -89,6 +92,39 @@ impl RuntimeDir {
                 error: e.to_string(),
             })?;
         Ok(RuntimeDir { path, _lock: lock })
+    }
+
+    /// `metrics/` inside it, where workers serve their own metrics (`[metrics] workers`):
+    /// created unless it exists, never through a link, given to the workers' user (`owner`,
+    /// uid and gid, when they run as another) with mode 0700. The pool directory around it is
+    /// 0710 then, so they can reach it, and nobody else can.
+    pub fn worker_metrics_dir(&self, owner: Option<(u32, u32)>) -> Result<PathBuf, RuntimeDirError> {
+        let parent = open_dir(&self.path, None)?;
+        let path = self.path.join(WORKER_METRICS_DIR);
+        match mkdirat(&parent, WORKER_METRICS_DIR, Mode::from_bits_truncate(0o700)) {
+            Ok(()) | Err(nix::errno::Errno::EEXIST) => {}
+            Err(e) => {
+                return Err(RuntimeDirError::Io { action: format!("create {}", path.display()), error: e.to_string() })
+            }
+        }
+        let dir = open_dir(&path, Some(&parent))?;
+        let (uid, gid) = owner.unwrap_or_else(|| (nix::unistd::geteuid().as_raw(), nix::unistd::getegid().as_raw()));
+        let st = fstat(&dir)
+            .map_err(|e| RuntimeDirError::Io { action: format!("inspect {}", path.display()), error: e.to_string() })?;
+        if st.st_uid != uid || st.st_gid != gid {
+            nix::unistd::fchown(&dir, Some(nix::unistd::Uid::from_raw(uid)), Some(nix::unistd::Gid::from_raw(gid)))
+                .map_err(|e| RuntimeDirError::Io {
+                    action: format!("give {} to the workers' user", path.display()),
+                    error: e.to_string(),
+                })?;
+        }
+        if st.st_mode & 0o7777 != 0o700 {
+            fchmod(&dir, Mode::from_bits_truncate(0o700)).map_err(|e| RuntimeDirError::Io {
+                action: format!("set permissions on {}", path.display()),
+                error: e.to_string(),
+            })?;
+        }
+        Ok(path)
     }
 
     /// The lock's descriptor, for `corral upgrade`.

@@ -42,6 +42,9 @@ pub struct PoolStatus {
     /// Ready workers needed for `/ready` to answer 200 (`metrics.min_ready`, resolved).
     #[serde(default)]
     pub min_ready: usize,
+    /// `limits.memory`: the most one worker's process group may use before it is replaced.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_limit_bytes: Option<u64>,
     pub workers: Vec<WorkerStatus>,
 }
 
@@ -217,6 +220,7 @@ mod tests {
             upgrades: 0,
             draining: false,
             min_ready: 1,
+            memory_limit_bytes: None,
             workers: vec![w(0, crate::pool::WorkerPhase::Ready), w(1, crate::pool::WorkerPhase::Starting)],
         };
         let text = render(&[p], false);

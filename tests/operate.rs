@@ -315,13 +315,13 @@ fn metrics_parse_with_the_prometheus_parser_and_health_follows_readiness() {
     let maddr: SocketAddr = format!("127.0.0.1:{mport}").parse().unwrap();
     let (code, body) = wait_for("metrics with RSS samples", TIMEOUT, || {
         let r = http_get(maddr, "/metrics");
-        r.1.contains("corral_worker_rss_bytes{slot=\"1\"}").then_some(r)
+        r.1.contains("corral_worker_rss_bytes{slot=\"1\",generation=\"1\"}").then_some(r)
     });
     assert_eq!(code, 200);
     std::fs::write(m.dir.join("metrics.txt"), &body).unwrap();
     let parser = r#"
 import sys
-from prometheus_client.openmetrics.parser import text_string_to_metric_families
+from prometheus_client.parser import text_string_to_metric_families
 fams = {f.name: f for f in text_string_to_metric_families(open(sys.argv[1]).read())}
 s = lambda name, **labels: [x.value for f in fams.values() for x in f.samples if x.name == name and all(x.labels.get(k) == v for k, v in labels.items())]
 assert s("corral_up") == [1.0], s("corral_up")

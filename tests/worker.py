@@ -18,6 +18,9 @@ generation) and can be told to misbehave through its arguments:
   --leak-mib N       allocate (and touch) N MiB, --leak-after MS after becoming ready
   --leak-in-child    ... in a child forked then (same process group), not in the worker itself
   --watchdog         send WATCHDOG=1 every WATCHDOG_USEC/4; --stop-pinging-after MS stops it
+  --metrics MODES    serve metrics at CORRAL_METRICS_SOCKET: MODE, or SLOT=MODE,... per slot;
+                     text | openmetrics (requests served, as test_requests_total) | garbage |
+                     slow (answers after 60 s) | huge (100 MB) | http500 | none
 """
 
 import argparse
@@ -111,8 +114,10 @@ class Handler(http.server.BaseHTTPRequestHandler):
                 CONNS.pop(self, None)
 
     def do_GET(self):
+        global SERVED
         with LOCK:
             CONNS[self] = False
+            SERVED += 1
         body = (
             f"worker {os.getpid()} slot {os.environ.get('CORRAL_WORKER')} "
             f"generation {os.environ.get('CORRAL_GENERATION')} release {RELEASE}\n"
@@ -136,6 +141,80 @@ class Server(socketserver.ThreadingMixIn, http.server.HTTPServer):
 
 
 STOPPING = threading.Event()
+SERVED = 0
+
+
+class MetricsHandler(http.server.BaseHTTPRequestHandler):
+    """Worker metrics as an app would serve them, or misbehaving (--metrics)."""
+
+    def do_GET(self):
+        mode = self.server.mode
+        if mode == "slow":
+            time.sleep(60)
+        if mode == "http500":
+            self.send_error(500)
+            return
+        if mode == "garbage":
+            body = bytes(range(256)) * 64
+            ctype = "text/plain"
+        elif mode == "huge":
+            line = b"test_filler{n=\"%d\"} 1\n"
+            self.send_response(200)
+            self.send_header("Content-Type", "text/plain; version=0.0.4")
+            self.send_header("Content-Length", str(100 << 20))
+            self.end_headers()
+            chunk = b"".join(line % i for i in range(4096))
+            sent = 0
+            try:
+                while sent < 100 << 20:
+                    self.wfile.write(chunk)
+                    sent += len(chunk)
+            except OSError:
+                pass  # corral hung up, as it should
+            return
+        else:
+            with LOCK:
+                n = SERVED
+            slot = os.environ.get("CORRAL_WORKER")
+            if mode == "openmetrics":
+                ctype = "application/openmetrics-text; version=1.0.0; charset=utf-8"
+                body = (f"# TYPE test_requests counter\n# HELP test_requests Requests served.\n"
+                        f"test_requests_total {n}\ntest_requests_created 1.7e9\n"
+                        f"# TYPE test_build info\ntest_build_info{{slot=\"{slot}\"}} 1\n# EOF\n").encode()
+            else:
+                ctype = "text/plain; version=0.0.4; charset=utf-8"
+                body = (f"# HELP test_requests_total Requests served.\n# TYPE test_requests_total counter\n"
+                        f"test_requests_total {n}\n# TYPE test_build_info gauge\n"
+                        f"test_build_info{{slot=\"{slot}\"}} 1\n").encode()
+        self.send_response(200)
+        self.send_header("Content-Type", ctype)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+
+class MetricsServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
+    daemon_threads = True
+
+    def get_request(self):
+        conn, _ = self.socket.accept()
+        return conn, ("corral", 0)
+
+
+def serve_metrics(modes: str) -> None:
+    mode = modes
+    if "=" in modes:
+        per_slot = dict(m.split("=", 1) for m in modes.split(","))
+        mode = per_slot.get(os.environ.get("CORRAL_WORKER", ""), "none")
+    path = os.environ.get("CORRAL_METRICS_SOCKET")
+    if mode == "none" or not path:
+        return
+    server = MetricsServer(path, MetricsHandler)
+    server.mode = mode
+    threading.Thread(target=server.serve_forever, daemon=True).start()
 
 
 def release() -> str:
@@ -173,6 +252,7 @@ def main() -> int:
     p.add_argument("--status", help="STATUS= text sent with READY=1")
     p.add_argument("--stop-delay", type=int, default=0, help="ms to take to stop after SIGTERM")
     p.add_argument("--any-listen-pid", action="store_true", help="take fd 3 whatever LISTEN_PID says (as Node does)")
+    p.add_argument("--metrics")
     a = p.parse_args()
 
     if a.report:
@@ -202,6 +282,9 @@ def main() -> int:
         server.socket.close()
         server.socket = sock
         threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True).start()
+
+    if a.metrics:
+        serve_metrics(a.metrics)
 
     def on_term(signum, frame):
         if a.ignore_term:

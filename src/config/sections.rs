@@ -240,6 +240,26 @@ pub struct Metrics {
     /// `/ready` answers 200 with at least this many ready workers: N, or "P%" of `instances`.
     #[serde(default)]
     pub min_ready: MinReady,
+    /// Each worker gets `CORRAL_METRICS_SOCKET`, where it may serve its own registry; /metrics
+    /// then carries every live worker's series with `slot` and `generation` added.
+    #[serde(default)]
+    pub workers: bool,
+    /// How long a scrape waits for one worker's answer (they are asked at once, so this is what
+    /// a worker that does not answer adds to a scrape).
+    #[serde(default = "default_worker_timeout")]
+    pub worker_timeout: Dur,
+    /// The most one worker's answer may be; a longer one is dropped (that worker shows 0 in
+    /// `corral_worker_metrics_up`).
+    #[serde(default = "default_worker_max_size")]
+    pub worker_max_size: Size,
+}
+
+fn default_worker_timeout() -> Dur {
+    Dur(std::time::Duration::from_secs(1))
+}
+
+fn default_worker_max_size() -> Size {
+    Size(4 << 20)
 }
 
 /// How many ready workers make the pool ready for traffic (`/ready`).

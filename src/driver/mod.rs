@@ -127,6 +127,10 @@ pub struct Driver {
     ready_watch: readiness::ReadyWatch,
     /// The master's own nice value, and whether a worker started below it can be raised back.
     priority: Priority,
+    /// Names each worker's metrics socket (`[metrics] workers`) apart from any other's.
+    metrics_seq: u64,
+    /// Worker-metrics failures already logged.
+    metrics_said: crate::metrics::scrape::Said,
 }
 
 /// The priority workers get back once ready (`reload.start_nice`).
@@ -270,7 +274,8 @@ impl Driver {
                     if sample {
                         self.sample_for_report();
                     }
-                    let _ = reply.send(self.snapshot());
+                    let scrape = if sample { self.scrape_plan() } else { None };
+                    let _ = reply.send(crate::metrics::Report { status: self.snapshot(), scrape });
                 }
                 _ = sleep, if deadline.is_some() => {
                     // Take in every READY=1 and WATCHDOG=1 already waiting before judging
@@ -388,6 +393,9 @@ impl Driver {
             if let Some(meta) = self.workers.remove(&pid) {
                 // Whatever the worker left behind in its process group goes with it.
                 let _ = killpg(pid, Signal::SIGKILL);
+                if let Some(socket) = &meta.metrics_socket {
+                    let _ = std::fs::remove_file(socket);
+                }
                 self.dispatch(Event::Exited { pid, status, last_output: journal::tail_lines(&meta.tail) });
             } else {
                 tracing::debug!(pid = pid.as_raw(), "reaped a stray process ({status})");

@@ -58,6 +58,34 @@ impl Driver {
         }
     }
 
+    /// With `[metrics] workers`: the ready workers to ask for their own metrics (the ones being
+    /// replaced are left out: their series end with them).
+    pub(super) fn scrape_plan(&self) -> Option<crate::metrics::scrape::Plan> {
+        let m = self.pool.config().metrics.as_ref().filter(|m| m.workers)?;
+        let targets = self
+            .pool
+            .workers()
+            .iter()
+            .filter(|w| w.state == crate::pool::WorkerState::Ready)
+            .filter_map(|w| {
+                let pid = w.pid?;
+                let socket = self.workers.get(&pid)?.metrics_socket.clone()?;
+                Some(crate::metrics::scrape::Target {
+                    slot: w.slot,
+                    generation: w.generation,
+                    pid: pid.as_raw(),
+                    socket,
+                })
+            })
+            .collect();
+        Some(crate::metrics::scrape::Plan {
+            targets,
+            timeout: m.worker_timeout.0,
+            max_size: m.worker_max_size.0,
+            said: self.metrics_said.clone(),
+        })
+    }
+
     /// The pool as `corral status`, /metrics and /health report it.
     pub(super) fn snapshot(&self) -> PoolStatus {
         let now = Instant::now();
@@ -115,6 +143,7 @@ impl Driver {
             upgrades: self.upgrades,
             draining: self.pool.draining(),
             min_ready: self.pool.config().metrics.as_ref().map_or(1, |m| m.min_ready.resolve(self.pool.desired())),
+            memory_limit_bytes: self.pool.config().limits.memory.map(|m| m.0),
             workers,
         }
     }

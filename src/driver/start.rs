@@ -100,6 +100,11 @@ impl Driver {
             sampler: crate::sampler::GroupSampler::default(),
             ready_watch: ReadyWatch::new(),
             priority,
+            // Apart from the names an earlier image of this master gave (`corral upgrade`).
+            metrics_seq: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs() << 16),
+            metrics_said: Default::default(),
         }
     }
 }
@@ -139,6 +144,8 @@ impl Driver {
             _ => None,
         };
         let runtime = RuntimeDir::create(&config.name, worker_gid).map_err(StartError::RuntimeDir)?;
+        // Metrics sockets of a previous master's workers (they are gone: the lock is ours).
+        let _ = std::fs::remove_dir_all(runtime.path.join(crate::rundir::WORKER_METRICS_DIR));
         let mode = if worker_gid.is_some() { 0o660 } else { 0o600 };
         let notify_path = runtime.path.join(crate::rundir::NOTIFY_SOCKET);
         let notify = NotifyServer::bind(&notify_path, mode).map_err(|source| StartError::Bind {

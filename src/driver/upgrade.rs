@@ -82,6 +82,7 @@ impl Driver {
                 stderr: meta.and_then(|m| m.stderr.as_ref()).map(|f| f.as_raw_fd()),
                 ipc: meta.and_then(|m| m.ipc.as_ref()).map(|f| f.as_raw_fd()),
                 status: meta.and_then(|m| m.status.clone()),
+                metrics_socket: meta.and_then(|m| m.metrics_socket.clone()),
             });
         }
         let state = UpgradeState {
@@ -287,6 +288,7 @@ impl Driver {
             let pid = Pid::from_raw(w.pid);
             let mut meta = WorkerMeta::new();
             meta.status = w.status;
+            meta.metrics_socket = w.metrics_socket;
             let pipes = super::workers::WorkerPipes {
                 stdout: w.stdout.map(adopt).transpose()?,
                 stderr: w.stderr.map(adopt).transpose()?,

@@ -41,6 +41,10 @@ impl Driver {
             env.push(("NODE_CHANNEL_FD".into(), (3 + self.sockets.sockets.len()).to_string()));
             env.push(("NODE_CHANNEL_SERIALIZATION_MODE".into(), "json".into()));
         }
+        let metrics_socket = self.worker_metrics_socket(slot, config, credentials.as_ref());
+        if let Some(socket) = &metrics_socket {
+            env.push(("CORRAL_METRICS_SOCKET".into(), socket.to_string_lossy().into_owned()));
+        }
         let path = env.iter().rev().find(|(k, _)| k == "PATH").map(|(_, v)| OsString::from(v));
         let program = crate::launch::resolve_program(&config.command[0], path.as_deref())?;
         // "ipc": Node's channel goes after the listening sockets.
@@ -75,6 +79,7 @@ impl Driver {
         };
         let child = spawn::spawn(&req)?;
         let mut meta = WorkerMeta::new();
+        meta.metrics_socket = metrics_socket;
         // A process just spawned has used no CPU: the first CPU % shown is the average since.
         meta.cpu_base = Some((Instant::now(), 0));
         let pipes = WorkerPipes { stdout: child.stdout, stderr: child.stderr, ipc: ipc.map(|(ours, _theirs)| ours) };
@@ -113,6 +118,31 @@ impl Driver {
         meta.ipc = pipes.ipc.as_ref().and_then(|fd| fd.try_clone().ok());
         self.workers.insert(pid, meta);
         self.watch_ready(pid, mode, pipes.ipc);
+    }
+
+    /// With `[metrics] workers`: the path of a new worker's metrics socket, in the runtime
+    /// directory's `metrics/` (which its user owns), with nothing left there by another.
+    /// Without one (the folder cannot be made), the worker starts without the variable.
+    fn worker_metrics_socket(
+        &mut self,
+        slot: usize,
+        config: &Config,
+        creds: Option<&Credentials>,
+    ) -> Option<std::path::PathBuf> {
+        if !config.metrics.as_ref().is_some_and(|m| m.workers) {
+            return None;
+        }
+        let dir = match self._runtime.worker_metrics_dir(creds.map(|c| (c.uid, c.gid))) {
+            Ok(dir) => dir,
+            Err(e) => {
+                tracing::warn!(slot, "worker metrics: {e}; this worker gets no CORRAL_METRICS_SOCKET");
+                return None;
+            }
+        };
+        self.metrics_seq += 1;
+        let socket = dir.join(format!("{slot}-{:x}.sock", self.metrics_seq));
+        let _ = std::fs::remove_file(&socket);
+        Some(socket)
     }
 
     /// Forward a worker's output pipe; returns a duplicate of it for `corral upgrade` to hand
@@ -192,6 +222,8 @@ pub(super) struct WorkerMeta {
     pub(super) group: Vec<i32>,
     /// Its last lines of output (for the hint when it exits right after starting).
     pub(super) tail: journal::Tail,
+    /// Where it may serve its own metrics (`CORRAL_METRICS_SOCKET`).
+    pub(super) metrics_socket: Option<std::path::PathBuf>,
 }
 
 impl WorkerMeta {
@@ -207,6 +239,7 @@ impl WorkerMeta {
             cpu_percent: None,
             group: Vec::new(),
             tail: journal::Tail::default(),
+            metrics_socket: None,
         }
     }
 }

@@ -1,4 +1,6 @@
-//! `/metrics` (Prometheus text format, encoded by the `prometheus-client` crate) and `/health`.
+//! `/metrics` (Prometheus text format: corral's own series, encoded by the `prometheus-client`
+//! crate, and with `[metrics] workers` every worker's, [`scrape`]d and [`exposition`]-merged)
+//! and `/health`, `/ready`, `/live`.
 //!
 //! The HTTP side is written here rather than with an HTTP framework: it answers two GET paths
 //! on one listener, on the master's single thread, and a framework would cost more memory than
@@ -18,6 +20,13 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::status::PoolStatus;
 
+pub mod exposition;
+pub mod scrape;
+
+/// The content type of /metrics: the Prometheus text format, which every scraper reads and which
+/// holds the families of workers answering in either format.
+pub const TEXT_FORMAT: &str = "text/plain; version=0.0.4; charset=utf-8";
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct StateLabel {
     state: String,
@@ -33,10 +42,14 @@ struct ResultLabel {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct SlotLabel {
     slot: String,
+    generation: String,
 }
 
-/// The exposition for one snapshot.
-pub fn render(p: &PoolStatus) -> String {
+/// Whether each worker asked answered with its metrics: (slot, generation, up).
+pub type WorkersUp = [(usize, u64, bool)];
+
+/// corral's own series for one snapshot (OpenMetrics, as `prometheus-client` writes it).
+pub fn render(p: &PoolStatus, workers_up: Option<&WorkersUp>) -> String {
     let mut reg = Registry::with_prefix("corral");
     let up = Gauge::<i64>::default();
     up.set(1);
@@ -77,7 +90,7 @@ pub fn render(p: &PoolStatus) -> String {
     let rss = Family::<SlotLabel, Gauge>::default();
     let cpu = Family::<SlotLabel, Counter<f64>>::default();
     for w in p.workers.iter().filter(|w| w.state != crate::pool::WorkerPhase::Stopping) {
-        let slot = SlotLabel { slot: w.slot.to_string() };
+        let slot = SlotLabel { slot: w.slot.to_string(), generation: w.generation.to_string() };
         if let Some(b) = w.rss_bytes {
             rss.get_or_create(&slot).set(b as i64);
         }
@@ -97,6 +110,29 @@ pub fn render(p: &PoolStatus) -> String {
         prometheus_client::registry::Unit::Seconds,
         cpu,
     );
+
+    if let Some(limit) = p.memory_limit_bytes {
+        let g = Gauge::<i64>::default();
+        g.set(i64::try_from(limit).unwrap_or(i64::MAX));
+        reg.register_with_unit(
+            "worker_memory_limit",
+            "limits.memory: a worker whose process group uses more is replaced",
+            prometheus_client::registry::Unit::Bytes,
+            g,
+        );
+    }
+    if let Some(up) = workers_up {
+        let fam = Family::<SlotLabel, Gauge>::default();
+        for (slot, generation, ok) in up {
+            fam.get_or_create(&SlotLabel { slot: slot.to_string(), generation: generation.to_string() })
+                .set(i64::from(*ok));
+        }
+        reg.register(
+            "worker_metrics_up",
+            "1 when the worker answered with its own metrics at CORRAL_METRICS_SOCKET in time",
+            fam,
+        );
+    }
 
     let mut out = String::new();
     if prometheus_client::encoding::text::encode(&mut out, &reg).is_err() {
@@ -145,8 +181,47 @@ pub fn request_line(head: &[u8]) -> (String, String) {
 /// or as last sampled (the health endpoints, which probes call every few seconds and which
 /// show no per-process figures).
 pub struct SnapshotRequest {
-    pub reply: oneshot::Sender<PoolStatus>,
+    pub reply: oneshot::Sender<Report>,
     pub sample: bool,
+}
+
+/// The driver's answer: the pool's snapshot and, for /metrics with `[metrics] workers`, the
+/// workers to ask for theirs.
+pub struct Report {
+    pub status: PoolStatus,
+    pub scrape: Option<scrape::Plan>,
+}
+
+/// The whole /metrics text: every worker of the plan asked at once, their answers merged with
+/// corral's own series.
+pub async fn exposition(report: Report) -> String {
+    let Report { status, scrape: plan } = report;
+    let outcomes = match &plan {
+        Some(plan) => scrape::scrape_all(plan).await,
+        None => Vec::new(),
+    };
+    let up: Option<Vec<(usize, u64, bool)>> = plan
+        .as_ref()
+        .map(|plan| plan.targets.iter().zip(&outcomes).map(|(t, o)| (t.slot, t.generation, o.is_ok())).collect());
+    let own = render(&status, up.as_deref());
+    let mut merged = exposition::Merged::default();
+    match exposition::parse(&own, true) {
+        Ok(families) => merged.own(families),
+        Err(e) => tracing::error!("corral's own metrics do not read back ({e}): please report this"),
+    }
+    if let Some(plan) = &plan {
+        plan.said.keep_only(&plan.targets);
+        for (t, outcome) in plan.targets.iter().zip(outcomes) {
+            plan.said.outcome(t, &outcome);
+            if let Ok(families) = outcome {
+                let origin = exposition::Origin { slot: t.slot, generation: t.generation };
+                for c in merged.add(families, &origin) {
+                    plan.said.conflict(t, &c);
+                }
+            }
+        }
+    }
+    merged.render()
 }
 
 /// Serve one connection: read the request head, ask the driver for a snapshot, answer, close.
@@ -182,9 +257,9 @@ pub async fn serve(mut stream: tokio::net::TcpStream, driver: mpsc::UnboundedSen
         };
         match (snapshot, path) {
             (None, _) => (503, "text/plain", "shutting down\n".to_string()),
-            (Some(s), "/metrics") => (200, "application/openmetrics-text; version=1.0.0; charset=utf-8", render(&s)),
-            (Some(s), _) => {
-                let (code, body) = health(&s, path);
+            (Some(r), "/metrics") => (200, TEXT_FORMAT, exposition(r).await),
+            (Some(r), _) => {
+                let (code, body) = health(&r.status, path);
                 (code, "application/json", body)
             }
         }
