@@ -11,8 +11,10 @@
 # - installs Debian packages the tests use, once: systemd (systemd-socket-activate, journald),
 #   util-linux, mandoc, python3-prometheus-client (Debian's python3 runs the test worker and
 #   validates /metrics: no pip), mmdebstrap and systemd-container (the E2E images), podman and
-#   runc (the container example), nodejs, npm, python3-venv and golang-go (the frameworks);
-# - unpacks Debian's nginx package into target/nginx (for tests/nginx.rs; not installed);
+#   runc (the container example), nodejs, npm, python3-venv and golang-go (the frameworks),
+#   golang-github-prometheus-client-golang-dev (the Go worker-metrics recipe);
+# - unpacks Debian's nginx package into target/nginx (for tests/nginx.rs; not installed), and its
+#   prometheus package into target/prometheus (prometheus and promtool; not installed either);
 # - fetches pinned framework versions (Node 22 and npm packages, a Python virtualenv) into
 #   target/frameworks-cache/ for the framework recipes (docs/frameworks.md) and the Kubernetes
 #   schema validator;
@@ -41,6 +43,8 @@ command -v node >/dev/null || need+=(nodejs)                          # the "ipc
 command -v npm >/dev/null || need+=(npm)
 /usr/bin/python3 -c 'import ensurepip' 2>/dev/null || need+=(python3-venv)
 command -v go >/dev/null || need+=(golang-go)
+# The Go recipe of docs/metrics.md builds against Debian's client_golang (no module download).
+[ -d /usr/share/gocode/src/github.com/prometheus/client_golang ] || need+=(golang-github-prometheus-client-golang-dev)
 # The container example (tests/e2e/podman.sh): podman, with runc (works inside another container).
 command -v podman >/dev/null || need+=(podman)
 command -v runc >/dev/null || need+=(runc)
@@ -61,6 +65,19 @@ if [ ! -x target/nginx/usr/sbin/nginx ]; then
     (cd target/nginx-deb && apt-get download -q nginx)
   fi
   dpkg -x target/nginx-deb/nginx_*.deb target/nginx
+fi
+
+# Debian's Prometheus (prometheus, promtool) for tests/worker_metrics.rs and
+# tests/prometheus.rs, unpacked into target/prometheus: installing the package would start a
+# system Prometheus.
+if [ ! -x target/prometheus/usr/bin/prometheus ]; then
+  rm -rf target/prometheus-deb && mkdir -p target/prometheus-deb
+  if ! (cd target/prometheus-deb && apt-get download -q prometheus >/dev/null 2>&1); then
+    sudo=""; [ "$(id -u)" -eq 0 ] || sudo="sudo"
+    $sudo apt-get update -q
+    (cd target/prometheus-deb && apt-get download -q prometheus)
+  fi
+  dpkg -x target/prometheus-deb/prometheus_*.deb target/prometheus
 fi
 
 # What packaging/build needs (linters, repository tools, the pinned cargo plugins), up front:

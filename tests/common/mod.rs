@@ -711,3 +711,39 @@ pub fn copy_dir(from: &Path, to: &Path) {
         }
     }
 }
+
+/// Debian's promtool, unpacked into target/prometheus by scripts/test.sh.
+pub fn promtool() -> PathBuf {
+    let p = PathBuf::from(format!("{}/target/prometheus/usr/bin/promtool", env!("CARGO_MANIFEST_DIR")));
+    assert!(p.exists(), "{} is missing: run scripts/test.sh (it unpacks Debian's prometheus package)", p.display());
+    p
+}
+
+/// The Node recipe's prom-client, installed once into target/metrics-cache (a temporary folder
+/// renamed into place, so parallel runs never see half an install).
+pub fn node_modules() -> PathBuf {
+    const ROOT: &str = env!("CARGO_MANIFEST_DIR");
+    static DIR: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    DIR.get_or_init(|| {
+        let pkg = std::fs::read_to_string(format!("{ROOT}/examples/metrics/node/package.json")).unwrap();
+        let version = pkg.split("\"prom-client\": \"").nth(1).and_then(|s| s.split('"').next()).unwrap().to_string();
+        let dir = PathBuf::from(format!("{ROOT}/target/metrics-cache/prom-client-{version}"));
+        if !dir.join("node_modules/prom-client/package.json").exists() {
+            let tmp = PathBuf::from(format!("{}.{}", dir.display(), std::process::id()));
+            let _ = std::fs::remove_dir_all(&tmp);
+            std::fs::create_dir_all(&tmp).unwrap();
+            std::fs::copy(format!("{ROOT}/examples/metrics/node/package.json"), tmp.join("package.json")).unwrap();
+            let st = Command::new("npm")
+                .args(["install", "--no-audit", "--no-fund", "--loglevel=error", "--prefix"])
+                .arg(&tmp)
+                .status()
+                .expect("npm (scripts/test.sh installs it)");
+            assert!(st.success(), "npm install prom-client failed");
+            if std::fs::rename(&tmp, &dir).is_err() {
+                let _ = std::fs::remove_dir_all(&tmp); // another run put it there first
+            }
+        }
+        dir.join("node_modules")
+    })
+    .clone()
+}
