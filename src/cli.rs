@@ -53,6 +53,20 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Live view of a pool's workers, like `pm2 monit`: state, pid, CPU, memory with its last
+    /// minute, restarts, uptime, refreshed every second.
+    ///
+    /// Keys: r reload, + / - scale by one, Tab next pool, q quit. Without NAME, every pool
+    /// running on this machine (that you may see). When its output is not a terminal, it prints
+    /// the status table every second instead.
+    Top {
+        /// Pool name (the config's `name`)
+        #[arg(value_parser = pool_name)]
+        name: Option<String>,
+        /// Stop after this many refreshes
+        #[arg(short = 'n', long, value_name = "N")]
+        count: Option<u64>,
+    },
     /// Rolling reload: re-read the config and replace workers batch by batch.
     ///
     /// Waits for the result and exits non-zero with the reason when the config is invalid or the

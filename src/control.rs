@@ -224,6 +224,13 @@ pub enum ClientError {
 }
 
 /// Send one request and wait for the reply (up to `timeout`).
+/// Send `request` to pool `name`'s master, found where `corral status` looks for it.
+pub fn ask(name: &str, request: &Request, timeout: Duration) -> Result<Reply, ClientError> {
+    let path = crate::rundir::control_socket(name)
+        .map_err(|error| ClientError::Io { name: name.to_string(), error: error.to_string() })?;
+    call(name, &path, request, timeout)
+}
+
 pub fn call(name: &str, path: &Path, request: &Request, timeout: Duration) -> Result<Reply, ClientError> {
     let p = path.display().to_string();
     let mut stream = std::os::unix::net::UnixStream::connect(path).map_err(|e| match e.kind() {

@@ -70,3 +70,4 @@ pub mod sampler;
 pub(crate) mod sockets;
 pub mod status;
 pub mod text;
+pub mod top;

@@ -26,6 +26,7 @@ fn main() -> ExitCode {
         Command::Upgrade { name, timeout } => upgrade(name.as_deref(), timeout),
         Command::Check { config, name } => check(&config::locate(config.as_deref(), env_config, name.as_deref())),
         Command::Status { name, json } => status(name.as_deref(), json),
+        Command::Top { name, count } => ExitCode::from(corral::top::run(name.as_deref(), count)),
         Command::Reload { name, no_wait, config, timeout } => reload(name, config, env_config, !no_wait, timeout),
         Command::Scale { name, count } => scale(&name, count),
         Command::Init { name, listen, user, instances, files, command } => init(
@@ -146,7 +147,7 @@ fn reload(
             }
         }
     };
-    let reply = ask(&name, &Request::Reload { wait }, if wait { timeout } else { Duration::from_secs(10) });
+    let reply = control::ask(&name, &Request::Reload { wait }, if wait { timeout } else { Duration::from_secs(10) });
     finish(&name, reply)
 }
 
@@ -156,7 +157,7 @@ fn scale(name: &str, count: String) -> ExitCode {
         eprintln!("corral scale: {e}");
         return ExitCode::from(2);
     }
-    let reply = ask(name, &Request::Scale { to: count }, Duration::from_secs(10));
+    let reply = control::ask(name, &Request::Scale { to: count }, Duration::from_secs(10));
     finish(name, reply)
 }
 
@@ -231,12 +232,6 @@ fn finish_run(result: Result<i32, driver::StartError>) -> ExitCode {
     code
 }
 
-fn ask(name: &str, request: &Request, timeout: Duration) -> Result<Reply, control::ClientError> {
-    let path = corral::rundir::control_socket(name)
-        .map_err(|error| control::ClientError::Io { name: name.to_string(), error: error.to_string() })?;
-    control::call(name, &path, request, timeout)
-}
-
 /// Print a reply's message (stdout) or error (stderr); exit 0 or 1 accordingly.
 fn finish(name: &str, reply: Result<Reply, control::ClientError>) -> ExitCode {
     match reply {
@@ -255,28 +250,12 @@ fn finish(name: &str, reply: Result<Reply, control::ClientError>) -> ExitCode {
     }
 }
 
-/// The pools under this user's runtime root, by name.
-fn running_pools() -> Vec<String> {
-    let root = corral::rundir::runtime_root();
-    let mut found: Vec<String> = std::fs::read_dir(&root)
-        .map(|d| {
-            d.flatten()
-                .filter(|e| e.path().join(corral::rundir::CONTROL_SOCKET).exists())
-                .filter_map(|e| e.file_name().into_string().ok())
-                .filter(|n| config::check_pool_name(n).is_ok())
-                .collect()
-        })
-        .unwrap_or_default();
-    found.sort();
-    found
-}
-
 /// `corral upgrade [NAME]`: ask each master to re-execute itself, then wait until the new image
 /// answers with the same pid.
 fn upgrade(name: Option<&str>, timeout: Duration) -> ExitCode {
     let names = match name {
         Some(n) => vec![n.to_string()],
-        None => running_pools(),
+        None => corral::rundir::running_pools(),
     };
     if names.is_empty() {
         println!("no pools running (looked in {})", corral::rundir::runtime_root().display());
@@ -311,13 +290,13 @@ enum UpgradeFailed {
 }
 
 fn upgrade_one(name: &str, timeout: Duration) -> Result<(), UpgradeFailed> {
-    let status = |wait: Duration| match ask(name, &Request::Status, wait) {
+    let status = |wait: Duration| match control::ask(name, &Request::Status, wait) {
         Ok(Reply { status: Some(s), .. }) => Ok(s),
         Ok(Reply { error, .. }) => Err(UpgradeFailed::Master(error.unwrap_or_else(|| "no status".into()))),
         Err(e) => Err(e.into()),
     };
     let before = status(Duration::from_secs(10))?;
-    match ask(name, &Request::Upgrade, Duration::from_secs(30)) {
+    match control::ask(name, &Request::Upgrade, Duration::from_secs(30)) {
         Ok(Reply { ok: false, error, .. }) => {
             return Err(UpgradeFailed::Master(error.unwrap_or_else(|| "upgrade refused".into())))
         }
@@ -355,7 +334,7 @@ fn status(name: Option<&str>, json: bool) -> ExitCode {
     let names: Vec<String> = match name {
         Some(n) => vec![n.to_string()],
         None => {
-            let found = running_pools();
+            let found = corral::rundir::running_pools();
             if found.is_empty() && !json {
                 println!("no pools running (looked in {})", corral::rundir::runtime_root().display());
                 return ExitCode::SUCCESS;
@@ -366,7 +345,7 @@ fn status(name: Option<&str>, json: bool) -> ExitCode {
     let mut pools = Vec::new();
     let mut failed = false;
     for n in &names {
-        match ask(n, &Request::Status, Duration::from_secs(10)) {
+        match control::ask(n, &Request::Status, Duration::from_secs(10)) {
             Ok(Reply { status: Some(s), .. }) => pools.push(s),
             Ok(Reply { error, .. }) => {
                 eprintln!("{n}: {}", error.unwrap_or_else(|| "no status".into()));
