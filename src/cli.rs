@@ -53,6 +53,28 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// The pool's journal, like `pm2 logs`: the master's and the workers' lines, each prefixed
+    /// with who wrote it (master, w0, w1, ...), coloured per worker on a terminal.
+    ///
+    /// Reads the journal of the pool's unit through journalctl (root, or a member of the
+    /// systemd-journal or adm group).
+    Logs {
+        /// Pool name (the config's `name`)
+        #[arg(value_parser = pool_name)]
+        name: String,
+        /// Keep printing new lines as they come
+        #[arg(short = 'f', long)]
+        follow: bool,
+        /// Only this worker's lines (its slot, CORRAL_WORKER)
+        #[arg(short = 'w', long, value_name = "SLOT")]
+        worker: Option<usize>,
+        /// From this time on, as journalctl takes it ("2026-12-04 10:00", "1 hour ago", "today")
+        #[arg(long, value_name = "TIME")]
+        since: Option<String>,
+        /// The last N lines [default: 50, or all with --since]
+        #[arg(short = 'n', long, value_name = "N")]
+        lines: Option<u64>,
+    },
     /// Live view of a pool's workers, like `pm2 monit`: state, pid, CPU, memory with its last
     /// minute, restarts, uptime, refreshed every second.
     ///

@@ -59,6 +59,7 @@ pub mod import;
 pub mod init;
 pub(crate) mod launch;
 pub mod logging;
+pub mod logs;
 pub mod metrics;
 pub mod notify;
 pub(crate) mod os;

@@ -26,6 +26,9 @@ fn main() -> ExitCode {
         Command::Upgrade { name, timeout } => upgrade(name.as_deref(), timeout),
         Command::Check { config, name } => check(&config::locate(config.as_deref(), env_config, name.as_deref())),
         Command::Status { name, json } => status(name.as_deref(), json),
+        Command::Logs { name, follow, worker, since, lines } => {
+            ExitCode::from(corral::logs::run(&corral::logs::LogsRequest { name, follow, worker, since, lines }))
+        }
         Command::Top { name, count } => ExitCode::from(corral::top::run(name.as_deref(), count)),
         Command::Reload { name, no_wait, config, timeout } => reload(name, config, env_config, !no_wait, timeout),
         Command::Scale { name, count } => scale(&name, count),

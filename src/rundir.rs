@@ -321,4 +321,3 @@ pub fn running_pools() -> Vec<String> {
     found.sort();
     found
 }
-

@@ -69,10 +69,7 @@ impl View {
         let Some(h) = self.memory.get(&(pool.to_string(), slot)) else { return String::new() };
         let recent: Vec<u64> = h.iter().rev().take(width).rev().copied().collect();
         let (lo, hi) = (recent.iter().min().copied().unwrap_or(0), recent.iter().max().copied().unwrap_or(0));
-        recent
-            .iter()
-            .map(|v| if hi == lo { BARS[0] } else { BARS[((v - lo) * 7 / (hi - lo)) as usize] })
-            .collect()
+        recent.iter().map(|v| if hi == lo { BARS[0] } else { BARS[((v - lo) * 7 / (hi - lo)) as usize] }).collect()
     }
 
     fn selected_name(&self) -> Option<String> {
@@ -270,7 +267,12 @@ fn pool_line(p: &PoolStatus, selected: bool) -> Line<'static> {
         Span::styled(escape_terminal(&p.name).into_owned(), name),
         Span::raw(" · "),
         Span::styled(format!("{}/{} ready", p.ready, p.desired), Style::new().fg(health)),
-        Span::raw(format!(" · gen {} · {} restarts · up {}", p.generation, p.restarts, human_duration(p.uptime_seconds))),
+        Span::raw(format!(
+            " · gen {} · {} restarts · up {}",
+            p.generation,
+            p.restarts,
+            human_duration(p.uptime_seconds)
+        )),
     ];
     if p.reloading {
         spans.push(Span::styled(" · reloading", Style::new().fg(Color::Yellow)));

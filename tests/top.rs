@@ -64,9 +64,7 @@ fn top_in_a_terminal_shows_every_worker_and_its_keys_scale_and_reload() {
 
     keys.write_all(b"r").unwrap();
     keys.flush().unwrap();
-    wait_until("r reloaded the pool", TIMEOUT, || {
-        p.status()["last_reload"]["generation"] == 2
-    });
+    wait_until("r reloaded the pool", TIMEOUT, || p.status()["last_reload"]["generation"] == 2);
     wait_until("top shows the reload", TIMEOUT, || screen().contains("last reload ok (gen 2)"));
 
     keys.write_all(b"q").unwrap();

@@ -31,6 +31,22 @@ curl -sf http://127.0.0.1:3000/ | grep -q "generation 2" && ok "still answered b
 journalctl -u myapi -o json CORRAL_WORKER=1 | grep -q '"SYSLOG_IDENTIFIER":"myapi"' && ok "journald: CORRAL_WORKER=1 entries" || fail "journald worker fields"
 journalctl -u myapi -p err -o cat | grep -q "broken release: BROKEN is set" && ok "journald: worker stderr at priority err" || fail "journald priority"
 
+# corral logs: the pool's journal, each line prefixed with who wrote it.
+corral logs myapi -n 500 >/tmp/logs.txt 2>&1 && ok "corral logs" || fail "corral logs: $(tail -3 /tmp/logs.txt)"
+grep -q " w1 *| " /tmp/logs.txt && ok "corral logs: worker lines tagged w1" || fail "corral logs: no w1 line: $(head -5 /tmp/logs.txt)"
+grep -q " master *| reload to generation 3 failed" /tmp/logs.txt && ok "corral logs: the master's lines" || fail "corral logs: no master line: $(grep -v ' w[01] ' /tmp/logs.txt | tail -8)"
+grep -q " systemd *| .*Reload" /tmp/logs.txt && ok "corral logs: systemd's lines about the unit" || fail "corral logs: no systemd line"
+corral logs myapi --worker 1 -n 500 >/tmp/logs-w1.txt 2>&1
+[ -s /tmp/logs-w1.txt ] && ! grep -v " w1 *| " /tmp/logs-w1.txt | grep -q . && ok "corral logs --worker 1: only w1" || fail "corral logs --worker 1: $(grep -v ' w1 ' /tmp/logs-w1.txt | head -3)"
+corral logs myapi --since "10 min ago" >/tmp/logs-since.txt 2>&1
+grep -q "w[01] *| broken release: BROKEN is set" /tmp/logs-since.txt && ok "corral logs --since" || fail "corral logs --since: $(grep broken /tmp/logs-since.txt | head -3) $(tail -3 /tmp/logs-since.txt)"
+corral logs myapi -f -n 1 >/tmp/logs-follow.txt 2>&1 &
+follower=$!
+wait_for "corral logs -f started" sh -c 'grep -q "|" /tmp/logs-follow.txt'
+systemctl reload myapi || true
+wait_for "corral logs -f prints the new reload's lines" sh -c 'grep -q "master *| reload to generation 3 failed" /tmp/logs-follow.txt'
+kill "$follower"; wait "$follower" 2>/dev/null
+
 main=$(systemctl show myapi -p MainPID --value)
 systemctl stop myapi && ok "systemctl stop" || fail "systemctl stop"
 [ "$(systemctl show myapi -p Result --value)" = success ] && ok "stopped cleanly (Result=success)" || fail "stop result: $(systemctl show myapi -p Result --value)"
