@@ -286,6 +286,22 @@ fn check_path(path: &Path, owner: Owner) -> Result<(), RuntimeDirError> {
     judge(path, meta.uid(), meta.mode(), owner)
 }
 
+/// The pools under this user's runtime root, by name.
+pub fn running_pools() -> Vec<String> {
+    let root = runtime_root();
+    let mut found: Vec<String> = std::fs::read_dir(&root)
+        .map(|d| {
+            d.flatten()
+                .filter(|e| e.path().join(CONTROL_SOCKET).exists())
+                .filter_map(|e| e.file_name().into_string().ok())
+                .filter(|n| crate::config::check_pool_name(n).is_ok())
+                .collect()
+        })
+        .unwrap_or_default();
+    found.sort();
+    found
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -304,20 +320,4 @@ mod tests {
         assert!(judge(p, other, 0o40700, Owner::MeOrRoot).is_err());
         assert!(judge(p, 0, 0o40755, Owner::MeOrRoot).is_ok());
     }
-}
-
-/// The pools under this user's runtime root, by name.
-pub fn running_pools() -> Vec<String> {
-    let root = runtime_root();
-    let mut found: Vec<String> = std::fs::read_dir(&root)
-        .map(|d| {
-            d.flatten()
-                .filter(|e| e.path().join(CONTROL_SOCKET).exists())
-                .filter_map(|e| e.file_name().into_string().ok())
-                .filter(|n| crate::config::check_pool_name(n).is_ok())
-                .collect()
-        })
-        .unwrap_or_default();
-    found.sort();
-    found
 }
