@@ -19,7 +19,7 @@ fn screen_text(raw: &[u8]) -> String {
 
 #[test]
 fn top_in_a_terminal_shows_every_worker_and_its_keys_scale_and_reload() {
-    let mut p = TestPool::start("top", ", \"--status\", \"serving\"", "");
+    let p = TestPool::start("top", ", \"--status\", \"serving\"", "");
     let workers = p.m.wait_workers(2);
     let cmd = format!("stty cols 80 rows 24; exec '{CORRAL}' top pool");
     let mut top = Command::new("script")
