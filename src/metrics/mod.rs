@@ -27,6 +27,9 @@ pub mod scrape;
 /// holds the families of workers answering in either format.
 pub const TEXT_FORMAT: &str = "text/plain; version=0.0.4; charset=utf-8";
 
+/// An answer larger than this is followed by giving the heap's free memory back.
+const TRIM_AFTER: usize = 256 * 1024;
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct StateLabel {
     state: String,
@@ -279,4 +282,10 @@ pub async fn serve(mut stream: tokio::net::TcpStream, driver: mpsc::UnboundedSen
     }
     let _ = stream.write_all(resp.as_bytes()).await;
     let _ = stream.shutdown().await;
+    // A large answer (many workers' series) leaves megabytes free in the heap: give them back,
+    // or the master's RSS stays at the peak of its last scrape.
+    if resp.len() > TRIM_AFTER {
+        drop((resp, body));
+        crate::os::memory::trim();
+    }
 }

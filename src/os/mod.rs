@@ -5,9 +5,11 @@
 //!   with `LISTEN_PID` written into a reserved envp buffer.
 //! - [`fds`]: taking ownership of the descriptors systemd handed over (`LISTEN_FDS`).
 //! - [`priority`]: the nice value of a worker's process group (`reload.start_nice`).
+//! - [`memory`]: freed heap memory given back to the kernel (`malloc_trim`).
 
 #![allow(unsafe_code)]
 
 pub mod fds;
+pub mod memory;
 pub mod priority;
 pub mod spawn;
