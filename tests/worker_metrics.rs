@@ -273,3 +273,25 @@ fn without_workers_true_no_worker_gets_the_variable_and_corrals_own_metrics_pass
     assert_eq!(sum(&s, "corral_worker_memory_limit_bytes", &[]), 1024.0 * 1024.0 * 1024.0, "{text}");
     assert!(!text.contains("corral_worker_metrics_up"), "{text}");
 }
+
+#[test]
+fn a_worker_running_as_another_user_serves_its_metrics_where_only_it_and_the_master_can() {
+    use std::os::unix::fs::MetadataExt;
+    let copies = ForOtherUsers::new();
+    let mport = free_port();
+    let cfg = format!(
+        "command = [\"/usr/bin/python3\", \"{}\", \"--metrics\", \"text\"]\ninstances = 2\nuser = \"nobody\"\n\
+         listen = [\"127.0.0.1:{}\"]\n[metrics]\nlisten = \"127.0.0.1:{mport}\"\nworkers = true\n",
+        copies.worker().display(),
+        free_port()
+    );
+    let mut m = Master::start("wm-user", &cfg, Options::default());
+    m.systemd().wait("READY=1");
+    let maddr = SocketAddr::from(([127, 0, 0, 1], mport));
+    wait_until("both workers' metrics up", TIMEOUT, || {
+        get_path(maddr, "/metrics").is_ok_and(|t| sum(&samples(&t), "corral_worker_metrics_up", &[]) == 2.0)
+    });
+    let dir = std::fs::metadata(m.dir.join("run/pool/metrics")).unwrap();
+    let nobody = nix::unistd::User::from_name("nobody").unwrap().unwrap();
+    assert_eq!((dir.uid(), dir.mode() & 0o777), (nobody.uid.as_raw(), 0o700), "the workers' user's alone");
+}
