@@ -96,6 +96,32 @@ proptest! {
         prop_assert!(parsed.len() <= fields.len());
     }
 
+    /// A worker's answer, however broken, never panics the parser; whatever it accepts merges
+    /// into an exposition that reads back (what Prometheus gets is always well formed).
+    #[test]
+    fn worker_expositions_never_panic_and_what_is_taken_reads_back(
+        bytes in prop::collection::vec(any::<u8>(), 0..400),
+        lines in prop::collection::vec(prop_oneof![
+            "# (HELP|TYPE|UNIT) [a-z_]{1,6}( (counter|gauge|histogram|summary|info|stateset|untyped|[a-z]{0,5}|[^\n]{0,12}))?",
+            "[a-z_:]{1,6}(_total|_bucket|_sum|_count|_created|_info)?(\\{([a-z_]{1,4}=\"([^\"\\\\\n]|\\\\[\\\\n\"t])*\",?){0,3}\\})? (-?[0-9.e+]{1,6}|NaN|\\+Inf|-Inf|[a-z]{1,3})( [0-9]{1,4})?",
+            "# EOF",
+            "[^\n]{0,30}",
+        ], 0..12),
+        openmetrics in any::<bool>(),
+    ) {
+        use corral::metrics::exposition::{parse, Merged, Origin};
+        let _ = parse(&String::from_utf8_lossy(&bytes), openmetrics);
+        let text = lines.join("\n");
+        if let Ok(families) = parse(&text, openmetrics) {
+            let mut m = Merged::default();
+            m.add(families.clone(), &Origin { slot: 1, generation: 2 });
+            m.add(families, &Origin { slot: 2, generation: 2 });
+            let out = m.render();
+            let back = parse(&out, false);
+            prop_assert!(back.is_ok(), "{text:?} rendered as {out:?}: {back:?}");
+        }
+    }
+
     #[test]
     fn control_requests_never_panic(
         bytes in prop::collection::vec(any::<u8>(), 0..300),
