@@ -55,30 +55,23 @@ if [ ${#need[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -q --no-install-recommends "${need[@]}"
 fi
 
-# Debian's NGINX for tests/nginx.rs, unpacked into target/nginx: installing the package would
-# also start a system NGINX on port 80.
-if [ ! -x target/nginx/usr/sbin/nginx ]; then
-  rm -rf target/nginx-deb && mkdir -p target/nginx-deb
-  if ! (cd target/nginx-deb && apt-get download -q nginx >/dev/null 2>&1); then
+# unpack PACKAGE PROGRAM: Debian's PACKAGE unpacked into target/PACKAGE (not installed), unless
+# target/PACKAGE/PROGRAM is there already.
+unpack() {
+  [ -x "target/$1/$2" ] && return
+  rm -rf "target/$1-deb" && mkdir -p "target/$1-deb"
+  if ! (cd "target/$1-deb" && apt-get download -q "$1" >/dev/null 2>&1); then
     sudo=""; [ "$(id -u)" -eq 0 ] || sudo="sudo"
     $sudo apt-get update -q
-    (cd target/nginx-deb && apt-get download -q nginx)
+    (cd "target/$1-deb" && apt-get download -q "$1")
   fi
-  dpkg -x target/nginx-deb/nginx_*.deb target/nginx
-fi
-
-# Debian's Prometheus (prometheus, promtool) for tests/worker_metrics.rs and
-# tests/prometheus.rs, unpacked into target/prometheus: installing the package would start a
-# system Prometheus.
-if [ ! -x target/prometheus/usr/bin/prometheus ]; then
-  rm -rf target/prometheus-deb && mkdir -p target/prometheus-deb
-  if ! (cd target/prometheus-deb && apt-get download -q prometheus >/dev/null 2>&1); then
-    sudo=""; [ "$(id -u)" -eq 0 ] || sudo="sudo"
-    $sudo apt-get update -q
-    (cd target/prometheus-deb && apt-get download -q prometheus)
-  fi
-  dpkg -x target/prometheus-deb/prometheus_*.deb target/prometheus
-fi
+  dpkg -x "target/$1-deb/$1"_*.deb "target/$1"
+}
+# NGINX for tests/nginx.rs: installing the package would also start a system NGINX on port 80.
+unpack nginx usr/sbin/nginx
+# Prometheus and promtool for tests/worker_metrics.rs and tests/prometheus.rs: installing the
+# package would start a system Prometheus.
+unpack prometheus usr/bin/prometheus
 
 # What packaging/build needs (linters, repository tools, the pinned cargo plugins), up front:
 # the package tests run it in parallel with other tests that must not race it for dpkg's lock.
