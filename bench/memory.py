@@ -1,13 +1,16 @@
 #!/usr/bin/env python3
 """The master's memory over many reloads (not a test: it reports, it does not assert).
 
-A pool of 4 test workers that take a second to stop (so drains overlap) gets reload requests
-back to back for a while (they coalesce into one reload after another). The master's RSS is
-read idle before, at its peak, and idle after everything has drained. Goal: after the burst,
-within 1 MiB of the idle figure.
+A pool of test workers that take a while to stop (so drains overlap) gets reload requests back
+to back for a while (they coalesce into one reload after another). The master's RSS is read
+idle before, at its peak, and idle after everything has drained. Goal: after the burst, within
+1 MiB of the idle figure.
 
-Usage: python3 bench/memory.py [--requests 3000] [--interval-ms 20] [--out bench/results/memory.json]
-Needs target/release/corral (cargo build --release).
+Usage: python3 bench/memory.py [--requests 3000] [--interval-ms 20] [--workers 4]
+                               [--stop-delay-ms 1000] [--batch 1] [--after-s 3]
+                               [--out bench/results/memory.json]
+The burst of issue #24: --workers 64 --stop-delay-ms 3000 --requests 40 --interval-ms 200
+--batch 100% --after-s 20. Needs target/release/corral (cargo build --release), or CORRAL_BIN.
 """
 
 import argparse
@@ -24,7 +27,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "bench"))
 from compare import control, free_port, rss_bytes  # noqa: E402
 
-CORRAL = os.path.join(ROOT, "target/release/corral")
+CORRAL = os.environ.get("CORRAL_BIN", os.path.join(ROOT, "target/release/corral"))
 WORKER = os.path.join(ROOT, "tests/worker.py")
 
 
@@ -32,14 +35,20 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--requests", type=int, default=3000)
     ap.add_argument("--interval-ms", type=int, default=20)
+    ap.add_argument("--workers", type=int, default=4)
+    ap.add_argument("--stop-delay-ms", type=int, default=1000)
+    ap.add_argument("--batch", default="1")
+    ap.add_argument("--after-s", type=float, default=3)
     ap.add_argument("--out", default=os.path.join(ROOT, "bench/results/memory.json"))
     args = ap.parse_args()
     tmp = tempfile.mkdtemp(prefix="corral-bench-memory-")
     port = free_port()
     cfg = os.path.join(tmp, "pool.toml")
     with open(cfg, "w") as f:
-        f.write(f'command = ["python3", "{WORKER}", "--stop-delay", "1000"]\ninstances = 4\n'
-                f'listen = ["127.0.0.1:{port}"]\n[stop]\ntimeout = "10s"\n')
+        batch = f'"{args.batch}"' if args.batch.endswith("%") else args.batch
+        f.write(f'command = ["python3", "{WORKER}", "--stop-delay", "{args.stop_delay_ms}"]\n'
+                f'instances = {args.workers}\nlisten = ["127.0.0.1:{port}"]\n[stop]\ntimeout = "10s"\n'
+                f'[reload]\nbatch = {batch}\n[ready]\ntimeout = "120s"\n')
     env = dict(os.environ, CORRAL_RUNTIME_ROOT=os.path.join(tmp, "run"))
     master = subprocess.Popen([CORRAL, "run", "-c", cfg], env=env, stdout=subprocess.DEVNULL,
                               stderr=subprocess.DEVNULL)
@@ -53,7 +62,8 @@ def main():
         while time.monotonic() < deadline:
             try:
                 st = status()
-                if st["ready"] == 4 and not st["reloading"] and len(st["workers"]) == 4:
+                n = args.workers
+                if st["ready"] == n and not st["reloading"] and len(st["workers"]) == n:
                     return st
             except (OSError, ValueError, TypeError, KeyError):
                 pass
@@ -72,9 +82,13 @@ def main():
             time.sleep(args.interval_ms / 1000)
         st = settle()
         burst_s = time.monotonic() - t0
-        time.sleep(3)
+        time.sleep(args.after_s)
         after = rss_bytes(master.pid)
         result = {
+            "workers": args.workers,
+            "stop_delay_ms": args.stop_delay_ms,
+            "batch": args.batch,
+            "after_s": args.after_s,
             "reload_requests": args.requests,
             "reloads_done": st["reloads_succeeded"],
             "seconds": round(burst_s, 1),

@@ -323,6 +323,51 @@ fn out_of_descriptors_the_master_pauses_accepting_instead_of_spinning() {
     assert!(m.running());
 }
 
+/// At `RLIMIT_NOFILE` 64 with 32 instances wanted, the master starts the workers whose
+/// descriptors fit, says once how many and which limit to raise, and keeps its way in open:
+/// `corral status`, /health and a reload all work; a scale beyond the limit is refused.
+#[test]
+fn a_low_descriptor_limit_starts_what_fits_and_keeps_the_way_in_open() {
+    raise_own_nofile();
+    let (port, mport) = (free_port(), free_port());
+    let cfg = format!(
+        "command = [\"python3\", \"{{worker}}\"]\ninstances = 32\nlisten = [\"127.0.0.1:{port}\"]\n\
+         [metrics]\nlisten = \"127.0.0.1:{mport}\"\n[limits]\ninterval = \"200ms\"\n"
+    );
+    let opts = Options { wrapper: vec!["prlimit".into(), "--nofile=64:64".into()], ..Options::default() };
+    let mut m = Master::start("nofile64", &cfg, opts);
+    // READY=1 once the workers that fit are ready: systemd is not left waiting for 32.
+    m.systemd().wait("READY=1");
+    m.wait_log("workers wanted, but only");
+    let log = m.log_text();
+    let line = log.lines().find(|l| l.contains("workers wanted, but only")).unwrap().to_string();
+    assert!(line.contains("32 workers wanted") && line.contains("RLIMIT_NOFILE 64") && line.contains("LimitNOFILE="));
+    let fit: usize =
+        line.split("but only ").nth(1).and_then(|r| r.split(' ').next()).and_then(|n| n.parse().ok()).unwrap();
+    assert!(fit >= 1 && fit < 32, "{line}");
+    let workers = m.wait_workers(fit);
+    // The operator's way in answers, again and again (the sampler keeps files open meanwhile).
+    for _ in 0..20 {
+        let (code, out, err) = m.cli(&["status", "pool", "--json"]);
+        assert_eq!(code, Some(0), "{err}");
+        let st: serde_json::Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(st["ready"].as_u64(), Some(fit as u64));
+        get_path(std::net::SocketAddr::from(([127, 0, 0, 1], mport)), "/health").expect("/health answers");
+    }
+    assert_eq!(log.matches("workers wanted, but only").count(), 1, "one message, no storm:\n{log}");
+    let (code, _, err) = m.cli(&["scale", "pool", "+1"]);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("LimitNOFILE="), "{err}");
+    // A reload rolls through in the room kept for one replacement.
+    let (code, _, err) = m.cli(&["reload", "pool"]);
+    assert_eq!(code, Some(0), "{err}");
+    let now = m.wait_workers(fit);
+    assert!(now.iter().all(|p| !workers.contains(p)), "every worker replaced");
+    let log = m.log_text();
+    assert_eq!(log.matches("Too many open files").count(), 0, "{log}");
+    assert_eq!(log.matches("workers wanted, but only").count(), 1, "not again at the reload:\n{log}");
+}
+
 #[test]
 fn a_stalled_stderr_reader_does_not_stall_the_master() {
     // The master's stderr is a pipe nobody reads; a worker floods its output into it.

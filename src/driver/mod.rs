@@ -30,6 +30,7 @@ use crate::pool::{Action, Event, ExitStatus, Notice, Notify, Pool, ReplyId, Scal
 use crate::rundir::RuntimeDir;
 use crate::sockets::ListenSockets;
 
+mod capacity;
 mod observe;
 mod readiness;
 mod requests;
@@ -131,6 +132,8 @@ pub struct Driver {
     metrics_seq: u64,
     /// Worker-metrics failures already logged.
     metrics_said: crate::metrics::scrape::Said,
+    /// Descriptors the master holds for itself, measured once ([`capacity`]).
+    own_descriptors: Option<usize>,
 }
 
 /// The priority workers get back once ready (`reload.start_nice`).
@@ -227,6 +230,8 @@ impl Driver {
             let status = format!("{} · upgraded to corral {}", self.pool.status_line(), crate::VERSION);
             self.notify_systemd(&[Notify::Ready, Notify::Status(status)]);
         }
+        let config = self.pool.config().clone();
+        self.tell_capacity(&config);
         self.dispatch(Event::Start);
         while self.exit.is_none() {
             if let Some(pending) = self.pending_upgrade.take() {
@@ -383,11 +388,12 @@ impl Driver {
     /// Reap every child that has exited: workers become `Exited` events, anything else (a
     /// worker's orphaned child, re-parented to us as subreaper) is just reaped.
     fn reap(&mut self) {
+        let mut workers_gone = false;
         loop {
             let (pid, status) = match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
                 Ok(WaitStatus::Exited(pid, code)) => (pid, ExitStatus::Code(code)),
                 Ok(WaitStatus::Signaled(pid, sig, _)) => (pid, ExitStatus::Signaled(sig as i32)),
-                Ok(WaitStatus::StillAlive) | Err(_) => return,
+                Ok(WaitStatus::StillAlive) | Err(_) => break,
                 Ok(_) => continue,
             };
             if let Some(meta) = self.workers.remove(&pid) {
@@ -396,11 +402,18 @@ impl Driver {
                 if let Some(socket) = &meta.metrics_socket {
                     let _ = std::fs::remove_file(socket);
                 }
+                workers_gone = true;
                 self.dispatch(Event::Exited { pid, status, last_output: journal::tail_lines(&meta.tail) });
             } else {
                 tracing::debug!(pid = pid.as_raw(), "reaped a stray process ({status})");
                 self.stray_reaped();
             }
+        }
+        // The last stopping worker is gone (a reload's or a scale-down's drain ended): what their
+        // pipes, tasks and bookkeeping took is free now; give it back to the kernel, or the
+        // master's RSS stays at the peak of its busiest reload.
+        if workers_gone && !self.pool.workers().iter().any(|w| w.state.phase() == crate::pool::WorkerPhase::Stopping) {
+            crate::os::memory::trim();
         }
     }
 }

@@ -55,6 +55,8 @@ impl Driver {
                     "`listen` changed: sockets are kept across reloads; restart the service to listen elsewhere"
                 );
             }
+            // What a worker of the new config costs may differ (an IPC channel, metrics).
+            self.tell_capacity(c);
         }
         self.dispatch(Event::Reload { config, reply });
     }

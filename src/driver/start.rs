@@ -105,6 +105,7 @@ impl Driver {
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| d.as_secs() << 16),
             metrics_said: Default::default(),
+            own_descriptors: None,
         }
     }
 }

@@ -58,17 +58,33 @@ impl Pool {
                 empty.push(slot);
             }
         }
+        // Every worker process, stopping ones too, holds the master's descriptors. Slots are
+        // filled while one process of room is left over, so a reload can always start a
+        // replacement; a replacement may take that last room.
+        let (capacity, nofile) = self.capacity;
+        let fit = self.fit();
+        let mut processes = self.workers.len();
+        let mut refused = false;
         for slot in empty {
             let due = self.slots.get(slot).and_then(|s| s.not_before).is_none_or(|t| t <= now);
-            if due {
+            if due && processes >= fit {
+                refused = true;
+            } else if due {
+                processes += 1;
                 self.spawn(now, slot, out);
             }
         }
+        if refused && !self.out_of_descriptors {
+            self.out_of_descriptors = true;
+            self.notices.push(Notice::OutOfDescriptors { fit, wanted: self.desired, nofile });
+        }
         for slot in outdated {
-            if in_flight >= batch {
+            // Out of room, a reload still replaces one worker at a time (the reserve holds it).
+            if in_flight >= batch || (processes >= capacity.max(2) && in_flight > 0) {
                 break;
             }
             in_flight += 1;
+            processes += 1;
             self.spawn(now, slot, out);
         }
         // Generations nobody runs any more are forgotten.
@@ -103,10 +119,18 @@ impl Pool {
         out.push(Action::Spawn { id, slot, generation: self.target, config, nice });
     }
 
+    /// Slots the master's descriptors can fill, keeping room for one replacement (see
+    /// [`Event::Capacity`]).
+    pub(super) fn fit(&self) -> usize {
+        self.capacity.0.saturating_sub(1).max(1)
+    }
+
+    /// Every slot that can be filled has a ready worker of the target generation.
     pub(super) fn all_slots_ready_on_target(&self) -> bool {
-        let mut ready = vec![false; self.desired];
+        let wanted = self.desired.min(self.fit());
+        let mut ready = vec![false; wanted];
         for w in &self.workers {
-            if w.slot < self.desired && w.generation == self.target && w.is_ready() {
+            if w.slot < wanted && w.generation == self.target && w.is_ready() {
                 ready[w.slot] = true;
             }
         }
@@ -167,8 +191,12 @@ impl Pool {
                 ScaleRequest::Add(d) => i64::try_from(self.desired).unwrap_or(i64::MAX).saturating_add(d),
             };
             let max = MAX_INSTANCES as i64;
+            let (fit, nofile) = (self.fit(), self.capacity.1);
             if n > max {
                 Err(Refusal::TooManyWorkers { max: MAX_INSTANCES, asked: n, workers: self.desired })
+            } else if n > i64::try_from(fit).unwrap_or(i64::MAX) && n > i64::try_from(self.desired).unwrap_or(i64::MAX)
+            {
+                Err(Refusal::OutOfDescriptors { fit, nofile, asked: n as usize, workers: self.desired })
             } else {
                 // Shrinking below one worker stops at one (`-1` on a single worker is a no-op).
                 let n = n.max(1) as usize;

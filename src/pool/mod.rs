@@ -142,6 +142,10 @@ pub struct Pool {
     last_status: String,
     /// What happened since the driver last asked ([`Pool::take_notices`]).
     notices: Vec<Notice>,
+    /// Worker processes the master's descriptors hold, and its `RLIMIT_NOFILE` ([`Event::Capacity`]).
+    capacity: (usize, u64),
+    /// Slots are empty for want of descriptors, and the operator was told.
+    out_of_descriptors: bool,
 }
 
 /// Margin added to our own stop timeout when asking systemd to wait longer.
@@ -169,6 +173,8 @@ impl Pool {
             last_reload: None,
             last_status: String::new(),
             notices: Vec::new(),
+            capacity: (usize::MAX, u64::MAX),
+            out_of_descriptors: false,
         }
     }
 
@@ -204,6 +210,13 @@ impl Pool {
             Event::Reload { config, reply } => self.on_reload(config, reply, &mut out),
             Event::Scale { request, reply } => self.on_scale(request, reply, &mut out),
             Event::Stop => self.on_stop(now, &mut out),
+            Event::Capacity { processes, nofile } => {
+                // Told again only when it changed.
+                if self.capacity != (processes.max(1), nofile) {
+                    self.capacity = (processes.max(1), nofile);
+                    self.out_of_descriptors = false;
+                }
+            }
         }
         self.settle(now, &mut out);
         out

@@ -57,6 +57,12 @@ pub enum Notice {
     RecycleAge(WorkerRef),
     KilledAfterTimeout(WorkerRef),
     Restarting(WorkerRef, Duration),
+    /// Slots left empty: their workers' descriptors do not fit.
+    OutOfDescriptors {
+        fit: usize,
+        wanted: usize,
+        nofile: u64,
+    },
     /// Gave up: more failed starts in a row than `max_restarts` with no worker ready.
     GivingUpInARow {
         failures: u32,
@@ -126,6 +132,7 @@ impl Notice {
             | Notice::GivingUpInARow { .. }
             | Notice::GivingUpInWindow { .. }
             | Notice::ReloadRefused { .. }
+            | Notice::OutOfDescriptors { .. }
             | Notice::ReloadFailed { .. } => Severity::Error,
             Notice::ExitedUnexpectedly(..)
             | Notice::ExitedBeforeReady(..)
@@ -245,6 +252,12 @@ impl fmt::Display for Notice {
                 write!(f, "reload to generation {to} failed, generation {from} keeps serving: {reason}")
             }
             Notice::Scaling { from, to } => write!(f, "scaling from {from} to {to} workers"),
+            Notice::OutOfDescriptors { fit, wanted, nofile } => write!(
+                f,
+                "{wanted} workers wanted, but only {fit} fit in this master's descriptor limit (RLIMIT_NOFILE \
+                 {nofile}, with room kept for a reload and for corral status, /metrics and the journal): \
+                 running {fit}; raise LimitNOFILE= in the unit (or ulimit -n) and restart the pool"
+            ),
         }
     }
 }

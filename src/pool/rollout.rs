@@ -78,7 +78,7 @@ impl Pool {
         }
         if !self.announced_ready {
             self.announced_ready = true;
-            self.notices.push(Notice::AllReady { generation: self.target, workers: self.desired });
+            self.notices.push(Notice::AllReady { generation: self.target, workers: self.desired.min(self.fit()) });
             out.push(Action::Notify(vec![Notify::Ready]));
         }
         if let Some(run) = &self.reload {

@@ -260,6 +260,9 @@ impl Pool {
                 LastReloadSnapshot::Failed(e) => ReloadResult::Failed(e),
             }),
             last_status: state.last_status,
+            // The new image works it out again and says so ([`Event::Capacity`]).
+            capacity: (usize::MAX, u64::MAX),
+            out_of_descriptors: false,
             notices: Vec::new(),
         })
     }

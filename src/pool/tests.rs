@@ -1078,3 +1078,44 @@ fn start_nice_zero_and_spawn_mode_start_at_full_priority() {
         assert!(sim.priority.is_empty(), "{extra:?}: {:?}", sim.priority);
     }
 }
+
+#[test]
+fn slots_the_descriptors_cannot_hold_stay_empty_with_one_notice_and_a_reload_still_rolls() {
+    let base = BASE.replace("instances = 2", "instances = 5");
+    let mut sim = Sim::new(config(&base));
+    // Room for 3 processes: 2 slots filled, one process of room kept for a replacement.
+    sim.run(&[
+        (0, Event::Capacity { processes: 3, nofile: 64 }, &["spawn 0 g1 = 100", "spawn 1 g1 = 101"]),
+        (0, Event::Start, &[]),
+        (10, ready(100), &[]),
+        // Ready once the slots that fit are: systemd is not kept waiting for the others.
+        (20, ready(101), &["READY"]),
+        (5_000, Event::Tick, &[]),
+    ]);
+    let told: Vec<String> = sim
+        .pool
+        .take_notices()
+        .iter()
+        .filter(|n| matches!(n, Notice::OutOfDescriptors { .. }))
+        .map(|n| n.to_string())
+        .collect();
+    assert_eq!(told.len(), 1, "{told:?}");
+    assert!(told[0].contains("5 workers wanted, but only 2 fit") && told[0].contains("LimitNOFILE="), "{told:?}");
+    // Scaling beyond what fits is refused; within it, or down, is not.
+    sim.run(&[(
+        6_000,
+        Event::Scale { request: ScaleRequest::Set(8), reply: Some(1) },
+        &["reply 1 err: only 2 workers fit in this master's descriptor limit (RLIMIT_NOFILE 64): 8 refused, \
+             still 5 workers; raise LimitNOFILE= in the unit (or ulimit -n) and restart the pool"],
+    )]);
+    // A reload replaces one worker at a time (batch 100% or not) in the room kept for it, and
+    // goes on while the replaced one drains (the master's reserve holds that one more).
+    let next = config(&format!("{base}\n[reload]\nbatch = \"100%\"\n"));
+    sim.run(&[
+        (7_000, reload(next, 2), &["RELOADING", "spawn 0 g2 = 102"]),
+        (7_100, ready(102), &["kill 100 SIGTERM", "spawn 1 g2 = 103"]),
+        (7_200, exited(100, 0), &[]),
+        (7_300, ready(103), &["kill 101 SIGTERM", "reply 2 ok", "READY"]),
+    ]);
+    assert_eq!(sim.pool.generation(), 2);
+}

@@ -100,6 +100,12 @@ pub enum Event {
     /// Graceful stop (SIGTERM/SIGINT): with `stop.drain`, a drain first; the next one stops
     /// gracefully (ending a drain), and one more while stopping kills every worker at once.
     Stop,
+    /// How many worker processes the master's descriptors hold (`RLIMIT_NOFILE` `nofile`, less
+    /// what the master keeps for itself and for the operator's way in): no more are started.
+    Capacity {
+        processes: usize,
+        nofile: u64,
+    },
 }
 
 /// A message for systemd; the driver adds `MONOTONIC_USEC=` to `Reloading`.
@@ -155,6 +161,11 @@ pub enum Refusal {
     ReloadFailed { keeping: Generation, reason: String },
     #[error("a pool runs at most {max} workers: {asked} refused, still {workers} workers")]
     TooManyWorkers { max: usize, asked: i64, workers: usize },
+    #[error(
+        "only {fit} workers fit in this master's descriptor limit (RLIMIT_NOFILE {nofile}): {asked} refused, \
+         still {workers} workers; raise LimitNOFILE= in the unit (or ulimit -n) and restart the pool"
+    )]
+    OutOfDescriptors { fit: usize, nofile: u64, asked: usize, workers: usize },
     /// Upgrades wait for a reload to end.
     #[error("a reload to generation {0} is in progress; upgrade when it has finished")]
     Reloading(Generation),
