@@ -344,7 +344,7 @@ fn a_low_descriptor_limit_starts_what_fits_and_keeps_the_way_in_open() {
     assert!(line.contains("32 workers wanted") && line.contains("RLIMIT_NOFILE 64") && line.contains("LimitNOFILE="));
     let fit: usize =
         line.split("but only ").nth(1).and_then(|r| r.split(' ').next()).and_then(|n| n.parse().ok()).unwrap();
-    assert!(fit >= 1 && fit < 32, "{line}");
+    assert!((1..32).contains(&fit), "{line}");
     let workers = m.wait_workers(fit);
     // The operator's way in answers, again and again (the sampler keeps files open meanwhile).
     for _ in 0..20 {
