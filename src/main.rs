@@ -382,12 +382,14 @@ fn check(path: &Path) -> ExitCode {
     match Config::load(path) {
         Ok(c) => {
             println!(
-                "{}: ok — pool {:?}, {} worker{} of `{}`",
+                "{}: ok — pool {:?}, {} worker{} of `{}`, ready.mode = {:?} ({})",
                 path.display(),
                 c.name,
                 c.instances,
                 if c.instances == 1 { "" } else { "s" },
-                c.command.join(" ")
+                c.command.join(" "),
+                c.ready.mode.as_str(),
+                c.ready.mode.meaning()
             );
             ExitCode::SUCCESS
         }

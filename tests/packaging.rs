@@ -63,14 +63,22 @@ fn a_version_bump_updates_everything_that_carries_the_version() {
     assert!(!dir.join("target").exists(), "nothing was built");
     std::fs::write(dir.join("Cargo.toml"), &toml).unwrap();
 
-    // One step bumps all four files.
-    let (ok, out) = run(&dir, "bash", &["packaging/bump", "0.2.0", "A release made by the test suite."]);
+    // One step bumps all four files, to the next minor version (NEXT) of the current one.
+    let mut parts = current.split('.').map(|p| p.parse::<u64>().unwrap());
+    let (major, minor) = (parts.next().unwrap(), parts.next().unwrap());
+    let next = format!("{major}.{}.0", minor + 1);
+    let older = format!("{major}.{minor}.9999");
+    let (ok, out) = run(&dir, "bash", &["packaging/bump", &next, "A release made by the test suite."]);
     assert!(ok, "{out}");
     let bumped = read(&dir, "Cargo.toml");
-    assert_eq!(bumped, toml.replacen(&format!("version = \"{current}\""), "version = \"0.2.0\"", 1));
+    assert_eq!(bumped, toml.replacen(&format!("version = \"{current}\""), &format!("version = \"{next}\""), 1));
     let new_lock = read(&dir, "Cargo.lock");
     let changed: Vec<(&str, &str)> = lock.lines().zip(new_lock.lines()).filter(|(a, b)| a != b).collect();
-    assert_eq!(changed, vec![(&*format!("version = \"{current}\""), "version = \"0.2.0\"")], "only corral's entry");
+    assert_eq!(
+        changed,
+        vec![(&*format!("version = \"{current}\""), &*format!("version = \"{next}\""))],
+        "only corral's entry"
+    );
     assert_eq!(lock.lines().count(), new_lock.lines().count());
     let (ok, out) = lock_agrees(&dir);
     assert!(ok, "the lock agrees after the bump: {out}");
@@ -81,7 +89,7 @@ fn a_version_bump_updates_everything_that_carries_the_version() {
         assert!(ok, "dpkg-parsechangelog: {out}");
         out.trim().to_string()
     };
-    assert_eq!(field("Version"), "0.2.0-1");
+    assert_eq!(field("Version"), format!("{next}-1"));
     assert!(field("Changes").contains("A release made by the test suite."), "{}", field("Changes"));
     // Every entry parses without a warning, and the older ones stay.
     let (ok, all) = run(&dir, "dpkg-parsechangelog", &["-l", debian.to_str().unwrap(), "--all"]);
@@ -90,7 +98,7 @@ fn a_version_bump_updates_everything_that_carries_the_version() {
 
     let rpm = read(&dir, "packaging/rpm/changelog");
     let first = rpm.lines().next().unwrap();
-    assert!(first.starts_with("* ") && first.ends_with(" - 0.2.0-1"), "{first}");
+    assert!(first.starts_with("* ") && first.ends_with(&format!(" - {next}-1")), "{first}");
     // rpmbuild rejects a %changelog whose weekday does not match its date.
     let date: Vec<&str> = first.split_whitespace().skip(1).take(4).collect();
     let (ok, weekday) = run(&dir, "date", &["-d", &date[1..].join(" "), "+%a"]);
@@ -99,10 +107,10 @@ fn a_version_bump_updates_everything_that_carries_the_version() {
     assert!(rpm.contains(&format!(" - {current}-1\n")), "the older entries stay: {rpm}");
 
     // Refused: the same version again, an older one, something that is not a version.
-    let (ok, out) = run(&dir, "bash", &["packaging/bump", "0.2.0"]);
-    assert!(!ok && out.contains("already says 0.2.0"), "{out}");
-    let (ok, out) = run(&dir, "bash", &["packaging/bump", "0.1.9"]);
-    assert!(!ok && out.contains("older than the current 0.2.0"), "{out}");
+    let (ok, out) = run(&dir, "bash", &["packaging/bump", &next]);
+    assert!(!ok && out.contains(&format!("already says {next}")), "{out}");
+    let (ok, out) = run(&dir, "bash", &["packaging/bump", &older]);
+    assert!(!ok && out.contains(&format!("older than the current {next}")), "{out}");
     let (ok, out) = run(&dir, "bash", &["packaging/bump", "1.2"]);
     assert!(!ok && out.contains("not a version like 1.2.3"), "{out}");
     assert_eq!(read(&dir, "Cargo.toml"), bumped, "a refused bump changes nothing");

@@ -202,3 +202,34 @@ fn ipc_channels_survive_an_upgrade() {
     assert!(replaced.contains(&i64::from(before[1])), "the other worker kept its channel: {replaced:?}");
     assert!(marked(m.dir.path()).len() >= 3, "the replacement sent 'ready'");
 }
+
+/// Without `[ready]`, a worker is ready when it is seen accepting: a worker that says READY=1
+/// long before it listens is not trusted (gunicorn's arbiter does that), and one that never says
+/// it is ready but serves is. `corral check` names the mode a config gets.
+#[test]
+fn the_default_ready_mode_waits_until_the_worker_accepts() {
+    let opts = || Options { default_ready_mode: true, ..Options::default() };
+    // Serves at once, never sends READY=1: ready by listening.
+    let cfg = format!(
+        "command = [\"python3\", \"{{worker}}\", \"--never-ready\"]\ninstances = 1\nlisten = [\"127.0.0.1:{}\"]\n",
+        free_port()
+    );
+    let mut m = Master::start("default-listen", &cfg, opts());
+    m.systemd().wait("READY=1");
+    let (code, out, err) = m.cli(&["check", "-c", m.config.to_str().unwrap()]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(out.contains("ready.mode = \"listen\""), "{out}");
+    drop(m);
+
+    // Says READY=1 at once but waits 1.5 s before it listens: not ready before it accepts.
+    let port = free_port();
+    let cfg = format!(
+        "command = [\"python3\", \"{ACCEPTOR}\", \"--marker\", \"{{dir}}/marks\", \"--notify\", \"--after\", \"1500\"]\n\
+         listen = [\"127.0.0.1:{port}\"]\ninstances = 1\n"
+    );
+    let mut m = Master::start("default-early", &cfg, opts());
+    std::fs::create_dir_all(m.dir.join("marks")).unwrap();
+    m.systemd().wait("READY=1");
+    let pids = marked(m.dir.path());
+    assert_eq!(pids.len(), 1, "ready only once it waited for connections: {pids:?}");
+}

@@ -165,7 +165,12 @@ fn a_reload_into_a_config_the_runtime_cannot_represent_keeps_the_pool_serving() 
     let pids = m.wait_workers(2);
     for (table, key) in [("ready", "timeout"), ("stop", "timeout"), ("restart", "max_delay"), ("recycle", "after")] {
         let text = std::fs::read_to_string(&m.config).unwrap();
-        let bad = format!("{text}[{table}]\n{key} = \"18446744073709551615s\"\n");
+        let line = format!("{key} = \"18446744073709551615s\"\n");
+        let header = format!("[{table}]\n");
+        let bad = match text.contains(&header) {
+            true => text.replacen(&header, &format!("{header}{line}"), 1),
+            false => format!("{text}{header}{line}"),
+        };
         std::fs::write(m.dir.join("bad.toml"), &bad).unwrap();
         let out = corral(&["check", "-c", m.dir.join("bad.toml").to_str().unwrap()]);
         assert_eq!(out.status.code(), Some(78), "check accepted [{table}] {key}: {out:?}");

@@ -47,6 +47,17 @@ impl ReadyMode {
         }
     }
 
+    /// What makes a worker ready in this mode, in a few words (`corral check`).
+    pub fn meaning(self) -> &'static str {
+        match self {
+            ReadyMode::Notify => "ready when it sends READY=1",
+            ReadyMode::Listen => "ready when corral sees it wait for connections on its socket",
+            ReadyMode::Ipc => "ready when its Node IPC channel says 'ready', or it sends READY=1",
+            ReadyMode::Spawn => "ready as soon as it started",
+            ReadyMode::Delay => "ready after ready.delay, or sooner with READY=1",
+        }
+    }
+
     /// Whether a worker in this mode is made ready by `signal`. `READY=1` counts in every mode
     /// except "listen": there the master's own observation decides, because the process that
     /// sends `READY=1` is not always the one that serves (gunicorn's arbiter sends it before its
@@ -75,7 +86,9 @@ pub struct Ready {
 
 impl Default for Ready {
     fn default() -> Self {
-        Ready { mode: ReadyMode::Notify, timeout: Dur(Duration::from_secs(30)), delay: Dur(Duration::from_secs(1)) }
+        // "listen": a worker is ready when the master sees it accept, whatever it says (gunicorn's
+        // arbiter sends READY=1 a second before any worker accepts). Before 0.2 it was "notify".
+        Ready { mode: ReadyMode::Listen, timeout: Dur(Duration::from_secs(30)), delay: Dur(Duration::from_secs(1)) }
     }
 }
 

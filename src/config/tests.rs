@@ -17,7 +17,7 @@ fn minimal_config_gets_defaults() {
     let c = parse("command = [\"node\", \"index.js\"]\n").unwrap();
     assert_eq!(c.name, "api");
     assert_eq!(c.instances, 1);
-    assert_eq!(c.ready.mode, ReadyMode::Notify);
+    assert_eq!(c.ready.mode, ReadyMode::Listen);
     assert_eq!(c.stop.signal, Sig(Signal::SIGTERM));
     assert_eq!(c.restart.max_restarts, 10);
     assert_eq!(c.restart.max_delay, Dur(Duration::from_secs(10)));

@@ -240,6 +240,11 @@ pub struct Options {
     pub stderr: Option<std::os::fd::OwnedFd>,
     /// Run this binary instead of the one cargo built (a copy that `corral upgrade` replaces).
     pub binary: Option<String>,
+    /// Keep the config's ready mode as it is, the default included. Otherwise a config that sets
+    /// none gets `"notify"`: tests/worker.py speaks the notify protocol, and the tests drive its
+    /// readiness with it (`--ready-after`, `--never-ready`), which the default ("listen") would
+    /// not wait for.
+    pub default_ready_mode: bool,
 }
 
 impl Default for Options {
@@ -253,6 +258,7 @@ impl Default for Options {
             discard_log: false,
             stderr: None,
             binary: None,
+            default_ready_mode: false,
         }
     }
 }
@@ -272,7 +278,10 @@ impl Master {
     /// Write `config` (with `{worker}` and `{dir}` replaced) and start `corral run` on it.
     pub fn start(tag: &str, config: &str, mut opts: Options) -> Master {
         let dir = TempDir::new(tag);
-        let text = config.replace("{worker}", &worker_py()).replace("{dir}", &dir.0.to_string_lossy());
+        let mut text = config.replace("{worker}", &worker_py()).replace("{dir}", &dir.0.to_string_lossy());
+        if !opts.default_ready_mode {
+            text = with_notify_by_default(&text);
+        }
         let config = dir.join("pool.toml");
         std::fs::write(&config, text).expect("write config");
         let log = dir.join("master.log");
@@ -746,4 +755,15 @@ pub fn node_modules() -> PathBuf {
         dir.join("node_modules")
     })
     .clone()
+}
+
+/// `config` with `ready.mode = "notify"` when it sets no ready mode (see
+/// [`Options::default_ready_mode`]); a config that does not parse is left as it is.
+pub fn with_notify_by_default(config: &str) -> String {
+    let Ok(table) = config.parse::<toml::Table>() else { return config.to_string() };
+    match table.get("ready") {
+        Some(r) if r.get("mode").is_some() => config.to_string(),
+        Some(_) => config.replacen("[ready]\n", "[ready]\nmode = \"notify\"\n", 1),
+        None => format!("{config}\n[ready]\nmode = \"notify\"\n"),
+    }
 }
