@@ -21,6 +21,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -75,12 +76,22 @@ def main():
         time.sleep(2)
         idle = rss_bytes(master.pid)
         peak = idle
+        watching = True
+
+        def watch():  # the peak may come during the drains, after the last request
+            nonlocal peak
+            while watching:
+                peak = max(peak, rss_bytes(master.pid))
+                time.sleep(0.01)
+        watcher = threading.Thread(target=watch)
+        watcher.start()
         t0 = time.monotonic()
         for _ in range(args.requests):
             control(sock, {"cmd": "reload", "wait": False})
-            peak = max(peak, rss_bytes(master.pid))
             time.sleep(args.interval_ms / 1000)
         st = settle()
+        watching = False
+        watcher.join()
         burst_s = time.monotonic() - t0
         time.sleep(args.after_s)
         after = rss_bytes(master.pid)
