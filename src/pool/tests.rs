@@ -15,6 +15,7 @@ const BASE: &str = r#"
 command = ["worker"]
 instances = 2
 [ready]
+mode = "notify"
 timeout = "10s"
 [stop]
 timeout = "5s"
@@ -500,14 +501,14 @@ fn crashes_while_stopping_are_not_restarted() {
 
 #[test]
 fn delay_and_spawn_ready_modes() {
-    let text = BASE.replace("timeout = \"10s\"", "mode = \"delay\"\ndelay = \"2s\"");
+    let text = BASE.replace("mode = \"notify\"\ntimeout = \"10s\"", "mode = \"delay\"\ndelay = \"2s\"");
     let mut sim = Sim::new(config(&text));
     sim.run(&[
         (0, Event::Start, &["spawn 0 g1 = 100", "spawn 1 g1 = 101"]),
         (1_999, Event::Tick, &[]),
         (2_000, Event::Tick, &["READY"]),
     ]);
-    let text = BASE.replace("timeout = \"10s\"", "mode = \"spawn\"");
+    let text = BASE.replace("mode = \"notify\"\ntimeout = \"10s\"", "mode = \"spawn\"");
     let mut sim = Sim::new(config(&text));
     sim.run(&[(0, Event::Start, &["spawn 0 g1 = 100", "spawn 1 g1 = 101", "READY"])]);
 }
@@ -945,7 +946,7 @@ fn each_ready_mode_takes_its_own_signals() {
         ("delay", Ipc, false),
     ];
     for (mode, signal, taken) in table {
-        let mut sim = Sim::new(config(&BASE.replace("[ready]\n", &format!("[ready]\nmode = \"{mode}\"\n"))));
+        let mut sim = Sim::new(config(&BASE.replace("mode = \"notify\"\n", &format!("mode = \"{mode}\"\n"))));
         assert_eq!(sim.step(0, Event::Start), ["spawn 0 g1 = 100", "spawn 1 g1 = 101"]);
         if mode != "delay" {
             assert_eq!(sim.pool.next_deadline(), Some(sim.at(10_000)), "{mode}: ready.timeout applies");
@@ -1064,7 +1065,7 @@ fn a_slow_start_at_low_priority_is_raised_at_half_its_ready_timeout() {
 fn start_nice_zero_and_spawn_mode_start_at_full_priority() {
     for extra in ["[reload]\nstart_nice = 0\n", ""] {
         let base = if extra.is_empty() {
-            BASE.replace("[ready]\n", "[ready]\nmode = \"spawn\"\n")
+            BASE.replace("mode = \"notify\"\n", "mode = \"spawn\"\n")
         } else {
             format!("{BASE}\n{extra}")
         };
