@@ -48,6 +48,38 @@ pub struct PoolStatus {
     pub workers: Vec<WorkerStatus>,
 }
 
+/// How a pool reads at a glance: every worker ready, some, or none (green, yellow, red in
+/// `corral status` and `corral top`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Health {
+    AllReady,
+    SomeReady,
+    NoneReady,
+}
+
+impl Health {
+    /// The ANSI colour code it is shown in.
+    pub fn ansi(self) -> &'static str {
+        match self {
+            Health::AllReady => "32",
+            Health::SomeReady => "33",
+            Health::NoneReady => "31",
+        }
+    }
+}
+
+impl PoolStatus {
+    pub fn health(&self) -> Health {
+        if self.ready == self.desired {
+            Health::AllReady
+        } else if self.ready == 0 {
+            Health::NoneReady
+        } else {
+            Health::SomeReady
+        }
+    }
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct LastReload {
     pub ok: bool,
@@ -92,13 +124,7 @@ pub fn render(pools: &[PoolStatus], color: bool) -> String {
         if i > 0 {
             out.push('\n');
         }
-        let health = if p.ready == p.desired {
-            "32"
-        } else if p.ready == 0 {
-            "31"
-        } else {
-            "33"
-        };
+        let health = p.health().ansi();
         let _ = write!(
             out,
             "{} · {} · generation {} · {} restart{} · master pid {} (corral {}) · up {}",

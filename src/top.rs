@@ -16,7 +16,7 @@ use ratatui::text::{Line, Span};
 use ratatui::widgets::{Cell, Paragraph, Row, Table};
 
 use crate::control::{Reply, Request};
-use crate::status::PoolStatus;
+use crate::status::{Health, PoolStatus};
 use crate::text::{escape_terminal, human_bytes, human_duration};
 
 /// How many samples a sparkline shows: one minute at one per second.
@@ -252,12 +252,10 @@ fn draw(f: &mut ratatui::Frame, view: &View) {
 
 /// "api · 4/4 ready · gen 3 · 0 restarts · up 2h · last reload ok (gen 3)": 80 columns hold it.
 fn pool_line(p: &PoolStatus, selected: bool) -> Line<'static> {
-    let health = if p.ready == p.desired {
-        Color::Green
-    } else if p.ready == 0 {
-        Color::Red
-    } else {
-        Color::Yellow
+    let health = match p.health() {
+        Health::AllReady => Color::Green,
+        Health::SomeReady => Color::Yellow,
+        Health::NoneReady => Color::Red,
     };
     let mut name = Style::new().add_modifier(Modifier::BOLD);
     if selected {

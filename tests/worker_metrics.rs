@@ -18,10 +18,17 @@ use common::*;
 
 const ROOT: &str = env!("CARGO_MANIFEST_DIR");
 
-/// GET `path` from the metrics listener: (status, body).
-fn http(addr: SocketAddr, path: &str) -> (u16, String) {
-    let body = get_path(addr, path).unwrap_or_else(|e| panic!("GET {path}: {e}"));
-    (200, body)
+/// corral's /metrics (a 200 answer, or the test fails).
+fn exposition(addr: SocketAddr) -> String {
+    get_path(addr, "/metrics").unwrap_or_else(|e| panic!("GET /metrics: {e}"))
+}
+
+/// corral's /metrics, checked by promtool, with its samples.
+fn checked_exposition(addr: SocketAddr, dir: &Path) -> (String, Vec<Sample>) {
+    let text = exposition(addr);
+    promtool_accepts(&text, dir);
+    let s = samples(&text);
+    (text, s)
 }
 
 /// One sample of an exposition: name, labels, value.
@@ -157,7 +164,7 @@ fn each_recipe_counts_every_request_summed_over_slots_before_and_after_a_reload(
             Master::start(&format!("wm-{}", r.name), &pool_config(&r.command, &r.env, port, mport), Options::default());
         m.systemd().wait("READY=1");
         let (addr, maddr) = (SocketAddr::from(([127, 0, 0, 1], port)), SocketAddr::from(([127, 0, 0, 1], mport)));
-        let metrics = || samples(&http(maddr, "/metrics").1);
+        let metrics = || samples(&exposition(maddr));
         // Every worker answers its metrics once it is ready.
         wait_until(&format!("{}: 3 workers' metrics up", r.name), TIMEOUT, || {
             sum(&metrics(), "corral_worker_metrics_up", &[("generation", "1")]) == 3.0
@@ -165,9 +172,7 @@ fn each_recipe_counts_every_request_summed_over_slots_before_and_after_a_reload(
         for _ in 0..60 {
             get(addr).expect("served");
         }
-        let (_, text) = http(maddr, "/metrics");
-        promtool_accepts(&text, m.dir.path());
-        let s = samples(&text);
+        let (text, s) = checked_exposition(maddr, m.dir.path());
         assert_eq!(sum(&s, "http_requests_total", &[("code", "200")]), 60.0, "{}: {text}", r.name);
         assert_eq!(slots_of(&s, r.also, "1"), ["0", "1", "2"], "{}: {text}", r.name);
         // The kernel spread the requests over more than one worker, and each counted its own.
@@ -184,9 +189,7 @@ fn each_recipe_counts_every_request_summed_over_slots_before_and_after_a_reload(
         for _ in 0..30 {
             get(addr).expect("served");
         }
-        let (_, text) = http(maddr, "/metrics");
-        promtool_accepts(&text, m.dir.path());
-        let s = samples(&text);
+        let (text, s) = checked_exposition(maddr, m.dir.path());
         assert_eq!(sum(&s, "http_requests_total", &[("generation", "2")]), 30.0, "{}: {text}", r.name);
         assert_eq!(sum(&s, "http_requests_total", &[("generation", "1")]), 0.0, "{}: {text}", r.name);
         assert_eq!(sum(&s, "corral_worker_metrics_up", &[("generation", "2")]), 3.0);
@@ -210,12 +213,12 @@ fn misbehaving_workers_cost_a_bounded_delay_and_show_down_once_in_the_log() {
     m.systemd().wait("READY=1");
     let maddr = SocketAddr::from(([127, 0, 0, 1], mport));
     wait_until("7 ready workers in /metrics", TIMEOUT, || {
-        let s = samples(&http(maddr, "/metrics").1);
+        let s = samples(&exposition(maddr));
         s.iter().filter(|(n, _, _)| n == "corral_worker_metrics_up").count() == 7
     });
     for round in 0..3 {
         let t = Instant::now();
-        let (_, text) = http(maddr, "/metrics");
+        let text = exposition(maddr);
         // A worker that would answer after 60 s, or send 100 MB, does not hold the scrape up
         // (a generous bound: the timeout is 500 ms, and workers are asked at once).
         assert!(t.elapsed() < std::time::Duration::from_secs(20), "scrape took {:?}", t.elapsed());
@@ -267,9 +270,7 @@ fn without_workers_true_no_worker_gets_the_variable_and_corrals_own_metrics_pass
     m.systemd().wait("READY=1");
     let report = read_report(&dir.join("report-0.json"));
     assert!(report["env"].get("CORRAL_METRICS_SOCKET").is_none(), "{report}");
-    let (_, text) = http(SocketAddr::from(([127, 0, 0, 1], mport)), "/metrics");
-    promtool_accepts(&text, m.dir.path());
-    let s = samples(&text);
+    let (text, s) = checked_exposition(SocketAddr::from(([127, 0, 0, 1], mport)), m.dir.path());
     assert_eq!(sum(&s, "corral_worker_memory_limit_bytes", &[]), 1024.0 * 1024.0 * 1024.0, "{text}");
     assert!(!text.contains("corral_worker_metrics_up"), "{text}");
 }

@@ -101,6 +101,11 @@ async fn fetch(socket: &std::path::Path, max: u64) -> Result<(Vec<u8>, bool), St
             break;
         }
         raw.extend_from_slice(&buf[..n]);
+        // No end of the head in its first 64 KiB: not HTTP. (Checked once, so that garbage is
+        // not searched again at every read.)
+        if raw.len() > HEAD_MAX && raw.len() - n <= HEAD_MAX && find(&raw[..HEAD_MAX], b"\r\n\r\n").is_none() {
+            return Err("the answer is not HTTP".into());
+        }
         if raw.len() as u64 > limit {
             return Err(format!("the answer is larger than worker_max_size ({})", bytesize::ByteSize(max)));
         }
