@@ -11,7 +11,7 @@
 # - installs Debian packages the tests use, once: systemd (systemd-socket-activate, journald),
 #   util-linux, mandoc, python3-prometheus-client (Debian's python3 runs the test worker and
 #   validates /metrics: no pip), mmdebstrap and systemd-container (the E2E images), podman and
-#   runc (the container example), nodejs, npm, python3-venv and golang-go (the frameworks),
+#   runc (the container example), nodejs, npm, python3-venv, golang-go and puma (the frameworks),
 #   golang-github-prometheus-client-golang-dev (the Go worker-metrics recipe);
 # - unpacks Debian's nginx package into target/nginx (for tests/nginx.rs; not installed), and its
 #   prometheus package into target/prometheus (prometheus and promtool; not installed either);
@@ -43,6 +43,7 @@ command -v node >/dev/null || need+=(nodejs)                          # the "ipc
 command -v npm >/dev/null || need+=(npm)
 /usr/bin/python3 -c 'import ensurepip' 2>/dev/null || need+=(python3-venv)
 command -v go >/dev/null || need+=(golang-go)
+command -v puma >/dev/null || need+=(puma)                            # the Puma recipe (Ruby)
 # The Go recipe of docs/metrics.md builds against Debian's client_golang (no module download).
 [ -d /usr/share/gocode/src/github.com/prometheus/client_golang ] || need+=(golang-github-prometheus-client-golang-dev)
 # The container example (tests/e2e/podman.sh): podman, with runc (works inside another container).

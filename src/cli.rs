@@ -176,6 +176,10 @@ pub enum Command {
         #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
         timeout: std::time::Duration,
     },
+    /// Stop the workers' process groups recorded at RECORD once the master dies (started by
+    /// the master, reading a pipe on stdin).
+    #[command(hide = true)]
+    WatchMaster { record: std::path::PathBuf },
     /// Check that this binary can take over from the state at FD (run by the master).
     #[command(hide = true)]
     UpgradeCheck {

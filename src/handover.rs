@@ -55,6 +55,17 @@ pub struct UpgradeState {
     pub runtime: PathFd,
     pub workers: Vec<WorkerFds>,
     pub pool: PoolState,
+    /// The watcher of the master's death ([`crate::leftovers`]): its pid and the pipe's write
+    /// end. Absent from a state written by 0.2.0 and earlier: the new image starts one.
+    #[serde(default)]
+    pub watcher: Option<WatcherFd>,
+}
+
+/// The master's end of its watcher, handed over.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+pub struct WatcherFd {
+    pub pid: i32,
+    pub fd: RawFd,
 }
 
 /// A listening socket handed over.
@@ -95,6 +106,7 @@ impl UpgradeState {
         let mut fds: Vec<RawFd> = self.sockets.iter().map(|s| s.fd).collect();
         fds.extend([self.notify.fd, self.control.fd, self.runtime.fd]);
         fds.extend(self.metrics);
+        fds.extend(self.watcher.map(|w| w.fd));
         for w in &self.workers {
             fds.extend(w.stdout.into_iter().chain(w.stderr).chain(w.ipc));
         }

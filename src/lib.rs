@@ -58,6 +58,7 @@ pub mod handover;
 pub mod import;
 pub mod init;
 pub(crate) mod launch;
+pub mod leftovers;
 pub mod logging;
 pub mod logs;
 pub mod metrics;

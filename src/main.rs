@@ -23,6 +23,13 @@ fn main() -> ExitCode {
         Command::Run { state_fd: Some(fd), .. } => resume(fd),
         Command::Run { config, state_fd: None, init } => run(config::locate(config.as_deref(), env_config, None), init),
         Command::UpgradeCheck { state_fd } => upgrade_check(state_fd),
+        Command::WatchMaster { record } => {
+            corral::output::stderr::init();
+            corral::logging::init(LogTarget::Auto, false);
+            let code = corral::leftovers::watch(&record);
+            corral::output::stderr::flush_before_exit(Duration::from_millis(200));
+            ExitCode::from(code as u8)
+        }
         Command::Upgrade { name, timeout } => upgrade(name.as_deref(), timeout),
         Command::Check { config, name } => check(&config::locate(config.as_deref(), env_config, name.as_deref())),
         Command::Status { name, json } => status(name.as_deref(), json),

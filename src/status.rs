@@ -114,6 +114,32 @@ pub struct WorkerStatus {
     /// gunicorn-style arbiter, its children rather than the worker's own pid).
     #[serde(default)]
     pub listening_pids: Vec<i32>,
+    /// Of those, the ones the listen detector sees waiting for connections (what
+    /// `ready.mode = "listen"` waits for): a process can hold the socket and not accept yet.
+    /// Checked for starting workers, and for every worker of a pool of up to
+    /// [`ACCEPTING_CHECKED_UP_TO`] (None: not checked).
+    #[serde(default)]
+    pub accepting_pids: Option<Vec<i32>>,
+}
+
+/// Pools up to this size get every worker's accepting processes checked for `corral status`;
+/// larger ones only their starting workers' (it reads each process's threads in /proc).
+pub const ACCEPTING_CHECKED_UP_TO: usize = 128;
+
+/// The LISTENING cell: each process holding a listening socket, marked when the listen
+/// detector sees it hold the socket without waiting for connections on it.
+fn listening_cell(w: &WorkerStatus) -> String {
+    if w.listening_pids.is_empty() {
+        return "-".into();
+    }
+    w.listening_pids
+        .iter()
+        .map(|p| match &w.accepting_pids {
+            Some(acc) if !acc.contains(p) => format!("{p} (not accepting)"),
+            _ => p.to_string(),
+        })
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 /// The pool line and worker table, like `pm2 ls`. `color`: ANSI colours (only on a TTY).
@@ -172,11 +198,7 @@ pub fn render(pools: &[PoolStatus], color: bool) -> String {
                 human_duration(w.uptime_seconds),
                 w.restarts.to_string(),
                 w.processes.map_or("-".into(), |n| n.to_string()),
-                if w.listening_pids.is_empty() {
-                    "-".into()
-                } else {
-                    w.listening_pids.iter().map(i32::to_string).collect::<Vec<_>>().join(",")
-                },
+                listening_cell(w),
                 w.rss_bytes.map_or("-".into(), human_bytes),
                 w.cpu_percent.map_or("-".into(), |c| format!("{c:.1}%")),
                 w.status.as_deref().map(escape_terminal).unwrap_or_default().into_owned(),
@@ -227,6 +249,7 @@ mod tests {
             replacing: None,
             processes: Some(1),
             listening_pids: vec![1000 + slot as i32],
+            accepting_pids: None,
         };
         let p = PoolStatus {
             name: "myapi".into(),

@@ -140,6 +140,83 @@ fn sigttin_and_sigttou_scale_the_pool() {
     assert!(m.log_text().contains("pool[2]: stopped gracefully"), "scale-down is graceful");
 }
 
+/// A worker behind a wrapper (`npm start`, a shell): the wrapper forks the server and waits.
+/// The wrapper dies with the master (its parent-death signal); the server would not.
+fn wrapped_server(port: u16) -> String {
+    format!(
+        "command = [\"sh\", \"-c\", \"python3 {{worker}} --any-listen-pid & wait\"]\n\
+         listen = [\"127.0.0.1:{port}\"]\ninstances = 2\n[ready]\nmode = \"listen\"\n"
+    )
+}
+
+/// The servers behind the wrappers: the children of the master's workers.
+fn servers(m: &Master) -> Vec<i32> {
+    wait_for("a server under each wrapper", TIMEOUT, || {
+        let s: Vec<i32> = m.workers().into_iter().flat_map(children).collect();
+        (s.len() == 2).then_some(s)
+    })
+}
+
+fn refused(port: u16) -> bool {
+    std::net::TcpStream::connect(("127.0.0.1", port)).is_err_and(|e| e.kind() == std::io::ErrorKind::ConnectionRefused)
+}
+
+#[test]
+fn a_killed_masters_wrapped_servers_are_stopped_by_its_watcher() {
+    let port = free_port();
+    let mut m =
+        Master::start("watcher", &wrapped_server(port), Options { default_ready_mode: true, ..Default::default() });
+    m.systemd().wait("READY=1");
+    let servers = servers(&m);
+    let watcher = watcher_of(m.pid());
+    assert!(get(std::net::SocketAddr::from(([127, 0, 0, 1], port))).is_ok());
+    m.signal(Signal::SIGKILL);
+    m.wait_exit();
+    wait_until("the servers behind the wrappers gone after kill -9 of the master", TIMEOUT, || {
+        servers.iter().all(|s| !alive(*s))
+    });
+    wait_until("the port closed", TIMEOUT, || refused(port));
+    wait_until("the watcher gone too", TIMEOUT, || !alive(watcher));
+    let record = m.dir.join(&format!("run/pool/workers.{}", m.pid()));
+    wait_until("the watcher removes the record it acted on", TIMEOUT, || !record.exists());
+}
+
+#[test]
+fn what_a_killed_master_left_is_stopped_at_the_pools_next_start() {
+    let port = free_port();
+    let mut first =
+        Master::start("leftover", &wrapped_server(port), Options { default_ready_mode: true, ..Default::default() });
+    first.systemd().wait("READY=1");
+    let servers = servers(&first);
+    let record = first.dir.join(&format!("run/pool/workers.{}", first.pid()));
+    assert!(std::fs::read_to_string(&record).unwrap_or_default().lines().count() >= 2);
+    // A watcher that cannot act (stopped; a killed one the master would replace at once).
+    let watcher = watcher_of(first.pid());
+    let watcher_pid = nix::unistd::Pid::from_raw(watcher);
+    nix::sys::signal::kill(watcher_pid, Signal::SIGSTOP).unwrap();
+    wait_until("the watcher stopped", TIMEOUT, || proc_state(watcher) == Some('T'));
+    first.signal(Signal::SIGKILL);
+    first.wait_exit();
+    wait_until("the wrappers gone with the master", TIMEOUT, || first.workers().is_empty());
+    assert!(servers.iter().all(|s| alive(*s)), "the servers outlive a master that had no watcher");
+    let root = first.dir.join("run").to_string_lossy().into_owned();
+    let mut second = Master::start(
+        "leftover",
+        &wrapped_server(port),
+        Options { default_ready_mode: true, env: vec![("CORRAL_RUNTIME_ROOT".into(), root)], ..Default::default() },
+    );
+    second.systemd().wait("READY=1");
+    assert!(servers.iter().all(|s| !alive(*s)), "the previous servers are stopped before the pool binds");
+    second.wait_log("a previous master of this pool died without stopping its workers: stopped 2 processes");
+    let fresh = self::servers(&second);
+    assert!(fresh.iter().all(|s| !servers.contains(s)));
+    assert!(get(std::net::SocketAddr::from(([127, 0, 0, 1], port))).is_ok());
+    let _ = nix::sys::signal::kill(watcher_pid, Signal::SIGKILL);
+    second.signal(Signal::SIGTERM);
+    assert_eq!(second.wait_exit(), Some(0));
+    wait_until("the new servers stopped with their pool", TIMEOUT, || fresh.iter().all(|s| !alive(*s)));
+}
+
 #[test]
 fn a_dead_workers_leftover_children_are_killed_and_reaped() {
     let mut m = Master::start("grandchild", &pool(", \"--spawn-child\"", "instances = 1\n"), Options::default());

@@ -233,3 +233,42 @@ fn the_default_ready_mode_waits_until_the_worker_accepts() {
     let pids = marked(m.dir.path());
     assert_eq!(pids.len(), 1, "ready only once it waited for connections: {pids:?}");
 }
+
+#[test]
+fn status_tells_a_process_that_holds_the_socket_from_one_that_accepts() {
+    // Holds the socket and never waits on it: starting for good, "not accepting".
+    let cfg = format!(
+        "command = [\"python3\", \"{ACCEPTOR}\", \"--never\"]\nlisten = [\"127.0.0.1:{}\"]\ninstances = 1\n\
+         [ready]\nmode = \"listen\"\ntimeout = \"10min\"\n",
+        free_port()
+    );
+    let m = Master::start("not-accepting", &cfg, Options { default_ready_mode: true, ..Options::default() });
+    let pid = m.wait_workers(1)[0];
+    let w = wait_for("the worker holding the socket", TIMEOUT, || {
+        let (code, out, _) = m.cli(&["status", "pool", "--json"]);
+        let st: serde_json::Value = serde_json::from_str(&out).ok().filter(|_| code == Some(0))?;
+        let w = st["workers"][0].clone();
+        (w["listening_pids"] == serde_json::json!([pid])).then_some(w)
+    });
+    assert_eq!(w["state"], "starting", "{w}");
+    assert_eq!(w["accepting_pids"], serde_json::json!([]), "{w}");
+    let (_, table, _) = m.cli(&["status", "pool"]);
+    assert!(table.contains(&format!("{pid} (not accepting)")), "{table}");
+    drop(m);
+
+    // Waits in accept(): ready, and accepting.
+    let cfg = format!(
+        "command = [\"python3\", \"{ACCEPTOR}\", \"--wait\", \"accept\"]\nlisten = [\"127.0.0.1:{}\"]\n\
+         instances = 1\n[ready]\nmode = \"listen\"\n",
+        free_port()
+    );
+    let mut m = Master::start("accepting", &cfg, Options { default_ready_mode: true, ..Options::default() });
+    m.systemd().wait("READY=1");
+    let pid = m.wait_workers(1)[0];
+    let (code, out, err) = m.cli(&["status", "pool", "--json"]);
+    assert_eq!(code, Some(0), "{err}");
+    let st: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(st["workers"][0]["accepting_pids"], serde_json::json!([pid]), "{st}");
+    let (_, table, _) = m.cli(&["status", "pool"]);
+    assert!(!table.contains("not accepting"), "{table}");
+}

@@ -134,6 +134,10 @@ pub struct Driver {
     metrics_said: crate::metrics::scrape::Said,
     /// Descriptors the master holds for itself, measured once ([`capacity`]).
     own_descriptors: Option<usize>,
+    /// The workers' process groups, recorded in the runtime directory ([`crate::leftovers`]).
+    record: crate::leftovers::Record,
+    /// Stops what the workers left if this master dies without stopping them.
+    watcher: Option<crate::leftovers::Watcher>,
 }
 
 /// The priority workers get back once ready (`reload.start_nice`).
@@ -307,6 +311,11 @@ impl Driver {
                 () = self.systemd.flush(), if self.systemd.pending() => {}
             }
         }
+        // Every worker is gone: the watcher has nothing to do.
+        self.record.remove();
+        if let Some(w) = self.watcher.take() {
+            w.bye();
+        }
         // Workers' output tasks finish on their own at EOF; give them the chance to flush.
         tokio::task::yield_now().await;
         flusher.abort();
@@ -399,11 +408,16 @@ impl Driver {
             if let Some(meta) = self.workers.remove(&pid) {
                 // Whatever the worker left behind in its process group goes with it.
                 let _ = killpg(pid, Signal::SIGKILL);
+                self.record.reaped(pid.as_raw());
                 if let Some(socket) = &meta.metrics_socket {
                     let _ = std::fs::remove_file(socket);
                 }
                 workers_gone = true;
                 self.dispatch(Event::Exited { pid, status, last_output: journal::tail_lines(&meta.tail) });
+            } else if self.watcher.as_ref().is_some_and(|w| w.pid == pid) {
+                self.watcher = None;
+                tracing::warn!("the watcher of this master exited ({status}): starting another");
+                self.watcher = start::start_watcher(&self.exe, &self._runtime.path);
             } else {
                 tracing::debug!(pid = pid.as_raw(), "reaped a stray process ({status})");
                 self.stray_reaped();

@@ -90,12 +90,22 @@ impl Driver {
     pub(super) fn snapshot(&self) -> PoolStatus {
         let now = Instant::now();
         let tck = crate::sampler::clock_ticks();
+        let check_all = self.pool.workers().len() <= crate::status::ACCEPTING_CHECKED_UP_TO;
         let mut workers: Vec<WorkerStatus> = self
             .pool
             .workers()
             .iter()
             .map(|w| {
                 let meta = w.pid.and_then(|p| self.workers.get(&p));
+                let listening_pids =
+                    meta.map_or_else(Vec::new, |m| crate::sampler::holding(&m.group, &self.listen_inodes));
+                let accepting_pids = (check_all || w.is_starting()).then(|| {
+                    listening_pids
+                        .iter()
+                        .copied()
+                        .filter(|p| crate::readiness::listen::is_accepting(*p, &self.listen_inodes))
+                        .collect()
+                });
                 WorkerStatus {
                     slot: w.slot,
                     pid: w.pid.map(Pid::as_raw),
@@ -109,8 +119,8 @@ impl Driver {
                     status: meta.and_then(|m| m.status.clone()),
                     replacing: w.replace.map(|r| r.as_str().to_string()),
                     processes: meta.filter(|m| !m.group.is_empty()).map(|m| m.group.len()),
-                    listening_pids: meta
-                        .map_or_else(Vec::new, |m| crate::sampler::holding(&m.group, &self.listen_inodes)),
+                    listening_pids,
+                    accepting_pids,
                 }
             })
             .collect();

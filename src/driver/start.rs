@@ -55,6 +55,9 @@ pub(super) struct Beginning {
     pub upgrades: u64,
     /// After an upgrade: the version taken over from.
     pub resumed: Option<String>,
+    /// The watcher handed over by an upgrade (a first start, or an upgrade from a version that
+    /// had none, starts one).
+    pub watcher: Option<crate::leftovers::Watcher>,
 }
 
 impl Driver {
@@ -72,6 +75,11 @@ impl Driver {
         let Endpoints { sockets, notify, control, metrics, runtime } = b.endpoints;
         let listen_inodes =
             sockets.fds().iter().filter_map(|fd| nix::sys::stat::fstat(fd).ok()).map(|st| st.st_ino).collect();
+        let record = crate::leftovers::Record::create(
+            crate::leftovers::record_path(&runtime.path, std::process::id()),
+            Default::default(),
+        );
+        let watcher = b.watcher.or_else(|| start_watcher(&b.exe, &runtime.path));
         Driver {
             pool: b.pool,
             config_path: b.config_path,
@@ -106,6 +114,30 @@ impl Driver {
                 .map_or(0, |d| d.as_secs() << 16),
             metrics_said: Default::default(),
             own_descriptors: None,
+            record,
+            watcher,
+        }
+    }
+}
+
+/// Start the watcher of this master's death ([`crate::leftovers`]), unless something else ends
+/// the workers when the master dies: the unit's cgroup under systemd (`INVOCATION_ID`), or the
+/// PID namespace when the master is its init.
+pub(super) fn start_watcher(exe: &Path, runtime: &Path) -> Option<crate::leftovers::Watcher> {
+    if std::process::id() == 1 || std::env::var_os("INVOCATION_ID").is_some_and(|v| !v.is_empty()) {
+        return None;
+    }
+    match crate::leftovers::Watcher::start(exe, &crate::leftovers::record_path(runtime, std::process::id())) {
+        Ok(w) => {
+            tracing::debug!(pid = w.pid.as_raw(), "watching for this master's death");
+            Some(w)
+        }
+        Err(e) => {
+            tracing::warn!(
+                "cannot start the watcher of this master ({e}): if the master is killed, what its workers started \
+                 keeps running until the pool's next start"
+            );
+            None
         }
     }
 }
@@ -127,6 +159,16 @@ impl Driver {
             tracing::warn!("cannot become a child subreaper: {e}");
         }
         launch::raise_nofile_limit();
+        let worker_gid = match &config.user {
+            Some(user) if nix::unistd::geteuid().is_root() => {
+                Some(Credentials::lookup(user).map_err(StartError::User)?.gid)
+            }
+            _ => None,
+        };
+        let runtime = RuntimeDir::create(&config.name, worker_gid).map_err(StartError::RuntimeDir)?;
+        // What a previous master of this pool left running when it was killed (the lock is ours, so
+        // it is gone) is stopped before the sockets are bound: it may hold the port.
+        crate::leftovers::stop_previous(&runtime.path);
         let resolved = ListenSockets::resolve(ListenSockets::from_systemd()?, &config.listen)?;
         let sockets = resolved.sockets;
         let mut systemd = SystemdNotifier::from_env();
@@ -138,13 +180,6 @@ impl Driver {
             systemd.store_fds(&named);
             systemd.remove_stored(&resolved.stale);
         }
-        let worker_gid = match &config.user {
-            Some(user) if nix::unistd::geteuid().is_root() => {
-                Some(Credentials::lookup(user).map_err(StartError::User)?.gid)
-            }
-            _ => None,
-        };
-        let runtime = RuntimeDir::create(&config.name, worker_gid).map_err(StartError::RuntimeDir)?;
         // Metrics sockets of a previous master's workers (they are gone: the lock is ours).
         let _ = std::fs::remove_dir_all(runtime.path.join(crate::rundir::WORKER_METRICS_DIR));
         let mode = if worker_gid.is_some() { 0o660 } else { 0o600 };
@@ -195,6 +230,7 @@ impl Driver {
             started: Instant::now(),
             upgrades: 0,
             resumed: None,
+            watcher: None,
         }))
     }
 }

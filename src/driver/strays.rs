@@ -25,7 +25,7 @@ impl Driver {
     /// grandchild keeping the port bound, say) are ours as subreaper: stop them too, as
     /// systemd stops what is left in a unit's cgroup, then exit.
     pub(super) fn finish(&mut self, code: i32) {
-        let left = crate::sampler::own_children();
+        let left = self.left_behind();
         if left.is_empty() {
             tracing::info!("all workers stopped, exiting with {code}");
             self.exit = Some(code);
@@ -45,6 +45,16 @@ impl Driver {
         self.strays = Some(Strays { exit_code: code, kill_at, killed: false });
     }
 
+    /// The master's children that are no worker: what workers left behind (re-parented to us as
+    /// subreaper), but not the watcher of the master's death.
+    fn left_behind(&self) -> Vec<Pid> {
+        let mut left = crate::sampler::own_children();
+        if let Some(w) = &self.watcher {
+            left.retain(|p| *p != w.pid);
+        }
+        left
+    }
+
     /// SIGTERM/SIGINT: a graceful stop, or, when one is under way, stop now.
     pub(super) fn on_stop_signal(&mut self) {
         if self.strays.is_some() {
@@ -55,7 +65,7 @@ impl Driver {
     }
 
     pub(super) fn kill_strays(&mut self) {
-        let left = crate::sampler::own_children();
+        let left = self.left_behind();
         tracing::warn!("processes left behind by workers did not stop in time: SIGKILL to {left:?}");
         for pid in &left {
             signal_process_and_group(*pid, Signal::SIGKILL);
@@ -72,7 +82,7 @@ impl Driver {
     /// processes and none is left, exit.
     pub(super) fn stray_reaped(&mut self) {
         if let Some(s) = &self.strays {
-            if crate::sampler::own_children().is_empty() {
+            if self.left_behind().is_empty() {
                 tracing::info!("processes left behind by workers are gone, exiting with {}", s.exit_code);
                 self.exit = Some(s.exit_code);
             }

@@ -109,6 +109,7 @@ impl Driver {
             runtime: PathFd { fd: self._runtime.lock_fd(), path: self._runtime.path.clone() },
             workers,
             pool,
+            watcher: self.watcher.as_ref().map(|w| handover::WatcherFd { pid: w.pid.as_raw(), fd: w.fd() }),
         };
         let fds = state.fds();
         let fd = handover::write_state(&state)?;
@@ -283,6 +284,10 @@ impl Driver {
             started: now.checked_sub(Duration::from_nanos(state.started_ago)).unwrap_or(now),
             upgrades: state.upgrades + 1,
             resumed: Some(state.from_version),
+            watcher: match state.watcher {
+                Some(w) => Some(crate::leftovers::Watcher::adopt(w.pid, adopt(w.fd)?)),
+                None => None,
+            },
         });
         for w in state.workers {
             let pid = Pid::from_raw(w.pid);

@@ -117,6 +117,7 @@ impl Driver {
         }
         meta.ipc = pipes.ipc.as_ref().and_then(|fd| fd.try_clone().ok());
         self.workers.insert(pid, meta);
+        self.record.started(pid.as_raw());
         self.watch_ready(pid, mode, pipes.ipc);
     }
 

@@ -7,7 +7,8 @@
 use std::time::{Duration, Instant};
 
 use super::{
-    later, Action, Enter, ExitStatus, Notice, Pid, Pool, RestartReason, StopReason, Worker, WorkerId, EARLY_EXIT,
+    later, Action, Enter, ExitStatus, Notice, Pid, Pool, RestartReason, StopOutcome, StopReason, Worker, WorkerId,
+    WorkerState, EARLY_EXIT,
 };
 
 impl Pool {
@@ -32,7 +33,15 @@ impl Pool {
         let Some(i) = self.workers.iter().position(|w| w.pid == Some(pid)) else { return };
         let Some(w) = self.enter(now, i, Enter::Gone, out) else { return };
         if !w.is_live() {
-            self.notices.push(Notice::Stopped(w.who(), status));
+            let outcome = match w.state {
+                WorkerState::Stopping { kill_at, .. } => {
+                    let timeout = self.configs.get(&w.generation).map_or(Duration::ZERO, |c| c.stop.timeout.0);
+                    let signalled = kill_at.checked_sub(timeout).unwrap_or(kill_at);
+                    StopOutcome::OnItsOwn(now.saturating_duration_since(signalled), timeout)
+                }
+                _ => StopOutcome::Killed,
+            };
+            self.notices.push(Notice::Stopped(w.who(), status, outcome));
             return;
         }
         if !self.phase.serving() {

@@ -28,6 +28,15 @@ pub enum Severity {
     Error,
 }
 
+/// How a worker that was asked to stop ended.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum StopOutcome {
+    /// It exited this long after its stop signal, before `stop.timeout` (the second field).
+    OnItsOwn(Duration, Duration),
+    /// It was killed with SIGKILL (`stop.timeout` reached, or a second stop signal).
+    Killed,
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub enum Notice {
     /// Still not ready after this long at `reload.start_nice`: back to normal priority.
@@ -36,8 +45,10 @@ pub enum Notice {
     Transition(WorkerRef, &'static str, &'static str),
     Started(WorkerRef),
     Ready(WorkerRef),
-    /// Exited after it was asked to stop.
-    Stopped(WorkerRef, ExitStatus),
+    /// Exited after it was asked to stop: on its own after the stop signal (how long after, so
+    /// a server that drained and re-raised SIGTERM reads apart from one the signal killed
+    /// outright), or killed with SIGKILL.
+    Stopped(WorkerRef, ExitStatus, StopOutcome),
     ExitedUnexpectedly(WorkerRef, ExitStatus),
     /// With how long after its start (moments mean it never got going) and, then, its last
     /// lines of output.
@@ -111,7 +122,7 @@ impl Notice {
         match self {
             Notice::Started(w)
             | Notice::Ready(w)
-            | Notice::Stopped(w, _)
+            | Notice::Stopped(w, ..)
             | Notice::ExitedUnexpectedly(w, _)
             | Notice::ExitedBeforeReady(w, ..)
             | Notice::CannotStart(w, _)
@@ -163,7 +174,24 @@ impl fmt::Display for Notice {
             ),
             Notice::Started(_) => write!(f, "worker started"),
             Notice::Ready(_) => write!(f, "worker ready"),
-            Notice::Stopped(_, status) => write!(f, "worker stopped ({status})"),
+            Notice::Stopped(_, status, StopOutcome::OnItsOwn(after, timeout)) => {
+                // Exiting on the stop signal itself within a few milliseconds means it had no
+                // handler: whatever it was serving was cut off.
+                let how = if matches!(status, ExitStatus::Signaled(_)) && *after < Duration::from_millis(50) {
+                    ", at once: killed by the signal itself, no graceful drain"
+                } else {
+                    ""
+                };
+                write!(
+                    f,
+                    "worker stopped ({status}) {} after its stop signal, within stop.timeout ({}){how}",
+                    human(*after),
+                    human(*timeout)
+                )
+            }
+            Notice::Stopped(_, status, StopOutcome::Killed) => {
+                write!(f, "worker stopped ({status}): killed, it had not stopped on its own")
+            }
             Notice::ExitedUnexpectedly(_, status) => write!(f, "worker exited unexpectedly ({status})"),
             Notice::ExitedBeforeReady(_, status, after, last_output) if *after < EARLY_EXIT => {
                 write!(

@@ -461,6 +461,39 @@ fn stop_escalates_to_sigkill_after_the_timeout_then_exits() {
 }
 
 #[test]
+fn the_stop_log_says_how_long_after_its_stop_signal_a_worker_ended_and_whether_it_was_killed() {
+    let mut sim = started();
+    let term = |pid: i32| Event::Exited {
+        pid: Pid::from_raw(pid),
+        status: ExitStatus::Signaled(libc::SIGTERM),
+        last_output: Vec::new(),
+    };
+    sim.run(&[(1_000, Event::Stop, &["STOPPING", "EXTEND 10s", "kill 100 SIGTERM", "kill 101 SIGTERM"])]);
+    sim.pool.take_notices();
+    let stopped = |sim: &mut Sim| -> Vec<String> {
+        sim.pool.take_notices().iter().filter(|n| matches!(n, Notice::Stopped(..))).map(|n| n.to_string()).collect()
+    };
+    // Puma: drains, then re-raises SIGTERM 2.5 s later. A server without a handler: at once.
+    sim.step(3_500, term(100));
+    assert_eq!(
+        stopped(&mut sim),
+        ["worker stopped (signal SIGTERM) 2s 500ms after its stop signal, within stop.timeout (5s)"]
+    );
+    let mut sim = started();
+    sim.run(&[(1_000, Event::Stop, &["STOPPING", "EXTEND 10s", "kill 100 SIGTERM", "kill 101 SIGTERM"])]);
+    sim.pool.take_notices();
+    sim.step(1_002, term(100));
+    assert_eq!(
+        stopped(&mut sim),
+        ["worker stopped (signal SIGTERM) 2ms after its stop signal, within stop.timeout (5s), at once: killed by \
+          the signal itself, no graceful drain"]
+    );
+    sim.step(6_000, Event::Tick);
+    sim.step(6_010, Event::Exited { pid: Pid::from_raw(101), status: ExitStatus::Signaled(9), last_output: vec![] });
+    assert_eq!(stopped(&mut sim), ["worker stopped (signal SIGKILL): killed, it had not stopped on its own"]);
+}
+
+#[test]
 fn a_second_stop_signal_kills_at_once() {
     let mut sim = started();
     sim.run(&[

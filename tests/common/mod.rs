@@ -355,10 +355,13 @@ impl Master {
         nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pid()), sig).expect("signal the master");
     }
 
-    /// Live (non-zombie) child processes of the master.
+    /// Live (non-zombie) child processes of the master, but for the watcher of its death
+    /// (`corral watch-master`).
     pub fn workers(&self) -> Vec<i32> {
-        let w =
-            children(self.pid()).into_iter().filter(|p| proc_state(*p).is_some_and(|s| s != 'Z')).collect::<Vec<_>>();
+        let w = children(self.pid())
+            .into_iter()
+            .filter(|p| proc_state(*p).is_some_and(|s| s != 'Z') && !is_watcher(*p))
+            .collect::<Vec<_>>();
         self.known.lock().map(|mut k| k.extend(w.iter().copied())).ok();
         w
     }
@@ -413,6 +416,16 @@ impl Drop for Master {
             eprintln!("---- master log ({}) ----\n{}", self.log.display(), self.log_text());
         }
     }
+}
+
+/// Whether `pid` is a master's watcher (`corral watch-master RECORD`).
+pub fn is_watcher(pid: i32) -> bool {
+    std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| c.split(|b| *b == 0).nth(1) == Some(b"watch-master"))
+}
+
+/// The watcher of the master `pid`'s death, once it runs.
+pub fn watcher_of(pid: i32) -> i32 {
+    wait_for("the master's watcher", TIMEOUT, || children(pid).into_iter().find(|p| is_watcher(*p)))
 }
 
 /// Direct children of `pid`, from /proc.

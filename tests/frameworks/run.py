@@ -95,7 +95,8 @@ class Setup:
             shutil.rmtree(d, ignore_errors=True)
             run([sys.executable, "-m", "venv", d])
             run([os.path.join(d, "bin", "pip"), "install", "-q", "--disable-pip-version-check", "-r", req])
-            run([os.path.join(d, "bin", "python"), "-c", "import fastapi, uvicorn, gunicorn, hypercorn"])
+            run([os.path.join(d, "bin", "python"), "-c",
+                 "import fastapi, uvicorn, gunicorn, hypercorn, tornado, aiohttp, flask, django, waitress"])
             done()
         self.venv = d
 
@@ -107,6 +108,12 @@ class Setup:
         env = dict(os.environ, GOCACHE=os.path.join(d, "build-cache"), GOPATH=os.path.join(d, "gopath"),
                    GO111MODULE="off", GOFLAGS="")
         run(["go", "build", "-o", self.go_bin, src], env=env)
+
+    def puma(self):
+        # Debian's puma (scripts/test.sh installs it), as an operator would run it.
+        self.puma_bin = shutil.which("puma") or "/nonexistent/puma"
+        out = subprocess.run([self.puma_bin, "--version"], capture_output=True, text=True, check=True).stdout
+        log(out.strip())
 
     def axum(self):
         run(["cargo", "build", "--quiet", "--locked", "--example", "fw-axum"], cwd=ROOT)
@@ -143,6 +150,34 @@ def frameworks(s):
         dict(name="hypercorn", label="hypercorn 0.18 (FastAPI)", socket="`--bind fd://3`", mode="listen",
              recipe=([v("python"), os.path.join(py, "serve_hypercorn.py")], {}),
              stock=([v("hypercorn"), "--bind", "fd://3", "app:app"], {}), workdir=py),
+        dict(name="express4", label="Express 4.22", socket="`app.listen({fd: 3})`", mode="listen",
+             recipe=(node("express4.js"), {}), stock=(node("express4.js"), stock), env={"NODE_PATH": s.node_path}),
+        dict(name="hono", label="Hono 4.13 (`@hono/node-server`)",
+             socket="`createAdaptorServer()` → `listen({fd: 3})`", mode="listen",
+             recipe=(node("hono.js"), {}), stock=(node("hono.js"), stock), env={"NODE_PATH": s.node_path}),
+        dict(name="tornado", label="Tornado 6.6", socket="`socket.socket(fileno=3)`, `setblocking(False)`, "
+             "`add_sockets`", mode="listen", recipe=([v("python"), os.path.join(py, "serve_tornado.py")], {}),
+             stock=([v("python"), os.path.join(py, "serve_tornado.py")], stock), workdir=py),
+        dict(name="aiohttp", label="aiohttp 3.14", socket="`loop.create_server(runner.server, sock=…)`",
+             mode="listen", recipe=([v("python"), os.path.join(py, "serve_aiohttp.py")], {}),
+             stock=([v("python"), os.path.join(py, "serve_aiohttp.py")], stock), workdir=py),
+        dict(name="flask-gunicorn", label="Flask 3.1 on gunicorn 27 gthread", socket="gunicorn reads `LISTEN_FDS`",
+             mode="listen", recipe=([v("gunicorn"), "--no-control-socket", "-w", "1", "-k", "gthread", "--threads",
+                                     "4", "wsgi_apps:flask_app"], {}),
+             stock=([v("gunicorn"), "--no-control-socket", "-w", "1", "-k", "gthread", "--threads", "4",
+                     "wsgi_apps:flask_app"], {}), workdir=py, stop_mode="main"),
+        dict(name="django-gunicorn", label="Django 5.2 on gunicorn 27 gthread", socket="gunicorn reads `LISTEN_FDS`",
+             mode="listen", recipe=([v("gunicorn"), "--no-control-socket", "-w", "1", "-k", "gthread", "--threads",
+                                     "4", "wsgi_apps:django_app"], {}),
+             stock=([v("gunicorn"), "--no-control-socket", "-w", "1", "-k", "gthread", "--threads", "4",
+                     "wsgi_apps:django_app"], {}), workdir=py, stop_mode="main"),
+        dict(name="waitress", label="Waitress 3.0", socket="`create_server(app, sockets=[socket.socket(fileno=3)])`",
+             mode="listen", recipe=([v("python"), os.path.join(py, "serve_waitress.py")], {}),
+             stock=([v("python"), os.path.join(py, "serve_waitress.py")], stock), workdir=py),
+        dict(name="puma", label="Puma 5.6 (Debian)", socket="`bind_to_activated_sockets \"only\"`", mode="listen",
+             recipe=([s.puma_bin, "-C", "puma.rb", "config.ru"], {}),
+             stock=([s.puma_bin, "--bind-to-activated-sockets", "only", "-t", "4:4", "-e", "production",
+                     "config.ru"], {}), workdir=os.path.join(EX, "ruby")),
         dict(name="go", label="Go net/http", socket="`net.FileListener(os.NewFile(3, …))`", mode="listen",
              recipe=([s.go_bin], {}), stock=([s.go_bin], stock)),
         dict(name="axum", label="Rust axum 0.8", socket="`listenfd` → `TcpListener::from_std`", mode="listen",
@@ -297,11 +332,14 @@ def main():
     only = set(a.only.split(",")) if a.only else None
     s = Setup(a.cache, a.corral)
     wanted = lambda *names: only is None or any(n in only for n in names)  # noqa: E731
-    s.node_bin = s.node_path = s.venv = s.go_bin = s.axum_bin = "/nonexistent"
-    if wanted("node-http", "express", "fastify"):
+    s.node_bin = s.node_path = s.venv = s.go_bin = s.axum_bin = s.puma_bin = "/nonexistent"
+    if wanted("node-http", "express", "fastify", "express4", "hono"):
         s.node()
-    if wanted("uvicorn", "gunicorn-uvicorn", "gunicorn-sync", "hypercorn"):
+    if wanted("uvicorn", "gunicorn-uvicorn", "gunicorn-sync", "hypercorn", "tornado", "aiohttp", "flask-gunicorn",
+              "django-gunicorn", "waitress"):
         s.python()
+    if wanted("puma"):
+        s.puma()
     if wanted("go"):
         s.go()
     if wanted("axum"):
