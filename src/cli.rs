@@ -129,8 +129,9 @@ pub enum Command {
         /// Merge env_ENV over env, like `pm2 start --env ENV`
         #[arg(long, value_name = "ENV")]
         env: Option<String>,
-        /// Listen here instead of on PORT from the app's env (repeatable; one app only)
-        #[arg(long)]
+        /// Listen here instead of on PORT from the app's env (repeatable): ADDR for the one app
+        /// imported, or APP=ADDR for each app of the file
+        #[arg(long, value_name = "[APP=]ADDR")]
         listen: Vec<String>,
         #[command(flatten)]
         files: PoolFiles,

@@ -398,6 +398,9 @@ fn check(path: &Path) -> ExitCode {
                 c.ready.mode.as_str(),
                 c.ready.mode.meaning()
             );
+            if let Some(w) = c.wrapper_warning() {
+                println!("warning: {w}");
+            }
             ExitCode::SUCCESS
         }
         Err(e) => {

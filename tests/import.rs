@@ -81,6 +81,79 @@ fn the_pm2_users_ecosystem_file_imports_and_serves_on_its_port() {
     assert!(err.contains("exists; use --force"), "{err}");
 
     // Run it, as the unit would (but binding the port itself).
+    let body = serve_imported(&dir, &config, "127.0.0.1:3000".parse().unwrap());
+    assert!(body.contains("Hello from worker"), "{body}");
+}
+
+/// The ecosystem file many Node projects have: `script: "npm", args: "start"`, and no PORT (the
+/// port is in the code). npm cannot pass the socket on (Node marks inherited descriptors
+/// close-on-exec), so import runs what package.json's start script runs; one run gives each app
+/// its address; the imported pool serves. `corral check` warns about a config that runs npm.
+#[test]
+fn an_npm_start_ecosystem_file_imports_into_pools_that_serve() {
+    let dir = TempDir::new("import-npm");
+    for app in ["api", "web"] {
+        std::fs::create_dir_all(dir.join(&format!("{app}/src"))).unwrap();
+        std::fs::copy(
+            concat!(env!("CARGO_MANIFEST_DIR"), "/examples/node/app.js"),
+            dir.join(&format!("{app}/src/index.js")),
+        )
+        .unwrap();
+        std::fs::write(
+            dir.join(&format!("{app}/package.json")),
+            r#"{"name": "x", "scripts": {"start": "NODE_ENV=production node src/index.js", "prestart": "true"}}"#,
+        )
+        .unwrap();
+    }
+    std::fs::write(
+        dir.join("ecosystem.json"),
+        r#"{"apps": [
+            {"name": "api", "script": "npm", "args": "start", "cwd": "api", "instances": 2},
+            {"name": "web", "script": "npm", "args": ["run", "start"], "cwd": "web"}]}"#,
+    )
+    .unwrap();
+    let (api, web) = (free_port(), free_port());
+    let root = dir.join("root");
+    let api_arg = format!("api=127.0.0.1:{api}");
+    let web_arg = format!("web=127.0.0.1:{web}");
+    let (code, out, err) = import(
+        dir.path(),
+        &["ecosystem.json", "--listen", &api_arg, "--listen", &web_arg, "--root", root.to_str().unwrap()],
+    );
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert!(out.contains("what `npm start` runs") && out.contains("close-on-exec"), "{out}");
+    assert!(out.contains("\"prestart\""), "the skipped hook is reported: {out}");
+    assert!(out.contains("its code chooses its port") && out.contains("fd 3"), "{out}");
+    let config = root.join("etc/corral/api.toml");
+    let text = std::fs::read_to_string(&config).unwrap();
+    assert!(text.contains("command = [\"node\", \"src/index.js\"]"), "{text}");
+    assert!(text.contains("NODE_ENV = \"production\""), "{text}");
+    assert!(text.contains(&format!("listen = [\"127.0.0.1:{api}\"]")), "{text}");
+    let web_text = std::fs::read_to_string(root.join("etc/corral/web.toml")).unwrap();
+    assert!(web_text.contains(&format!("listen = [\"127.0.0.1:{web}\"]")), "{web_text}");
+    // An address for an app the file does not have is refused; a bare one needs one app.
+    let (code, _, err) = import(dir.path(), &["ecosystem.json", "--listen", "nope=3000", "--dry-run"]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("no app named \"nope\""), "{err}");
+    let (code, _, err) = import(dir.path(), &["ecosystem.json", "--listen", "3000", "--dry-run"]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("--listen APP=ADDR"), "{err}");
+
+    // The imported pool serves.
+    let body = serve_imported(&dir, &config, format!("127.0.0.1:{api}").parse().unwrap());
+    assert!(body.contains("Hello from worker"), "{body}");
+
+    // A config that runs npm itself: check and run say why it cannot serve.
+    let npm_cfg = dir.join("npm.toml");
+    std::fs::write(&npm_cfg, "command = [\"npm\", \"start\"]\nlisten = [\"127.0.0.1:1\"]\n").unwrap();
+    let check = Command::new(CORRAL).args(["check", "-c", npm_cfg.to_str().unwrap()]).output().unwrap();
+    let said = String::from_utf8_lossy(&check.stdout);
+    assert!(check.status.success() && said.contains("warning: command runs npm") && said.contains("fd 3"), "{said}");
+}
+
+/// Run an imported config as its unit would (but binding the port itself) until it answers
+/// `/api/v1/hello` at `addr`; stop it (it must exit 0) and return the answer.
+fn serve_imported(dir: &TempDir, config: &Path, addr: std::net::SocketAddr) -> String {
     let mut master = Command::new(CORRAL)
         .args(["run", "-c", config.to_str().unwrap()])
         .env("CORRAL_RUNTIME_ROOT", dir.join("run"))
@@ -89,25 +162,20 @@ fn the_pm2_users_ecosystem_file_imports_and_serves_on_its_port() {
         .stderr(std::fs::File::create(dir.join("master.log")).unwrap())
         .spawn()
         .unwrap();
-    let answered = (|| {
-        let deadline = std::time::Instant::now() + TIMEOUT;
-        while std::time::Instant::now() < deadline {
-            if let Ok(body) = get_path("127.0.0.1:3000".parse().unwrap(), "/api/v1/hello") {
-                return Some(body);
-            }
-            if master.try_wait().ok().flatten().is_some() {
-                return None;
-            }
+    let deadline = std::time::Instant::now() + TIMEOUT;
+    let mut answered = None;
+    while answered.is_none() && std::time::Instant::now() < deadline && master.try_wait().ok().flatten().is_none() {
+        answered = get_path(addr, "/api/v1/hello").ok();
+        if answered.is_none() {
             std::thread::sleep(std::time::Duration::from_millis(50));
         }
-        None
-    })();
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(master.id() as i32), nix::sys::signal::Signal::SIGTERM).unwrap();
+    }
+    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(master.id() as i32), nix::sys::signal::Signal::SIGTERM);
     let status = master.wait().unwrap();
     let log = std::fs::read_to_string(dir.join("master.log")).unwrap_or_default();
-    let body = answered.unwrap_or_else(|| panic!("the imported pool did not answer on port 3000:\n{log}"));
-    assert!(body.contains("Hello from worker"), "{body}");
+    let body = answered.unwrap_or_else(|| panic!("the imported pool did not answer at {addr}:\n{log}"));
     assert_eq!(status.code(), Some(0), "{log}");
+    body
 }
 
 /// The examples of PM2's documentation: what is imported, what is skipped and why.
@@ -126,10 +194,12 @@ fn pm2_documentation_examples() {
     // `pm2 init simple`: no port anywhere, so nothing to import, and the way out is given.
     let (code, _, err) = dry(&["simple.config.js"]);
     assert_eq!(code, Some(2));
-    assert!(err.contains("skipped app \"app1\": no PORT") && err.contains("--app app1 --listen ADDR"), "{err}");
+    assert!(err.contains("skipped app \"app1\": no PORT") && err.contains("--listen app1=ADDR"), "{err}");
     let (code, out, err) = dry(&["simple.config.js", "--app", "app1", "--listen", "127.0.0.1:8000"]);
     assert_eq!(code, Some(0), "{err}");
     assert!(out.contains("listen = [\"127.0.0.1:8000\"]"), "{out}");
+    // The app's own code chooses its port: the report still says to take the socket from fd 3.
+    assert!(out.contains("its code chooses its port") && out.contains("fd 3"), "{out}");
 
     // `pm2 init`: two apps and a deploy section.
     let (code, out, err) = dry(&["init.config.js"]);

@@ -163,6 +163,21 @@ pub(crate) const RESERVED_ENV: &[&str] =
     &["LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES", "NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID"];
 
 impl Config {
+    /// A warning for a `command` that runs a Node-based package manager (`npm start`, `yarn
+    /// start`, `pnpm start`, `npx`): Node marks the descriptors it inherits close-on-exec as it
+    /// starts, so the server it runs never gets the listening sockets.
+    pub fn wrapper_warning(&self) -> Option<String> {
+        let program = std::path::Path::new(self.command.first()?).file_name()?.to_str()?;
+        if !["npm", "npx", "yarn", "pnpm"].contains(&program) {
+            return None;
+        }
+        Some(format!(
+            "command runs {program}, a Node program: Node marks the descriptors it inherits close-on-exec, so the \
+             server it starts never gets the listening sockets (fd 3…); run what the package.json script runs \
+             instead (`corral import` reads it for you), e.g. command = [\"node\", \"server.js\"]"
+        ))
+    }
+
     /// Read and validate `path`, resolving `instances` against the CPUs this process may use.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let text = read_config_file(path).map_err(|message| ConfigError {

@@ -219,6 +219,9 @@ impl Driver {
             );
         }
         tracing::info!("pool {}: {} workers of `{}`", config.name, config.instances, config.command.join(" "));
+        if let Some(w) = config.wrapper_warning() {
+            tracing::warn!("{w}");
+        }
         Ok(Driver::new(Beginning {
             name: Arc::from(config.name.as_str()),
             sink: log_sink(config.logs.target, config.logs.format),

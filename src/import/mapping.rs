@@ -26,6 +26,9 @@ pub(super) struct Draft {
     pub instances: String,
     pub env: BTreeMap<String, String>,
     pub listen: Vec<String>,
+    /// `VAR=value` words before the program in the package.json script `npm start` ran: they
+    /// win over `env`, as in the script.
+    pub script_env: BTreeMap<String, String>,
     pub instance_var: String,
     pub wait_ready: bool,
     pub ready_timeout: Option<String>,
@@ -98,6 +101,7 @@ pub(super) fn draft(app: &App, cx: &Context<'_>) -> Result<Draft, Skipped> {
         instances: "1".into(),
         env: BTreeMap::new(),
         listen: Vec::new(),
+        script_env: BTreeMap::new(),
         instance_var: "NODE_APP_INSTANCE".into(),
         wait_ready: false,
         ready_timeout: None,
@@ -170,7 +174,34 @@ fn command(app: &App, cx: &Context<'_>, d: &mut Draft) -> Result<(), Skipped> {
     }
     command.push(script_path);
     command.extend(argv(app.get("args").unwrap_or(&Value::Null), "args").map_err(Skipped::Value)?);
-    d.mapped("script", format!("command = {}", toml_argv(&command)));
+    match super::npm::unwrap(&command, &workdir) {
+        None => d.mapped("script", format!("command = {}", toml_argv(&command))),
+        Some(Ok(run)) => {
+            d.mapped(
+                "script",
+                format!(
+                    "command = {} (what `{}` runs: package.json's {:?}; the package manager itself cannot pass \
+                     the listening socket on: {})",
+                    toml_argv(&run.command),
+                    command.join(" "),
+                    run.script,
+                    super::npm::WHY
+                ),
+            );
+            for note in run.notes {
+                d.not_mapped("script".into(), note);
+            }
+            d.script_env = run.env;
+            command = run.command;
+        }
+        Some(Err(why)) => {
+            d.mapped("script", format!("command = {}", toml_argv(&command)));
+            d.not_mapped(
+                "script".into(),
+                format!("{why}: as written it cannot serve ({}); set `command` to what it runs", super::npm::WHY),
+            );
+        }
+    }
     for k in ["args", "interpreter", "interpreter_args", "node_args"] {
         if app.contains_key(k) {
             d.mapped(k, "in `command`".into());
@@ -245,6 +276,8 @@ fn environment(app: &App, cx: &Context<'_>, d: &mut Draft) -> Result<(), Skipped
     for k in app.keys().filter(|k| k.starts_with("env_") && Some(&k[4..]) != cx.req.env.as_deref()) {
         d.not_mapped(k.clone(), format!("another environment: import with `--env {}` to use it", &k[4..]));
     }
+    let script_env = std::mem::take(&mut d.script_env);
+    d.env.extend(script_env);
     Ok(())
 }
 
@@ -282,8 +315,22 @@ fn take_env(app: &App, key: &str, d: &mut Draft) -> Result<(), Skipped> {
 /// `listen`: `--listen`, else PORT from the environment (every address, as the app's own
 /// `listen(PORT)` did).
 fn listen(_: &App, cx: &Context<'_>, d: &mut Draft) -> Result<(), Skipped> {
-    d.listen = if !cx.req.listen.is_empty() {
-        cx.req.listen.clone()
+    let given = super::listen_for(&cx.req.listen, &d.pm2_name, &d.name);
+    d.listen = if !given.is_empty() {
+        let why = if d.env.contains_key("PORT") {
+            "instead of env.PORT"
+        } else {
+            "its code chooses its port (no PORT in `env`: hard-coded, another variable, a .env file)"
+        };
+        d.report.push(Line::Mapped {
+            key: "--listen".into(),
+            to: format!(
+                "listen = [{}] ({why}; corral, or the .socket unit, binds it: change the app to take the socket \
+                 from fd 3, like `server.listen({{fd: 3}})`, instead of binding a port: docs/frameworks.md)",
+                given.iter().map(|l| toml_str(l)).collect::<Vec<_>>().join(", ")
+            ),
+        });
+        given
     } else if let Some(port) = d.env.get("PORT").cloned() {
         d.report.push(Line::Mapped {
             key: "env.PORT".into(),

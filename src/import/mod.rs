@@ -23,6 +23,7 @@ use crate::text::toml_str;
 mod cron;
 mod ecosystem;
 mod mapping;
+mod npm;
 mod unmapped;
 mod values;
 
@@ -39,7 +40,8 @@ pub struct ImportRequest {
     pub app: Option<String>,
     /// PM2's `--env NAME`: `env_NAME` is merged over `env`.
     pub env: Option<String>,
-    /// Listen here instead of on `PORT` from the app's environment.
+    /// Listen here instead of on `PORT` from the app's environment: `ADDR` (one app), or
+    /// `APP=ADDR` for the app of that PM2 (or pool) name.
     pub listen: Vec<String>,
     /// Prefix for /etc (tests and packaging); "/" normally.
     pub root: PathBuf,
@@ -79,8 +81,10 @@ pub enum ImportError {
     NoSuchApp { want: String, file: PathBuf, names: String },
     #[error("{} has no apps", .0.display())]
     NoApps(PathBuf),
-    #[error("--listen applies to one app: choose it with --app")]
+    #[error("--listen ADDR applies to one app: choose it with --app, or give each app its own as --listen APP=ADDR")]
     ListenForMany,
+    #[error("--listen {given}: no app named {app:?} in {} (it has: {names})", file.display())]
+    ListenForNone { given: String, app: String, file: PathBuf, names: String },
 }
 
 /// Why one app is not converted: it is skipped, with this as the reason, and the others are
@@ -93,8 +97,8 @@ pub enum Skipped {
     NoScript(String),
     #[error(
         "no PORT in its environment: a corral pool serves a listening socket; if this app serves \
-         one, import it alone with `--app {0} --listen ADDR`; a background worker with no \
-         socket is better run as a plain systemd service (Restart=always)"
+         one, give it its address with `--listen {0}=ADDR` (and make it take the socket from fd 3); \
+         a background worker with no socket is better run as a plain systemd service (Restart=always)"
     )]
     NoPort(String),
     /// A value PM2 would take that corral cannot read: `instances` not a number, an `env` that
@@ -255,8 +259,21 @@ pub fn import(req: &ImportRequest) -> Result<Outcome, ImportError> {
     if chosen.is_empty() {
         return Err(ImportError::NoApps(req.file.clone()));
     }
-    if chosen.len() > 1 && !req.listen.is_empty() {
+    if chosen.len() > 1 && req.listen.iter().any(|l| split_listen(l).0.is_none()) {
         return Err(ImportError::ListenForMany);
+    }
+    for l in &req.listen {
+        if let (Some(app), _) = split_listen(l) {
+            if !all.iter().any(|a| label(a) == app || values::pool_name(&label(a)) == app) {
+                let names: Vec<String> = all.iter().map(label).collect();
+                return Err(ImportError::ListenForNone {
+                    given: l.clone(),
+                    app: app.to_string(),
+                    file: req.file.clone(),
+                    names: names.join(", "),
+                });
+            }
+        }
     }
     let mut out = Outcome { pools: Vec::new(), skipped: Vec::new(), notes: Vec::new() };
     for app in chosen {
@@ -276,6 +293,27 @@ pub fn import(req: &ImportRequest) -> Result<Outcome, ImportError> {
         }
     }
     Ok(out)
+}
+
+/// `--listen APP=ADDR` → (Some(APP), ADDR); `--listen ADDR` → (None, ADDR). No address has an
+/// `=` (`3000`, `127.0.0.1:3000`, `[::1]:3000`, `unix:/run/x.sock`).
+fn split_listen(l: &str) -> (Option<&str>, &str) {
+    match l.split_once('=') {
+        Some((app, addr)) => (Some(app), addr),
+        None => (None, l),
+    }
+}
+
+/// The addresses `--listen` gives the app `pm2_name` (pool `name`).
+pub(super) fn listen_for(listen: &[String], pm2_name: &str, name: &str) -> Vec<String> {
+    listen
+        .iter()
+        .filter_map(|l| match split_listen(l) {
+            (None, addr) => Some(addr.to_string()),
+            (Some(app), addr) if app == pm2_name || app == name => Some(addr.to_string()),
+            _ => None,
+        })
+        .collect()
 }
 
 /// The report for one app, as printed.

@@ -2,7 +2,7 @@
 """Every framework recipe of docs/frameworks.md, run under corral through rolling reloads.
 
 For each framework it installs pinned versions from the registries into a cache directory
-(Node 22 and the npm packages, a Python virtualenv, the Go and Rust builds), starts a pool of 2
+(Node 22 and the npm packages, a Python virtualenv, the Go and Rust builds; Puma is Debian's), starts a pool of 2
 workers under corral with the recipe's ready mode, and drives two request streams at once
 through RELOADS rolling reloads: one opening a new connection per request, one keep-alive
 client that never retries. Any error or non-200 answer is a failed request. The same run with
@@ -12,7 +12,7 @@ the framework's stock shutdown code is reported next to it.
 
 --docs rewrites the table in docs/frameworks.md. Exit status 1 if a recipe lost a request, a
 reload failed, or a setup step failed. Run by tests/frameworks.rs (and so by the README's test
-command); needs npm, python3-venv, golang-go (scripts/test.sh installs them).
+command); needs npm, python3-venv, golang-go and puma (scripts/test.sh installs them).
 """
 
 import argparse
@@ -132,8 +132,14 @@ def frameworks(s):
              recipe=(node("http.js"), {}), stock=(node("http.js"), stock), env={"NODE_PATH": s.node_path}),
         dict(name="express", label="Express 5.3", socket="`app.listen({fd: 3})`", mode="listen",
              recipe=(node("express.js"), {}), stock=(node("express.js"), stock), env={"NODE_PATH": s.node_path}),
+        dict(name="express4", label="Express 4.22", socket="`app.listen({fd: 3})`", mode="listen",
+             recipe=(node("express.js"), {}), stock=(node("express.js"), stock),
+             env={"NODE_PATH": s.node_path, "EXPRESS": "express4"}),
         dict(name="fastify", label="Fastify 5.12", socket="`app.listen({fd: 3})`", mode="listen",
              recipe=(node("fastify.js"), {}), stock=(node("fastify.js"), stock), env={"NODE_PATH": s.node_path}),
+        dict(name="hono", label="Hono 4.13 (`@hono/node-server`)",
+             socket="`createAdaptorServer()` → `listen({fd: 3})`", mode="listen",
+             recipe=(node("hono.js"), {}), stock=(node("hono.js"), stock), env={"NODE_PATH": s.node_path}),
         dict(name="uvicorn", label="uvicorn 0.54 (FastAPI)", socket="`socket.socket(fileno=3)` → `serve(sockets=)`",
              mode="listen", recipe=([v("python"), os.path.join(py, "serve_uvicorn.py")], {}),
              stock=([v("uvicorn"), "--fd", "3", "--log-level", "warning", "app:app"], {}), workdir=py),
@@ -150,11 +156,6 @@ def frameworks(s):
         dict(name="hypercorn", label="hypercorn 0.18 (FastAPI)", socket="`--bind fd://3`", mode="listen",
              recipe=([v("python"), os.path.join(py, "serve_hypercorn.py")], {}),
              stock=([v("hypercorn"), "--bind", "fd://3", "app:app"], {}), workdir=py),
-        dict(name="express4", label="Express 4.22", socket="`app.listen({fd: 3})`", mode="listen",
-             recipe=(node("express4.js"), {}), stock=(node("express4.js"), stock), env={"NODE_PATH": s.node_path}),
-        dict(name="hono", label="Hono 4.13 (`@hono/node-server`)",
-             socket="`createAdaptorServer()` → `listen({fd: 3})`", mode="listen",
-             recipe=(node("hono.js"), {}), stock=(node("hono.js"), stock), env={"NODE_PATH": s.node_path}),
         dict(name="tornado", label="Tornado 6.6", socket="`socket.socket(fileno=3)`, `setblocking(False)`, "
              "`add_sockets`", mode="listen", recipe=([v("python"), os.path.join(py, "serve_tornado.py")], {}),
              stock=([v("python"), os.path.join(py, "serve_tornado.py")], stock), workdir=py),
