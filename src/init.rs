@@ -13,6 +13,28 @@ use crate::text::toml_str;
 
 const SERVICE_TEMPLATE: &str = include_str!("../units/corral@.service");
 const SOCKET_TEMPLATE: &str = include_str!("../units/corral@.socket");
+/// The drop-in that runs a master as its workers' user (shipped for template instances too).
+const USER_MASTER: &str = include_str!("../units/user-master.conf");
+/// Where the template's root-master block starts (it runs to `[Install]`).
+const ROOT_BLOCK: &str = "# The master runs as root";
+
+/// The service's hardening for a master that runs as `user`: the template's root block replaced
+/// by [`USER_MASTER`]'s directives, with the user filled in.
+fn as_user(service: &str, user: &str) -> String {
+    let (Some(start), Some(end)) = (service.find(ROOT_BLOCK), service.find("[Install]")) else {
+        return service.to_string();
+    };
+    let mut block = String::from(
+        "# The master runs as the workers' user, with no capabilities: see units/user-master.conf\n\
+         # (/usr/share/doc/corral/examples/systemd/) for what each line buys and what stays open.\n",
+    );
+    for line in USER_MASTER.lines().filter(|l| !l.is_empty() && !l.starts_with('#') && *l != "[Service]") {
+        block.push_str(&line.replace("USER", user));
+        block.push('\n');
+    }
+    block.push('\n');
+    format!("{}{block}{}", &service[..start], &service[end..])
+}
 
 /// What `corral init` was asked for.
 #[derive(Debug, Clone)]
@@ -136,9 +158,13 @@ fn units(req: &InitRequest, listen: &[ListenAddr], written_by: &str) -> (File, F
         }
         out.replace("/usr/bin/corral", &bin).replace("%i", &req.name)
     };
-    let service = body(SERVICE_TEMPLATE)
-        .replace(&format!("corral worker pool {}", req.name), &format!("corral pool {}", req.name))
-        .replace(
+    let service = body(SERVICE_TEMPLATE);
+    let service = match &req.user {
+        Some(user) => as_user(&service, user),
+        None => service,
+    };
+    let service =
+        service.replace(&format!("corral worker pool {}", req.name), &format!("corral pool {}", req.name)).replace(
             "After=network.target",
             &format!(
                 "Requires={n}.socket\nAfter={n}.socket network.target{alert}",
@@ -264,6 +290,21 @@ mod tests {
         r.on_failure_alert = true;
         let service = &render(&r).unwrap().service.text;
         assert!(service.contains("\nOnFailure=corral-alert@%n.service\n"), "{service}");
+    }
+
+    #[test]
+    fn with_a_user_the_master_runs_as_that_user_with_no_capabilities() {
+        let service = render(&req()).unwrap().service.text;
+        assert!(service.contains("\nUser=www-data\n"), "{service}");
+        assert!(service.contains("\nCapabilityBoundingSet=\n"), "{service}");
+        assert!(service.contains("\nSystemCallFilter=@system-service\n"), "{service}");
+        assert!(service.contains("\nProtectSystem=strict\n"), "{service}");
+        assert!(!service.contains("CAP_SYS_PTRACE") && !service.contains("runs as root"), "{service}");
+        assert!(service.contains("\n[Install]\nWantedBy=multi-user.target"), "{service}");
+        let mut r = req();
+        r.user = None;
+        let service = render(&r).unwrap().service.text;
+        assert!(service.contains("CAP_SYS_PTRACE") && !service.contains("\nUser="), "{service}");
     }
 
     #[test]

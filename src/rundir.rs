@@ -148,7 +148,7 @@ pub fn runtime_root() -> PathBuf {
     }
     let uid = nix::unistd::geteuid();
     if uid.is_root() {
-        return PathBuf::from("/run/corral");
+        return PathBuf::from(SYSTEM_ROOT);
     }
     match std::env::var_os("XDG_RUNTIME_DIR").filter(|d| !d.is_empty()) {
         Some(xdg) => PathBuf::from(xdg).join("corral"),
@@ -185,6 +185,13 @@ fn io(what: &str, path: &Path) -> impl FnOnce(std::io::Error) -> RuntimeDirError
 /// The control socket of pool `name`, as the CLI finds it, once the directories on the way are
 /// known to be safe to trust (see [`check_path`]).
 pub fn control_socket(name: &str) -> Result<PathBuf, RuntimeDirError> {
+    let explicit = std::env::var_os("CORRAL_RUNTIME_ROOT").is_some_and(|d| !d.is_empty());
+    // In the pool's own unit (`ExecReload=corral reload NAME` of a master that runs as a user):
+    // systemd names the directory it made for it.
+    if let Some(dir) = systemd_runtime_directory().filter(|d| !explicit && d.file_name() == Some(name.as_ref())) {
+        check_path(&dir, Owner::MeOrRoot)?;
+        return Ok(dir.join(CONTROL_SOCKET));
+    }
     let root = runtime_root();
     let dir = root.join(name);
     // Root's directories are as trusted as our own: root could do anything to us anyway. Root
@@ -192,8 +199,29 @@ pub fn control_socket(name: &str) -> Result<PathBuf, RuntimeDirError> {
     let owner = if nix::unistd::geteuid().is_root() { Owner::Anyone } else { Owner::MeOrRoot };
     check_path(&root, owner)?;
     check_path(&dir, owner)?;
+    if !explicit && !nix::unistd::geteuid().is_root() && !dir.join(CONTROL_SOCKET).exists() {
+        if let Some(system) = system_pool(name) {
+            return Ok(system);
+        }
+    }
     Ok(dir.join(CONTROL_SOCKET))
 }
+
+/// A user's CLI asking for a pool that systemd runs (`/run/corral/NAME`, a master that runs as
+/// a user, or as root): trusted when `/run/corral` is root's and nobody else may write to it,
+/// since then only root (systemd's `RuntimeDirectory=`) put the pool's directory there, whoever
+/// owns it. Whether the caller may use its control socket is the master's decision.
+fn system_pool(name: &str) -> Option<PathBuf> {
+    let root = Path::new(SYSTEM_ROOT);
+    check_path(root, Owner::Root).ok()?;
+    let dir = root.join(name);
+    check_path(&dir, Owner::Anyone).ok()?;
+    let socket = dir.join(CONTROL_SOCKET);
+    socket.exists().then_some(socket)
+}
+
+/// Where systemd puts pools' runtime directories (`RuntimeDirectory=corral/NAME`).
+const SYSTEM_ROOT: &str = "/run/corral";
 
 /// Who may own a directory we use.
 #[derive(Clone, Copy)]
@@ -204,6 +232,8 @@ enum Owner {
     MeOrRoot,
     /// Any owner (root's CLI asking a user's pool); the mode is still checked.
     Anyone,
+    /// Root only.
+    Root,
 }
 
 /// The runtime root: its parents are created as needed (they are the administrator's or the
@@ -261,6 +291,7 @@ fn judge(path: &Path, uid: u32, mode: u32, owner: Owner) -> Result<(), RuntimeDi
         Owner::Me => uid == me,
         Owner::MeOrRoot => uid == me || uid == 0,
         Owner::Anyone => true,
+        Owner::Root => uid == 0,
     };
     if !trusted {
         return Err(RuntimeDirError::NotOurs { path: path.to_owned(), uid, me });

@@ -62,6 +62,30 @@ body=$(curl -sf --max-time 30 http://127.0.0.1:3000/api/v1/hello) && ok "first r
 wait_for "systemctl status shows the STATUS= line" sh -c 'systemctl status myapi | grep -q "Status: \"2/2 workers ready"'
 wait_for "journalctl -u myapi CORRAL_WORKER=1 has worker 1's lines" sh -c 'journalctl -u myapi CORRAL_WORKER=1 -o cat | grep -q "worker 1 (pid"'
 
+# 2b. A pool whose master runs as its workers' user (`corral init --user`): no root, no capability.
+exposure() { systemd-analyze security "$1" 2>/dev/null | sed -n 's/.*Overall exposure level for [^:]*: \([0-9.]*\).*/\1/p'; }
+useradd --system --no-create-home --shell /usr/sbin/nologin web && ok "useradd web" || fail "useradd web"
+corral init userapi --user web --listen 127.0.0.1:3003 --instances 2 -- node /usr/share/doc/corral/examples/node/app.js >/tmp/init-user.log 2>&1 \
+  && ok "corral init userapi --user web" || { cat /tmp/init-user.log; fail "corral init --user"; }
+systemctl daemon-reload
+systemctl enable --now userapi.socket >/dev/null 2>&1 && ok "userapi.socket enabled" || fail "enable userapi.socket"
+body=$(curl -sf --max-time 30 http://127.0.0.1:3003/api/v1/hello) && ok "userapi activates and answers: $body" || fail "userapi first request: $(journalctl -u userapi --no-pager | tail -20)"
+wait_for "userapi ready" sh -c 'systemctl show userapi -p StatusText --value | grep -q "^2/2 workers ready"'
+user_main=$(systemctl show userapi -p MainPID --value)
+[ "$(ps -o user= -p "$user_main")" = web ] && ok "userapi's master runs as web" || fail "userapi's master runs as $(ps -o user= -p "$user_main")"
+grep -q '^CapEff:[[:space:]]*0000000000000000$' "/proc/$user_main/status" && grep -q '^CapBnd:[[:space:]]*0000000000000000$' "/proc/$user_main/status" \
+  && ok "userapi's master has no capability (effective and bounding set empty)" || fail "capabilities: $(grep ^Cap "/proc/$user_main/status")"
+[ "$(ps -o user= --ppid "$user_main" | sort -u | tr -d ' ')" = web ] && ok "its workers run as web" || fail "workers as: $(ps -o user= --ppid "$user_main")"
+corral status userapi --json >/dev/null && ok "root's corral status reaches the user's master" || fail "corral status userapi"
+user_exposure=$(exposure userapi.service)
+echo "FIGURE: systemd-analyze security userapi.service (corral init --user): $user_exposure"
+awk -v e="$user_exposure" 'BEGIN { exit !(e != "" && e <= 2.0) }' && ok "userapi.service exposure $user_exposure <= 2.0" \
+  || fail "userapi.service exposure $user_exposure: $(systemd-analyze security userapi.service 2>&1 | grep '✗')"
+load userapi 3003
+sleep 0.5
+systemctl reload userapi && ok "systemctl reload userapi (ExecReload as web)" || fail "systemctl reload userapi: $(journalctl -u userapi --no-pager | tail -5)"
+unload userapi "rolling reload of a user's master"
+
 # 3. A template instance: /etc/corral/api2.toml + corral@api2.socket.
 cp /e2e/worker.py /srv/worker.py
 printf 'command = ["python3", "/srv/worker.py"]\ninstances = 2\n' > /etc/corral/api2.toml
@@ -71,6 +95,7 @@ systemctl daemon-reload
 systemctl enable --now corral@api2.socket >/dev/null 2>&1 && ok "corral@api2.socket enabled" || fail "enable corral@api2.socket"
 curl -sf --max-time 30 http://127.0.0.1:3001/ >/dev/null && ok "template instance answers" || fail "template instance"
 wait_for "corral@api2 ready" sh -c 'systemctl show corral@api2 -p StatusText --value | grep -q "^2/2 workers ready"'
+echo "FIGURE: systemd-analyze security corral@api2.service (the template, root master): $(exposure corral@api2.service)"
 
 # 4. Rolling reload under load; a broken release fails the reload and the old generation serves.
 load myapi 3000
@@ -89,7 +114,7 @@ systemctl reload myapi && ok "a fixed release reloads" || fail "reload after fix
 #    in place (`corral upgrade` from the postinst): same master pid, same worker pids.
 apt_repo v2 && ok "apt-get update (v2 offered)" || fail "apt-get update v2"
 pids() { corral status "$1" --json | python3 -c 'import json,sys; s=json.load(sys.stdin); print(s["pid"], sorted(w["pid"] for w in s["workers"]))'; }
-before_myapi=$(pids myapi); before_api2=$(pids api2)
+before_myapi=$(pids myapi); before_api2=$(pids api2); before_user=$(pids userapi)
 # A pool still starting when the upgrade comes: its app takes 20 s to be ready, so its unit is
 # "activating" (Type=notify, no READY=1 yet) while the package is replaced.
 corral init slow --listen 127.0.0.1:3002 --instances 2 -- python3 /srv/worker.py --ready-after 20000 >/tmp/init-slow.log 2>&1 \
@@ -103,14 +128,18 @@ wait_for "slow is starting (activating, its master running)" sh -c \
 slow_main=$(systemctl show slow -p MainPID --value)
 load myapi 3000
 load api2 3001
+load userapi 3003
 sleep 0.5
 apt_get install corral >/tmp/upgrade.log 2>&1 && ok "apt-get upgrade to $V2" || { cat /tmp/upgrade.log; fail "upgrade"; }
 sleep 1
 unload myapi "package upgrade"
 unload api2 "package upgrade"
-for unit in myapi corral@api2; do
+unload userapi "package upgrade"
+for unit in myapi corral@api2 userapi; do
   wait_for "$unit runs the new binary" runs_current "$unit"
 done
+grep -q "userapi: upgraded in place from corral $V1 to $V2" /tmp/upgrade.log && ok "the user's master was upgraded in place" || fail "userapi upgrade: $(cat /tmp/upgrade.log)"
+[ "$(pids userapi)" = "$before_user" ] && ok "userapi: same master and worker pids ($before_user)" || fail "userapi pids: $before_user -> $(pids userapi)"
 [ "$(corral status myapi --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["version"])')" = "$V2" ] \
   && ok "corral status reports $V2" || fail "status version: $(corral status myapi --json | head -c 300)"
 grep -q "myapi: upgraded in place from corral $V1 to $V2" /tmp/upgrade.log && ok "the upgrade said which pools it moved" || fail "upgrade log: $(cat /tmp/upgrade.log)"
