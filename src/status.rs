@@ -116,8 +116,8 @@ pub struct WorkerStatus {
     pub listening_pids: Vec<i32>,
     /// Of those, the ones the listen detector sees waiting for connections (what
     /// `ready.mode = "listen"` waits for): a process can hold the socket and not accept yet.
-    /// Checked for starting workers, and for every worker of a pool of up to
-    /// [`ACCEPTING_CHECKED_UP_TO`] (None: not checked).
+    /// Checked by `corral status` for starting workers, and for every worker of a pool of up to
+    /// [`ACCEPTING_CHECKED_UP_TO`] (None: not checked; /metrics and /health never check).
     #[serde(default)]
     pub accepting_pids: Option<Vec<i32>>,
 }

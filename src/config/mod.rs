@@ -162,19 +162,25 @@ pub struct InvalidPoolName(pub String);
 pub(crate) const RESERVED_ENV: &[&str] =
     &["LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES", "NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID"];
 
+/// Node-based package managers: a worker's `command` cannot be one of them.
+pub const NODE_WRAPPERS: &[&str] = &["npm", "npx", "yarn", "pnpm"];
+
+/// Why: what `corral check`, `corral run` and `corral import` say.
+pub const NODE_WRAPPER_CANNOT: &str = "a Node program: Node marks the descriptors it inherits close-on-exec, so the \
+                                       server it starts never gets the listening sockets (fd 3…)";
+
 impl Config {
     /// A warning for a `command` that runs a Node-based package manager (`npm start`, `yarn
     /// start`, `pnpm start`, `npx`): Node marks the descriptors it inherits close-on-exec as it
     /// starts, so the server it runs never gets the listening sockets.
     pub fn wrapper_warning(&self) -> Option<String> {
         let program = std::path::Path::new(self.command.first()?).file_name()?.to_str()?;
-        if !["npm", "npx", "yarn", "pnpm"].contains(&program) {
+        if !NODE_WRAPPERS.contains(&program) {
             return None;
         }
         Some(format!(
-            "command runs {program}, a Node program: Node marks the descriptors it inherits close-on-exec, so the \
-             server it starts never gets the listening sockets (fd 3…); run what the package.json script runs \
-             instead (`corral import` reads it for you), e.g. command = [\"node\", \"server.js\"]"
+            "command runs {program}, {NODE_WRAPPER_CANNOT}; run what the package.json script runs instead (`corral \
+             import` reads it for you), e.g. command = [\"node\", \"server.js\"]"
         ))
     }
 

@@ -415,7 +415,6 @@ impl Driver {
                 workers_gone = true;
                 self.dispatch(Event::Exited { pid, status, last_output: journal::tail_lines(&meta.tail) });
             } else if self.watcher.as_ref().is_some_and(|w| w.pid == pid) {
-                self.watcher = None;
                 tracing::warn!("the watcher of this master exited ({status}): starting another");
                 self.watcher = start::start_watcher(&self.exe, &self._runtime.path);
             } else {

@@ -86,26 +86,32 @@ impl Driver {
         })
     }
 
+    /// For `corral status` only (not /metrics and /health, which a load balancer polls): which
+    /// of the processes holding a listening socket the listen detector sees accepting, for
+    /// starting workers, and for every worker of a pool of up to
+    /// [`crate::status::ACCEPTING_CHECKED_UP_TO`] (it reads each process's threads in /proc).
+    pub(super) fn check_accepting(&self, status: &mut PoolStatus) {
+        let all = status.workers.len() <= crate::status::ACCEPTING_CHECKED_UP_TO;
+        for w in status.workers.iter_mut().filter(|w| all || w.state == crate::pool::WorkerPhase::Starting) {
+            let accepting = w
+                .listening_pids
+                .iter()
+                .copied()
+                .filter(|p| crate::readiness::listen::is_accepting(*p, &self.listen_inodes));
+            w.accepting_pids = Some(accepting.collect());
+        }
+    }
+
     /// The pool as `corral status`, /metrics and /health report it.
     pub(super) fn snapshot(&self) -> PoolStatus {
         let now = Instant::now();
         let tck = crate::sampler::clock_ticks();
-        let check_all = self.pool.workers().len() <= crate::status::ACCEPTING_CHECKED_UP_TO;
         let mut workers: Vec<WorkerStatus> = self
             .pool
             .workers()
             .iter()
             .map(|w| {
                 let meta = w.pid.and_then(|p| self.workers.get(&p));
-                let listening_pids =
-                    meta.map_or_else(Vec::new, |m| crate::sampler::holding(&m.group, &self.listen_inodes));
-                let accepting_pids = (check_all || w.is_starting()).then(|| {
-                    listening_pids
-                        .iter()
-                        .copied()
-                        .filter(|p| crate::readiness::listen::is_accepting(*p, &self.listen_inodes))
-                        .collect()
-                });
                 WorkerStatus {
                     slot: w.slot,
                     pid: w.pid.map(Pid::as_raw),
@@ -119,8 +125,9 @@ impl Driver {
                     status: meta.and_then(|m| m.status.clone()),
                     replacing: w.replace.map(|r| r.as_str().to_string()),
                     processes: meta.filter(|m| !m.group.is_empty()).map(|m| m.group.len()),
-                    listening_pids,
-                    accepting_pids,
+                    listening_pids: meta
+                        .map_or_else(Vec::new, |m| crate::sampler::holding(&m.group, &self.listen_inodes)),
+                    accepting_pids: None,
                 }
             })
             .collect();

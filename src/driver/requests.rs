@@ -16,7 +16,9 @@ impl Driver {
         match request {
             Request::Status => {
                 self.sample_for_report();
-                let _ = reply.send(Reply::status(self.snapshot()));
+                let mut status = self.snapshot();
+                self.check_accepting(&mut status);
+                let _ = reply.send(Reply::status(status));
             }
             Request::Reload { wait } => {
                 if wait {

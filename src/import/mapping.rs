@@ -181,11 +181,11 @@ fn command(app: &App, cx: &Context<'_>, d: &mut Draft) -> Result<(), Skipped> {
                 "script",
                 format!(
                     "command = {} (what `{}` runs: package.json's {:?}; the package manager itself cannot pass \
-                     the listening socket on: {})",
+                     the listening socket on: it is {})",
                     toml_argv(&run.command),
                     command.join(" "),
                     run.script,
-                    super::npm::WHY
+                    crate::config::NODE_WRAPPER_CANNOT
                 ),
             );
             for note in run.notes {
@@ -198,7 +198,10 @@ fn command(app: &App, cx: &Context<'_>, d: &mut Draft) -> Result<(), Skipped> {
             d.mapped("script", format!("command = {}", toml_argv(&command)));
             d.not_mapped(
                 "script".into(),
-                format!("{why}: as written it cannot serve ({}); set `command` to what it runs", super::npm::WHY),
+                format!(
+                    "{why}: as written it cannot serve (it is {}); set `command` to what it runs",
+                    crate::config::NODE_WRAPPER_CANNOT
+                ),
             );
         }
     }

@@ -9,12 +9,7 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-/// Why a package manager cannot be a worker's command.
-pub(super) const WHY: &str = "it is a Node program, and Node marks the descriptors it inherits close-on-exec, so \
-                              the server it starts never gets fd 3";
-
-/// The package managers that run package.json scripts.
-const MANAGERS: &[&str] = &["npm", "yarn", "pnpm"];
+use crate::config::NODE_WRAPPERS;
 
 /// What a package.json script runs, as a worker's command.
 #[derive(Debug, PartialEq, Eq)]
@@ -28,10 +23,10 @@ pub(super) struct Unwrapped {
     pub notes: Vec<String>,
 }
 
-/// The program's name, if `command` runs a package manager; else None.
+/// The program's name, if `command` runs a package manager (or npx); else None.
 pub(super) fn manager(command: &[String]) -> Option<&str> {
     let program = Path::new(command.first()?).file_name()?.to_str()?;
-    MANAGERS.iter().copied().find(|m| *m == program)
+    NODE_WRAPPERS.iter().copied().find(|m| *m == program)
 }
 
 /// For a command that runs a package.json script through a package manager: what the script
@@ -40,6 +35,7 @@ pub(super) fn unwrap(command: &[String], workdir: &Path) -> Option<Result<Unwrap
     let manager = manager(command)?;
     let args: Vec<&str> = command[1..].iter().map(String::as_str).collect();
     let name = match (manager, args.as_slice()) {
+        ("npx", _) => return Some(Err(format!("`{}` runs a package, not a package.json script", command.join(" ")))),
         (_, ["start"]) => "start",
         (_, ["run" | "run-script", name]) => name,
         ("yarn" | "pnpm", [name]) if !name.starts_with('-') => name,
