@@ -42,15 +42,20 @@ async def main():
     runner = web.AppRunner(make_app([drain_middleware]), handle_signals=False, access_log=None)
     await runner.setup()
     loop = asyncio.get_running_loop()
-    server = await loop.create_server(runner.server, sock=socket.socket(fileno=3))
+    sock = socket.socket(fileno=3)
+    server = await loop.create_server(runner.server, sock=sock)
     stop = asyncio.Event()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     await stop.wait()
     global closing
     closing = True
-    server.close()  # stop accepting: the other workers take new connections
+    # Stop accepting (the other workers take new connections) by removing the accept handler,
+    # not with server.close(): on Python 3.11 a connection accepted in the same turn of the loop
+    # as close() is then dropped (reset) by an assertion in Server._attach.
+    loop.remove_reader(sock.fileno())
     await asyncio.sleep(GRACE)
     await runner.cleanup()
+    server.close()
 
 
 if os.environ.get("SHUTDOWN") == "stock":
