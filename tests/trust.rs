@@ -336,7 +336,7 @@ fn a_low_descriptor_limit_starts_what_fits_and_keeps_the_way_in_open() {
     raise_own_nofile();
     let (port, mport) = (free_port(), free_port());
     let cfg = format!(
-        "command = [\"python3\", \"{{worker}}\"]\ninstances = 32\nlisten = [\"127.0.0.1:{port}\"]\n\
+        "command = [\"python3\", \"{{worker}}\", \"--stop-delay\", \"1000\"]\ninstances = 32\nlisten = [\"127.0.0.1:{port}\"]\n\
          [metrics]\nlisten = \"127.0.0.1:{mport}\"\n[limits]\ninterval = \"200ms\"\n"
     );
     let opts = Options { wrapper: vec!["prlimit".into(), "--nofile=64:64".into()], ..Options::default() };
@@ -363,9 +363,21 @@ fn a_low_descriptor_limit_starts_what_fits_and_keeps_the_way_in_open() {
     let (code, _, err) = m.cli(&["scale", "pool", "+1"]);
     assert_eq!(code, Some(1));
     assert!(err.contains("LimitNOFILE="), "{err}");
-    // A reload rolls through in the room kept for one replacement.
-    let (code, _, err) = m.cli(&["reload", "pool"]);
+    // A reload rolls through in the room kept for one replacement, the next one waiting for
+    // the worker it replaced to drain (1s) and give its descriptors back: never more worker
+    // processes than the limit holds.
+    let (most, (code, out, err)) = std::thread::scope(|s| {
+        let reload = s.spawn(|| m.cli(&["reload", "pool"]));
+        let mut most = 0;
+        while !reload.is_finished() {
+            most = most.max(m.workers().len());
+            std::thread::yield_now();
+        }
+        (most, reload.join().expect("the reload thread"))
+    });
     assert_eq!(code, Some(0), "{err}");
+    assert!(most <= fit + 1, "{most} worker processes during the reload, {fit} fit and one more for a replacement");
+    assert!(out.contains(&format!("serving with {fit} of 32 workers")) && out.contains("RLIMIT_NOFILE 64"), "{out}");
     let now = m.wait_workers(fit);
     assert!(now.iter().all(|p| !workers.contains(p)), "every worker replaced");
     let log = m.log_text();

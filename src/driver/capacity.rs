@@ -16,6 +16,11 @@ use super::Driver;
 /// (a spawn's pipes, /proc reads, the upgrade's state file).
 const RESERVE: usize = 16;
 
+/// Files the sampler keeps open that no worker accounts for, opened after the master's own
+/// descriptors are counted: the master's children list, `/proc/stat`, and the watcher's
+/// statm and children list ([`crate::leftovers`]).
+const SAMPLER_OWN: usize = 4;
+
 /// The master's descriptors one worker process takes.
 pub(super) fn per_worker(config: &Config) -> usize {
     let output = if config.logs.target == LogTarget::Inherit { 0 } else { 4 };
@@ -47,7 +52,7 @@ impl Driver {
         // Measured once, before workers start (or, in an upgrade's new image, less the share of
         // the workers it took over): later, connections and samples come and go.
         let workers = self.workers.len() * per_worker(self.pool.config());
-        let own = *self.own_descriptors.get_or_insert_with(|| open_descriptors().saturating_sub(workers));
+        let own = *self.own_descriptors.get_or_insert_with(|| open_descriptors().saturating_sub(workers)) + SAMPLER_OWN;
         let processes = capacity(nofile, own, per);
         tracing::debug!(nofile, per_worker = per, processes, "worker processes the descriptor limit holds");
         self.dispatch(Event::Capacity { processes, nofile });

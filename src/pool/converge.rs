@@ -66,7 +66,7 @@ impl Pool {
         let mut processes = self.workers.len();
         let mut refused = false;
         for slot in empty {
-            let due = self.slots.get(slot).and_then(|s| s.not_before).is_none_or(|t| t <= now);
+            let due = self.backoff_over(slot, now);
             if due && processes >= fit {
                 refused = true;
             } else if due {
@@ -78,10 +78,21 @@ impl Pool {
             self.out_of_descriptors = true;
             self.notices.push(Notice::OutOfDescriptors { fit, wanted: self.desired, nofile });
         }
+        // Workers on their way out hold their descriptors until they are reaped.
+        let leaving = self.workers.iter().any(|w| !w.is_live());
         for slot in outdated {
-            // Out of room, a reload still replaces one worker at a time (the reserve holds it).
-            if in_flight >= batch || (processes >= capacity.max(2) && in_flight > 0) {
+            // Out of room, a reload replaces one worker at a time: the reserve holds one
+            // replacement, and the next starts once the worker it replaced has exited. When
+            // nothing is in flight or leaving (a pool that runs more workers than a new config's
+            // limit holds), one replacement goes ahead anyway, or the reload would never end.
+            if in_flight >= batch || (processes >= capacity.max(2) && (in_flight > 0 || leaving)) {
                 break;
+            }
+            // A replacement that failed waits out its slot's backoff like an empty slot (the
+            // old worker serves meanwhile), or a start that fails at once (out of descriptors,
+            // a missing program) would be asked for again in the same turn, forever.
+            if !self.backoff_over(slot, now) {
+                continue;
             }
             in_flight += 1;
             processes += 1;
@@ -91,6 +102,18 @@ impl Pool {
         let in_use: Vec<Generation> = self.workers.iter().map(|w| w.generation).collect();
         let keep_from = self.reload.as_ref().map(|r| r.from);
         self.configs.retain(|g, _| *g == target || Some(*g) == keep_from || in_use.contains(g));
+    }
+
+    /// `slot`'s restart backoff is over. A backoff that ended is forgotten, so that
+    /// [`Pool::next_deadline`] never names a time already past for a slot that waits for
+    /// something else (room in the descriptor limit, its turn in a reload's batch).
+    fn backoff_over(&mut self, slot: SlotId, now: Instant) -> bool {
+        let Some(info) = self.slots.get_mut(slot) else { return true };
+        if info.not_before.is_some_and(|t| t > now) {
+            return false;
+        }
+        info.not_before = None;
+        true
     }
 
     /// Ask the driver for a worker of the target generation in `slot`.

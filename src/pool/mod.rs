@@ -275,7 +275,8 @@ impl Pool {
             .iter()
             .flat_map(|b| b.slots())
             .enumerate()
-            .filter(|(_, here)| here.is_empty())
+            // Empty slots, and slots whose replacement failed (the old worker serves).
+            .filter(|(_, here)| !here.iter().any(|&i| self.workers[i].is_current(self.target)))
             .filter_map(|(slot, _)| self.slots.get(slot).and_then(|s| s.not_before));
         let drain = if let Phase::Draining { until } = self.phase { Some(until) } else { None };
         workers.chain(restarts).chain(drain).min()

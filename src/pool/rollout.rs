@@ -84,7 +84,15 @@ impl Pool {
         if let Some(run) = &self.reload {
             let no_old = !self.workers.iter().any(|w| w.is_live() && w.generation != self.target);
             if no_old {
-                let msg = format!("generation {} serving with {} workers", run.to, self.desired);
+                let serving = self.desired.min(self.fit());
+                let msg = if serving < self.desired {
+                    format!(
+                        "generation {} serving with {serving} of {} workers (the rest do not fit in RLIMIT_NOFILE {})",
+                        run.to, self.desired, self.capacity.1
+                    )
+                } else {
+                    format!("generation {} serving with {serving} workers", run.to)
+                };
                 self.notices.push(Notice::ReloadDone(msg.clone()));
                 self.finish_reload(Ok(msg), out);
             }

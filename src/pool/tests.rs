@@ -391,6 +391,44 @@ fn reload_aborts_on_ready_timeout_and_rolls_back_replaced_slots() {
 }
 
 #[test]
+fn a_rollback_that_cannot_start_backs_off_instead_of_spinning() {
+    // CI once saw this: a reload aborted with slot 0 already on generation 2, and generation 1
+    // could not be started there (the master was out of descriptors). The replacement of a
+    // slot that still serves must wait out its backoff like an empty slot does, not be asked
+    // for again in the same turn of the loop, forever.
+    let mut sim = started();
+    sim.run(&[
+        (1_000, reload(with("env = { R = \"2\" }"), 4), &["RELOADING", "spawn 0 g2 = 102"]),
+        (1_100, ready(102), &["kill 100 SIGTERM", "spawn 1 g2 = 103"]),
+        (1_150, exited(100, 0), &[]),
+    ]);
+    sim.fail_spawns = true;
+    sim.run(&[
+        (
+            1_200,
+            exited(103, 1),
+            &[
+                "reply 4 err: reload failed, generation 1 keeps serving: worker 1 (pid 103) of generation 2 exited with exit code 1 before it was ready",
+                "READY",
+                "spawn 0 g1 failed",
+            ],
+        ),
+    ]);
+    // The driver's timer wakes it for the retry.
+    assert_eq!(sim.pool.next_deadline(), Some(sim.at(1_300)));
+    sim.run(&[
+        (1_250, Event::Tick, &[]),
+        (1_300, Event::Tick, &["spawn 0 g1 failed"]),
+        (1_400, Event::Tick, &[]),
+        (1_500, Event::Tick, &["spawn 0 g1 failed"]),
+    ]);
+    // Generation 2 keeps serving slot 0 meanwhile.
+    assert_eq!(sim.pool.ready_count(), 2);
+    sim.fail_spawns = false;
+    sim.run(&[(1_900, Event::Tick, &["spawn 0 g1 = 104"]), (1_950, ready(104), &["kill 102 SIGTERM"])]);
+}
+
+#[test]
 fn invalid_config_on_reload_keeps_everything() {
     let mut sim = started();
     sim.run(&[(
@@ -1142,14 +1180,27 @@ fn slots_the_descriptors_cannot_hold_stay_empty_with_one_notice_and_a_reload_sti
         &["reply 1 err: only 2 workers fit in this master's descriptor limit (RLIMIT_NOFILE 64): 8 refused, \
              still 5 workers; raise LimitNOFILE= in the unit (or ulimit -n) and restart the pool"],
     )]);
-    // A reload replaces one worker at a time (batch 100% or not) in the room kept for it, and
-    // goes on while the replaced one drains (the master's reserve holds that one more).
+    // A reload replaces one worker at a time (batch 100% or not) in the room kept for it; the
+    // next starts once the replaced one has exited, since a draining worker still holds its
+    // descriptors (CI once saw a reload run out of them when replaced workers drained slowly).
     let next = config(&format!("{base}\n[reload]\nbatch = \"100%\"\n"));
     sim.run(&[
         (7_000, reload(next, 2), &["RELOADING", "spawn 0 g2 = 102"]),
-        (7_100, ready(102), &["kill 100 SIGTERM", "spawn 1 g2 = 103"]),
-        (7_200, exited(100, 0), &[]),
-        (7_300, ready(103), &["kill 101 SIGTERM", "reply 2 ok", "READY"]),
+        (7_100, ready(102), &["kill 100 SIGTERM"]),
+        (7_200, Event::Tick, &[]),
+        (7_300, exited(100, 0), &["spawn 1 g2 = 103"]),
+        (7_400, ready(103), &["kill 101 SIGTERM", "reply 2 ok", "READY"]),
+        (7_500, exited(101, 0), &[]),
     ]);
     assert_eq!(sim.pool.generation(), 2);
+    // A config whose workers cost more leaves room for fewer processes than run: a reload
+    // still goes ahead, one replacement at a time once nothing else is in flight or leaving.
+    sim.run(&[
+        (8_000, Event::Capacity { processes: 2, nofile: 64 }, &[]),
+        (8_100, reload(config(&format!("env = {{ R = \"3\" }}\n{base}")), 3), &["RELOADING", "spawn 0 g3 = 104"]),
+        (8_200, ready(104), &["kill 102 SIGTERM"]),
+        (8_300, exited(102, 0), &["spawn 1 g3 = 105"]),
+        (8_400, ready(105), &["kill 103 SIGTERM", "reply 3 ok", "READY"]),
+    ]);
+    assert_eq!(sim.pool.generation(), 3);
 }
