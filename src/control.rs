@@ -2,7 +2,9 @@
 //!
 //! One JSON request and one JSON reply per connection, over a unix stream socket in the pool's
 //! runtime directory (`control.sock`, mode 0600). The server checks the peer's credentials
-//! (`SO_PEERCRED`) before it reads anything: only root and the master's own uid may ask. Each
+//! (`SO_PEERCRED`, `SO_PEERGROUPS`) before it reads anything: only root, the master's own uid
+//! and, with `[control] group`, that group's members may ask (see [`ControlServer::admit_group`]
+//! for the socket's mode then). Each
 //! connection is served by a small task that hands the request to the driver's loop and writes
 //! back what the loop answers; a client that sends nothing is dropped after a timeout, so no
 //! client can stall the master.
@@ -71,6 +73,21 @@ pub struct ControlServer {
     listener: tokio::net::UnixListener,
     path: PathBuf,
     gate: crate::gate::Gate,
+    /// `[control] group`, resolved: its name and gid. Read by each connection's task.
+    group: std::sync::Arc<std::sync::RwLock<Option<(String, u32)>>>,
+}
+
+/// How [`ControlServer::admit_group`] opened the socket to a group.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum GroupAccess {
+    /// Only root and the master's user (no group configured).
+    Private,
+    /// Mode 0660, the group's.
+    Group { name: String, gid: u32 },
+    /// The master may not give the socket to a group it is not in (it does not run as root):
+    /// mode 0666, and the credentials check alone admits the group's members, as the D-Bus
+    /// system bus does.
+    CheckedOnly { name: String, gid: u32 },
 }
 
 impl ControlServer {
@@ -88,7 +105,46 @@ impl ControlServer {
             listener: tokio::net::UnixListener::from_std(listener)?,
             path: path.to_owned(),
             gate: crate::gate::Gate::new("control socket"),
+            group: Default::default(),
         })
+    }
+
+    /// Let members of `group` (`[control] group`) use the socket too, or, with `None`, no one
+    /// but root and the master's user. Applied at start and at every reload. A group that does
+    /// not exist is an error for the caller to report; the socket stays as it was.
+    pub fn admit_group(&self, group: Option<&str>) -> Result<GroupAccess, String> {
+        use std::os::unix::fs::PermissionsExt;
+        let set_mode = |mode: u32| {
+            std::fs::set_permissions(&self.path, std::fs::Permissions::from_mode(mode))
+                .map_err(|e| format!("cannot set the mode of {}: {e}", self.path.display()))
+        };
+        let Some(name) = group else {
+            set_mode(0o600)?;
+            *self.group.write().unwrap_or_else(std::sync::PoisonError::into_inner) = None;
+            return Ok(GroupAccess::Private);
+        };
+        let gid = match nix::unistd::Group::from_name(name) {
+            Ok(Some(g)) => g.gid,
+            Ok(None) => {
+                return Err(format!(
+                    "control.group: there is no group {name:?} (the corral package creates `corral`;                      else create it with groupadd, or remove control.group)"
+                ))
+            }
+            Err(e) => return Err(format!("control.group: cannot look up group {name:?}: {e}")),
+        };
+        let access = match nix::unistd::chown(&self.path, None, Some(gid)) {
+            Ok(()) => {
+                set_mode(0o660)?;
+                GroupAccess::Group { name: name.to_string(), gid: gid.as_raw() }
+            }
+            Err(nix::errno::Errno::EPERM) => {
+                set_mode(0o666)?;
+                GroupAccess::CheckedOnly { name: name.to_string(), gid: gid.as_raw() }
+            }
+            Err(e) => return Err(format!("cannot give {} to group {name:?}: {e}", self.path.display())),
+        };
+        *self.group.write().unwrap_or_else(std::sync::PoisonError::into_inner) = Some((name.to_string(), gid.as_raw()));
+        Ok(access)
     }
 
     /// The socket a previous image of this master bound (`corral upgrade`).
@@ -99,6 +155,7 @@ impl ControlServer {
             listener: tokio::net::UnixListener::from_std(listener)?,
             path: path.to_owned(),
             gate: crate::gate::Gate::new("control socket"),
+            group: Default::default(),
         })
     }
 
@@ -116,8 +173,9 @@ impl ControlServer {
         let permit = self.gate.admit().await;
         match self.listener.accept().await {
             Ok((stream, _)) => {
+                let group = self.group.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
                 tokio::spawn(async move {
-                    serve(stream, to_driver).await;
+                    serve(stream, group, to_driver).await;
                     drop(permit);
                 });
             }
@@ -132,8 +190,12 @@ impl Drop for ControlServer {
     }
 }
 
-async fn serve(mut stream: tokio::net::UnixStream, to_driver: mpsc::UnboundedSender<Incoming>) {
-    let reply = match authorize(&stream) {
+async fn serve(
+    mut stream: tokio::net::UnixStream,
+    group: Option<(String, u32)>,
+    to_driver: mpsc::UnboundedSender<Incoming>,
+) {
+    let reply = match authorize(&stream, group.as_ref()) {
         Err(refusal) => Reply::err(refusal.to_string()),
         Ok(()) => match read_request(&mut stream).await {
             Err(e) => Reply::err(e.to_string()),
@@ -156,8 +218,11 @@ async fn serve(mut stream: tokio::net::UnixStream, to_driver: mpsc::UnboundedSen
 /// Why the control socket answers a connection with a refusal (the reply's `error`).
 #[derive(Debug, thiserror::Error)]
 pub enum RequestError {
-    #[error("permission denied: uid {uid} may not control this pool (only root and uid {me})")]
-    NotAllowed { uid: u32, me: u32 },
+    #[error(
+        "permission denied: uid {uid} may not control this pool (only root, uid {me}{})",
+        match group { Some(g) => format!(" and members of group {g}"), None => String::new() }
+    )]
+    NotAllowed { uid: u32, me: u32, group: Option<String> },
     #[error("cannot check the caller's credentials: {0}")]
     Credentials(std::io::Error),
     #[error("timed out waiting for the request")]
@@ -172,18 +237,27 @@ pub enum RequestError {
     Scale(#[from] BadScale),
 }
 
-/// Root and the master's own uid may control the pool; anyone else gets a refusal and nothing
-/// of theirs is read.
-fn authorize(stream: &tokio::net::UnixStream) -> Result<(), RequestError> {
+/// Root, the master's own uid and members of `group` may control the pool; anyone else gets a
+/// refusal and nothing of theirs is read. Membership is the peer's own at `connect()`: its
+/// primary gid or one of its supplementary groups, as the kernel judges file access (a user
+/// just added to the group logs in again first, as for a file of the group's).
+fn authorize(stream: &tokio::net::UnixStream, group: Option<&(String, u32)>) -> Result<(), RequestError> {
     let me = nix::unistd::geteuid().as_raw();
-    match stream.peer_cred() {
-        Ok(cred) if cred.uid() == 0 || cred.uid() == me => Ok(()),
-        Ok(cred) => {
-            tracing::warn!("control request from uid {} refused", cred.uid());
-            Err(RequestError::NotAllowed { uid: cred.uid(), me })
-        }
-        Err(e) => Err(RequestError::Credentials(e)),
+    let cred = stream.peer_cred().map_err(RequestError::Credentials)?;
+    if cred.uid() == 0 || cred.uid() == me {
+        return Ok(());
     }
+    if let Some((_, gid)) = group {
+        let member = cred.gid() == *gid
+            || crate::os::peer::groups(std::os::fd::AsFd::as_fd(stream))
+                .map_err(RequestError::Credentials)?
+                .contains(gid);
+        if member {
+            return Ok(());
+        }
+    }
+    tracing::warn!("control request from uid {} refused", cred.uid());
+    Err(RequestError::NotAllowed { uid: cred.uid(), me, group: group.map(|(name, _)| name.clone()) })
 }
 
 async fn read_request(stream: &mut tokio::net::UnixStream) -> Result<Request, RequestError> {
@@ -217,7 +291,10 @@ pub enum ClientError {
     NotRunning { name: String, path: String },
     #[error("pool {name:?} is not running: {path} is stale (its master is gone)")]
     Stale { name: String, path: String },
-    #[error("permission denied on {path}: run as root or as the user the pool runs as")]
+    #[error(
+        "permission denied on {path}: run as root, as the user the pool runs as, or as a member of the \
+         pool's control.group (see corral(1), SECURITY)"
+    )]
     Permission { path: String },
     #[error("talking to pool {name:?} failed: {error}")]
     Io { name: String, error: String },
@@ -242,16 +319,26 @@ pub fn call(name: &str, path: &Path, request: &Request, timeout: Duration) -> Re
     let io = |e: std::io::Error| ClientError::Io { name: name.into(), error: e.to_string() };
     stream.set_read_timeout(Some(timeout)).map_err(io)?;
     let body = serde_json::to_vec(request).map_err(|e| ClientError::Io { name: name.into(), error: e.to_string() })?;
-    stream.write_all(&body).map_err(io)?;
-    stream.shutdown(std::net::Shutdown::Write).map_err(io)?;
-    let mut text = String::new();
-    stream.read_to_string(&mut text).map_err(|e| match e.kind() {
-        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut => ClientError::Io {
-            name: name.into(),
-            error: format!("no answer within {}", humantime::format_duration(timeout)),
-        },
-        _ => io(e),
-    })?;
+    // A refusal may come before the request is all written: its answer is read all the same.
+    let sent = stream.write_all(&body).and_then(|()| stream.shutdown(std::net::Shutdown::Write));
+    let mut bytes = Vec::new();
+    match stream.read_to_end(&mut bytes) {
+        Ok(_) => {}
+        // A master that refuses the caller answers and closes without reading the request; the
+        // kernel then reports the unread request as a reset, after the answer.
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset && !bytes.is_empty() => {}
+        Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {
+            return Err(ClientError::Io {
+                name: name.into(),
+                error: format!("no answer within {}", humantime::format_duration(timeout)),
+            })
+        }
+        Err(e) => return Err(io(sent.err().unwrap_or(e))),
+    }
+    if bytes.is_empty() {
+        sent.map_err(io)?;
+    }
+    let text = String::from_utf8_lossy(&bytes);
     serde_json::from_str(&text).map_err(|e| ClientError::Io { name: name.into(), error: format!("invalid reply: {e}") })
 }
 

@@ -401,6 +401,15 @@ fn check(path: &Path) -> ExitCode {
             if let Some(w) = c.wrapper_warning() {
                 println!("warning: {w}");
             }
+            if let Some(group) = &c.control.group {
+                match nix::unistd::Group::from_name(group) {
+                    Ok(Some(_)) => {}
+                    _ => println!(
+                        "warning: control.group: there is no group {group:?} here: the control socket will stay root's \
+                         and the pool user's only (the corral package creates `corral`; else groupadd {group})"
+                    ),
+                }
+            }
             ExitCode::SUCCESS
         }
         Err(e) => {

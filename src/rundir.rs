@@ -128,6 +128,24 @@ impl RuntimeDir {
     }
 
     /// The lock's descriptor, for `corral upgrade`.
+    /// Let anyone traverse the directory (o+x, not list it), so that members of `[control]
+    /// group` reach the control socket; or take that back. Every file in it keeps its own
+    /// mode: the control socket is the group's, the notify socket and the metrics folder
+    /// belong to the master and the workers alone.
+    pub fn let_others_through(&self, yes: bool) -> Result<(), RuntimeDirError> {
+        let dir = open_dir(&self.path, None)?;
+        let inspect = |e: nix::errno::Errno| RuntimeDirError::Io {
+            action: format!("set permissions on {}", self.path.display()),
+            error: e.to_string(),
+        };
+        let mode = fstat(&dir).map_err(inspect)?.st_mode & 0o7777;
+        let want = if yes { mode | 0o001 } else { mode & !0o001 };
+        if want != mode {
+            fchmod(&dir, Mode::from_bits_truncate(want)).map_err(inspect)?;
+        }
+        Ok(())
+    }
+
     pub fn lock_fd(&self) -> std::os::fd::RawFd {
         std::os::fd::AsRawFd::as_raw_fd(&*self._lock)
     }
@@ -318,18 +336,30 @@ fn check_path(path: &Path, owner: Owner) -> Result<(), RuntimeDirError> {
 }
 
 /// The pools under this user's runtime root, by name.
+/// The pools whose control socket this user can reach: under [`runtime_root`], and for a user
+/// other than root, also systemd's pools under `/run/corral` that let others through to their
+/// control socket (`[control] group`, or a master running as this user).
 pub fn running_pools() -> Vec<String> {
+    let list = |root: &Path| -> Vec<String> {
+        std::fs::read_dir(root)
+            .map(|d| {
+                d.flatten()
+                    .filter(|e| e.path().join(CONTROL_SOCKET).exists())
+                    .filter_map(|e| e.file_name().into_string().ok())
+                    .filter(|n| crate::config::check_pool_name(n).is_ok())
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
     let root = runtime_root();
-    let mut found: Vec<String> = std::fs::read_dir(&root)
-        .map(|d| {
-            d.flatten()
-                .filter(|e| e.path().join(CONTROL_SOCKET).exists())
-                .filter_map(|e| e.file_name().into_string().ok())
-                .filter(|n| crate::config::check_pool_name(n).is_ok())
-                .collect()
-        })
-        .unwrap_or_default();
+    let mut found = list(&root);
+    let explicit = std::env::var_os("CORRAL_RUNTIME_ROOT").is_some_and(|d| !d.is_empty());
+    let system = Path::new(SYSTEM_ROOT);
+    if !explicit && root != system && check_path(system, Owner::Root).is_ok() {
+        found.extend(list(system));
+    }
     found.sort();
+    found.dedup();
     found
 }
 

@@ -74,6 +74,8 @@ struct RawConfig {
     #[serde(default)]
     logs: Logs,
     metrics: Option<Metrics>,
+    #[serde(default)]
+    control: Control,
 }
 
 /// A validated pool configuration. `instances` is already resolved to a count.
@@ -101,6 +103,7 @@ pub struct Config {
     pub recycle: Option<Recycle>,
     pub logs: Logs,
     pub metrics: Option<Metrics>,
+    pub control: Control,
 }
 
 /// The most a config file may hold; anything bigger is not a config.
@@ -258,6 +261,18 @@ impl Config {
         if r.window.0.is_zero() {
             return Err(at(&["restart", "window"], "restart.window must be longer than 0"));
         }
+        if let Some(group) = &raw.control.group {
+            let ok = !group.is_empty()
+                && group.len() <= 32
+                && !group.starts_with('-')
+                && group.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'));
+            if !ok {
+                return Err(at(
+                    &["control", "group"],
+                    &format!("control.group {group:?} is not a group name (letters, digits, `_`, `-`, `.`)"),
+                ));
+            }
+        }
         if raw.ready.timeout.0.is_zero() {
             return Err(at(&["ready", "timeout"], "ready.timeout must be longer than 0"));
         }
@@ -306,6 +321,7 @@ impl Config {
             recycle: raw.recycle,
             logs: raw.logs,
             metrics: raw.metrics,
+            control: raw.control,
         })
     }
 

@@ -246,6 +246,15 @@ pub enum LogFormat {
     Json,
 }
 
+/// Who may use the control socket besides root and the master's own user.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct Control {
+    /// Members of this group may run `corral status`, `reload`, `scale` and `upgrade` on the
+    /// pool (the packages create `corral` for this; it has no members until an admin adds one).
+    pub group: Option<String>,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Metrics {

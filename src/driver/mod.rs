@@ -85,7 +85,7 @@ pub struct Driver {
     /// The master's own channel to systemd (`READY=1`, `STATUS=`, `WATCHDOG=1`, fd store).
     systemd: SystemdNotifier,
     /// Held for its lock (and so its sockets stay where the CLI looks).
-    _runtime: RuntimeDir,
+    runtime: RuntimeDir,
     /// What the driver knows of each live worker process beyond the pool's view.
     workers: HashMap<Pid, WorkerMeta>,
     /// The master's environment minus what belongs to it alone: every worker's starting point.
@@ -98,6 +98,8 @@ pub struct Driver {
     events: VecDeque<Event>,
     /// `corral status`/`reload`/`scale` come in here.
     control: ControlServer,
+    /// How the control socket was last opened to `[control] group`.
+    control_access: crate::control::GroupAccess,
     /// `/metrics` and `/health`, when configured, with its connection limit.
     metrics: Option<(tokio::net::TcpListener, crate::gate::Gate)>,
     /// Control clients waiting for an outcome (a reload, a scale), by the id the pool knows.
@@ -236,6 +238,7 @@ impl Driver {
         }
         let config = self.pool.config().clone();
         self.tell_capacity(&config);
+        self.open_control_socket(&config);
         self.dispatch(Event::Start);
         while self.exit.is_none() {
             if let Some(pending) = self.pending_upgrade.take() {
@@ -416,7 +419,7 @@ impl Driver {
                 self.dispatch(Event::Exited { pid, status, last_output: journal::tail_lines(&meta.tail) });
             } else if self.watcher.as_ref().is_some_and(|w| w.pid == pid) {
                 tracing::warn!("the watcher of this master exited ({status}): starting another");
-                self.watcher = start::start_watcher(&self.exe, &self._runtime.path);
+                self.watcher = start::start_watcher(&self.exe, &self.runtime.path);
             } else {
                 tracing::debug!(pid = pid.as_raw(), "reaped a stray process ({status})");
                 self.stray_reaped();

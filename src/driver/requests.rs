@@ -48,6 +48,36 @@ impl Driver {
         self.next_reply
     }
 
+    /// Who besides root and the master's user may use the control socket (`[control] group`):
+    /// at start and at every reload. What cannot be done is said, and changes nothing.
+    pub(super) fn open_control_socket(&mut self, config: &Config) {
+        let wanted = config.control.group.as_deref();
+        match self.control.admit_group(wanted) {
+            Ok(access) => {
+                if let Err(e) = self.runtime.let_others_through(access != control::GroupAccess::Private) {
+                    tracing::warn!("{e}: members of control.group may not reach the control socket");
+                }
+                if access != self.control_access {
+                    match &access {
+                        control::GroupAccess::Private => {}
+                        control::GroupAccess::Group { name, gid } => tracing::info!(
+                            "control socket {}: members of group {name} (gid {gid}) may use it (mode 0660)",
+                            self.control.path().display()
+                        ),
+                        control::GroupAccess::CheckedOnly { name, gid } => tracing::info!(
+                            "control socket {}: members of group {name} (gid {gid}) may use it; this master \
+                             is not in that group, so the socket is mode 0666 and the credentials check \
+                             alone refuses everyone else",
+                            self.control.path().display()
+                        ),
+                    }
+                    self.control_access = access;
+                }
+            }
+            Err(e) => tracing::error!("{e}; the control socket stays as it was"),
+        }
+    }
+
     pub(super) fn reload(&mut self, reply: Option<ReplyId>) {
         tracing::info!("reload requested: reading {}", self.config_path.display());
         let config = Config::load(&self.config_path).map(Arc::new);
@@ -59,6 +89,7 @@ impl Driver {
             }
             // What a worker of the new config costs may differ (an IPC channel, metrics).
             self.tell_capacity(c);
+            self.open_control_socket(c);
         }
         self.dispatch(Event::Reload { config, reply });
     }

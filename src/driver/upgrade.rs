@@ -106,7 +106,7 @@ impl Driver {
             notify: PathFd { fd: self.notify.raw_fd(), path: self.notify.path().to_owned() },
             control: PathFd { fd: self.control.raw_fd(), path: self.control.path().to_owned() },
             metrics: self.metrics.as_ref().map(|(l, _)| l.as_raw_fd()),
-            runtime: PathFd { fd: self._runtime.lock_fd(), path: self._runtime.path.clone() },
+            runtime: PathFd { fd: self.runtime.lock_fd(), path: self.runtime.path.clone() },
             workers,
             pool,
             watcher: self.watcher.as_ref().map(|w| handover::WatcherFd { pid: w.pid.as_raw(), fd: w.fd() }),

@@ -133,7 +133,7 @@ impl Driver {
         if !config.metrics.as_ref().is_some_and(|m| m.workers) {
             return None;
         }
-        let dir = match self._runtime.worker_metrics_dir(creds.map(|c| (c.uid, c.gid))) {
+        let dir = match self.runtime.worker_metrics_dir(creds.map(|c| (c.uid, c.gid))) {
             Ok(dir) => dir,
             Err(e) => {
                 tracing::warn!(slot, "worker metrics: {e}; this worker gets no CORRAL_METRICS_SOCKET");
