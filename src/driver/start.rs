@@ -87,7 +87,7 @@ impl Driver {
             sockets,
             notify,
             systemd: b.systemd,
-            runtime: runtime,
+            runtime,
             workers: HashMap::new(),
             base_env: base_env(),
             sink: Arc::new(b.sink),
