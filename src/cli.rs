@@ -182,6 +182,10 @@ pub enum Command {
     /// the master, reading a pipe on stdin).
     #[command(hide = true)]
     WatchMaster { record: std::path::PathBuf },
+    /// Exit 0 when systemd service UNIT runs a corral pool (its ExecStart= is `corral run`),
+    /// else 1 with the reason: asked by the packages' polkit rule.
+    #[command(hide = true)]
+    IsPoolUnit { unit: String },
     /// Check that this binary can take over from the state at FD (run by the master).
     #[command(hide = true)]
     UpgradeCheck {
@@ -207,6 +211,11 @@ pub struct PoolFiles {
     /// Run the hooks in /etc/corral/alert.d when the pool fails for good (OnFailure=)
     #[arg(long)]
     pub on_failure_alert: bool,
+    /// Members of this group may run corral status/reload/scale/upgrade on the pool and
+    /// systemctl reload/restart its unit ([control] group; "" for nobody but root and the
+    /// pool's user)
+    #[arg(long, value_name = "GROUP", default_value = "corral")]
+    pub control_group: String,
     /// Write under this directory instead of / (for packaging and tests)
     #[arg(long, hide = true, default_value = "/")]
     pub root: PathBuf,

@@ -51,6 +51,22 @@ pub struct InitRequest {
     /// Add `OnFailure=corral-alert@%n.service`: the hooks in /etc/corral/alert.d run when the
     /// pool fails for good.
     pub on_failure_alert: bool,
+    /// `[control] group`: who else may operate the pool.
+    pub control_group: Option<String>,
+}
+
+/// The `[control]` section for `group` (nothing without one).
+pub fn control_section(group: Option<&str>) -> String {
+    match group {
+        None => String::new(),
+        Some(g) => format!(
+            "\n[control]\n\
+             # Members may run corral status/reload/scale/upgrade here and systemctl reload/restart\n\
+             # the unit, without sudo (usermod -aG {g} deploy). See corral(1), SECURITY.\n\
+             group = {}\n",
+            toml_str(g)
+        ),
+    }
 }
 
 /// A file to write: where, and what.
@@ -130,6 +146,7 @@ pub fn render(req: &InitRequest) -> Result<PoolFiles, InitError> {
              mode = \"listen\"   # ready once it waits for connections on its socket: no app change needed;\n\
              \x20                 # \"notify\" if the app sends READY=1 when warm, \"ipc\" for process.send('ready')\n\
              timeout = \"30s\"\n";
+    cfg += &control_section(req.control_group.as_deref());
     Config::parse(&config_path, &cfg, 1).map_err(InitError::Config)?;
     let (socket, service) = units(req, &listen, "`corral init`; edit freely (`corral init --force` rewrites it)");
     Ok(PoolFiles { config: File { path: under_root(&req.root, &config_path), text: cfg }, socket, service })
@@ -256,6 +273,7 @@ mod tests {
             root: PathBuf::from("/tmp/root"),
             binary: PathBuf::from("/usr/bin/corral"),
             on_failure_alert: false,
+            control_group: Some("corral".into()),
         }
     }
 
@@ -265,6 +283,10 @@ mod tests {
         assert_eq!(files.config.path, PathBuf::from("/tmp/root/etc/corral/myapi.toml"));
         assert!(files.config.text.contains("command = [\"node\", \"/srv/my api/index.js\"]"), "{}", files.config.text);
         assert!(files.config.text.contains("instances = 4\nuser = \"www-data\"\n"));
+        assert!(files.config.text.contains("\n[control]\n") && files.config.text.contains("\ngroup = \"corral\"\n"));
+        let mut private = req();
+        private.control_group = None;
+        assert!(!render(&private).unwrap().config.text.contains("[control]"));
         assert_eq!(files.socket.path, PathBuf::from("/tmp/root/etc/systemd/system/myapi.socket"));
         let socket = &files.socket.text;
         assert!(socket.contains("ListenStream=3000\nListenStream=/run/myapi/http.sock\n"), "{socket}");

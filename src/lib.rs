@@ -73,3 +73,4 @@ pub(crate) mod sockets;
 pub mod status;
 pub mod text;
 pub mod top;
+pub mod unitfile;

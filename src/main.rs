@@ -23,6 +23,16 @@ fn main() -> ExitCode {
         Command::Run { state_fd: Some(fd), .. } => resume(fd),
         Command::Run { config, state_fd: None, init } => run(config::locate(config.as_deref(), env_config, None), init),
         Command::UpgradeCheck { state_fd } => upgrade_check(state_fd),
+        Command::IsPoolUnit { unit } => match corral::unitfile::is_pool_unit(&unit) {
+            Ok(path) => {
+                println!("{unit} runs a corral pool ({})", path.display());
+                ExitCode::SUCCESS
+            }
+            Err(why) => {
+                eprintln!("corral: {why}");
+                ExitCode::FAILURE
+            }
+        },
         Command::WatchMaster { record } => {
             corral::output::stderr::init();
             corral::logging::init(LogTarget::Auto, false);
@@ -49,6 +59,7 @@ fn main() -> ExitCode {
                 root: files.root.clone(),
                 binary: own_binary(),
                 on_failure_alert: files.on_failure_alert,
+                control_group: Some(files.control_group.clone()).filter(|g| !g.is_empty()),
             },
             &files,
         ),
@@ -61,6 +72,7 @@ fn main() -> ExitCode {
                 root: files.root.clone(),
                 binary: own_binary(),
                 on_failure_alert: files.on_failure_alert,
+                control_group: Some(files.control_group.clone()).filter(|g| !g.is_empty()),
             },
             &files,
         ),

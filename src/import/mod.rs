@@ -49,6 +49,8 @@ pub struct ImportRequest {
     pub binary: PathBuf,
     /// Add `OnFailure=corral-alert@%n.service` to the units.
     pub on_failure_alert: bool,
+    /// `[control] group`: who else may operate the pools.
+    pub control_group: Option<String>,
 }
 
 /// Why `corral import` imports nothing from a file; each says what to do.
@@ -145,6 +147,7 @@ pub fn convert(app: &App, req: &ImportRequest, dir: &Path) -> Result<Imported, S
         root: req.root.clone(),
         binary: req.binary.clone(),
         on_failure_alert: req.on_failure_alert,
+        control_group: req.control_group.clone(),
     };
     let (socket, service) = crate::init::render_units(&init, "`corral import`; edit freely")?;
     let mut files = vec![File { path: crate::init::under_root(&req.root, &config_path), text: cfg }, socket, service];
@@ -200,6 +203,7 @@ fn config_text(d: &Draft, req: &ImportRequest) -> String {
     if let Some(m) = &d.memory {
         let _ = writeln!(cfg, "\n[limits]\nmemory = \"{m}\"   # PM2's max_memory_restart");
     }
+    cfg += &crate::init::control_section(req.control_group.as_deref());
     cfg
 }
 
