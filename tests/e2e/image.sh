@@ -56,7 +56,7 @@ trap 'rm -rf "$tmp"' EXIT
 # root go away with it even when it is killed, so removing a half-built folder never meets a
 # mounted file system.
 unshare --mount --propagation private \
-  mmdebstrap --variant=minbase --include=systemd,systemd-sysv,dbus,curl,python3,procps,nodejs,rpm,man-db \
+  mmdebstrap --variant=minbase --include=systemd,systemd-sysv,dbus,polkitd,curl,python3,procps,nodejs,rpm,man-db \
   --customize-hook='mkdir -p "$1/e2e" "$1/results"' \
   --customize-hook='printf "[Unit]\nAfter=multi-user.target\n[Service]\nType=oneshot\nExecStart=/bin/sh -c \"exec >/results/log 2>&1; /e2e/run\"\nExecStopPost=/bin/systemctl poweroff --no-block\n[Install]\nWantedBy=multi-user.target\n" > "$1/etc/systemd/system/e2e.service"' \
   --customize-hook='chroot "$1" systemctl enable e2e.service' \

@@ -86,6 +86,51 @@ sleep 0.5
 systemctl reload userapi && ok "systemctl reload userapi (ExecReload as web)" || fail "systemctl reload userapi: $(journalctl -u userapi --no-pager | tail -5)"
 unload userapi "rolling reload of a user's master"
 
+# 2c. Delegated operations: a deploy user in the corral group operates the pools without sudo,
+#     through corral's control socket and through systemctl (the shipped polkit rule); nobody is
+#     refused by both, and the group grants nothing else.
+getent group corral >/dev/null && ok "the package created the corral group (sysusers.d)" || fail "no corral group"
+[ -e /usr/share/polkit-1/rules.d/50-corral.rules ] && ok "the polkit rule is installed" || fail "no polkit rule"
+grep -q '^group = "corral"$' /etc/corral/myapi.toml && ok "corral init wrote [control] group = \"corral\"" || fail "myapi.toml: $(cat /etc/corral/myapi.toml)"
+useradd --create-home --shell /bin/sh --groups corral deploy && ok "useradd deploy (in group corral)" || fail "useradd deploy"
+printf '[Service]\nExecStart=/bin/sleep infinity\n' > /etc/systemd/system/other.service
+systemctl daemon-reload && systemctl start other.service
+as() { u=$1; shift; runuser -u "$u" -- "$@"; }
+gen() { corral status "$1" --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["generation"])'; }
+g0=$(gen myapi); main0=$(systemctl show myapi -p MainPID --value)
+as deploy corral status myapi >/tmp/deploy.log 2>&1 && ok "deploy: corral status myapi" || fail "deploy: corral status: $(cat /tmp/deploy.log)"
+load myapi 3000
+sleep 0.5
+as deploy corral reload myapi >/tmp/deploy.log 2>&1 && ok "deploy: corral reload myapi" || fail "deploy: corral reload: $(cat /tmp/deploy.log)"
+as deploy systemctl reload myapi >/tmp/deploy.log 2>&1 && ok "deploy: systemctl reload myapi (polkit rule)" || fail "deploy: systemctl reload: $(cat /tmp/deploy.log)"
+as deploy corral upgrade myapi >/tmp/deploy.log 2>&1 && ok "deploy: corral upgrade myapi" || fail "deploy: corral upgrade: $(cat /tmp/deploy.log)"
+unload myapi "reloads and an upgrade by the deploy user"
+[ "$(gen myapi)" = $((g0 + 2)) ] && ok "two reloads by deploy: generation $g0 -> $(gen myapi)" || fail "generation $g0 -> $(gen myapi)"
+[ "$(systemctl show myapi -p MainPID --value)" = "$main0" ] && ok "deploy's upgrade kept the master ($main0)" || fail "master $main0 -> $(systemctl show myapi -p MainPID --value)"
+as deploy systemctl reload userapi >/tmp/deploy.log 2>&1 && ok "deploy: systemctl reload userapi (a user's master)" || fail "deploy: systemctl reload userapi: $(cat /tmp/deploy.log)"
+as deploy corral reload userapi >/tmp/deploy.log 2>&1 && ok "deploy: corral reload userapi (the master is not in the group: the socket's credentials check admits deploy)" \
+  || fail "deploy: corral reload userapi: $(cat /tmp/deploy.log)"
+# Nothing else: not stop or start, not another unit.
+for what in "stop myapi" "start corral-alert@x.service" "restart other.service" "reload other.service"; do
+  # shellcheck disable=SC2086
+  if as deploy systemctl $what >/tmp/deploy.log 2>&1; then fail "deploy may systemctl $what"; else ok "deploy may not systemctl $what"; fi
+done
+systemctl is-active --quiet myapi && systemctl is-active --quiet other && ok "myapi and other.service still run" || fail "a refused request changed something"
+# Everyone else: refused, with a message that says why.
+for what in "reload myapi" "status myapi" "upgrade myapi" "scale myapi +1"; do
+  # shellcheck disable=SC2086
+  if as nobody corral $what >/tmp/nobody.log 2>&1; then fail "nobody may corral $what"
+  elif grep -q "permission denied" /tmp/nobody.log; then ok "nobody: corral $what refused ($(head -c 160 /tmp/nobody.log))"
+  else fail "nobody: corral $what: $(cat /tmp/nobody.log)"; fi
+done
+if as nobody systemctl reload myapi >/tmp/nobody.log 2>&1; then fail "nobody may systemctl reload myapi"
+else ok "nobody: systemctl reload myapi refused ($(head -c 160 /tmp/nobody.log))"; fi
+if as nobody corral reload userapi >/tmp/nobody.log 2>&1; then fail "nobody may corral reload userapi"
+elif grep -q "may not control this pool" /tmp/nobody.log; then ok "nobody: corral reload userapi refused by the master ($(head -c 160 /tmp/nobody.log))"
+else fail "nobody: corral reload userapi: $(cat /tmp/nobody.log)"; fi
+[ "$(gen myapi)" = $((g0 + 2)) ] && ok "nothing nobody asked was done" || fail "generation moved: $(gen myapi)"
+systemctl stop other.service
+
 # 3. A template instance: /etc/corral/api2.toml + corral@api2.socket.
 cp /e2e/worker.py /srv/worker.py
 printf 'command = ["python3", "/srv/worker.py"]\ninstances = 2\n' > /etc/corral/api2.toml
