@@ -153,6 +153,11 @@ pub enum Command {
         /// Number of workers: N, max, max-1, 50% [default: max]
         #[arg(long)]
         instances: Option<String>,
+        /// A secret for the workers as a systemd credential (repeatable): they read
+        /// $CREDENTIALS_DIRECTORY/NAME. PATH is a file only root reads (LoadCredential=), or one
+        /// made by `systemd-creds encrypt` ending in .cred (LoadCredentialEncrypted=)
+        #[arg(long, value_name = "NAME=PATH")]
+        credential: Vec<String>,
         #[command(flatten)]
         files: PoolFiles,
         /// The worker command and its arguments

@@ -53,6 +53,35 @@ pub struct InitRequest {
     pub on_failure_alert: bool,
     /// `[control] group`: who else may operate the pool.
     pub control_group: Option<String>,
+    /// `--credential NAME=PATH`, as given.
+    pub credentials: Vec<String>,
+}
+
+/// `LoadCredential=` (or `LoadCredentialEncrypted=` for a `.cred` file from `systemd-creds
+/// encrypt`) lines for `--credential NAME=PATH` arguments.
+pub fn credential_lines(credentials: &[String]) -> Result<String, InitError> {
+    let mut out = String::new();
+    for c in credentials {
+        let bad = |why: &str| InitError::Credential(format!("--credential {c:?}: {why}"));
+        let (name, path) = c.split_once('=').ok_or_else(|| bad("use NAME=PATH"))?;
+        let name_ok = !name.is_empty()
+            && name.len() <= 255
+            && name != "."
+            && name != ".."
+            && name.chars().all(|ch| ch.is_ascii_alphanumeric() || matches!(ch, '_' | '-' | '.'));
+        if !name_ok {
+            return Err(bad("NAME is a file name: letters, digits, `_`, `-`, `.`"));
+        }
+        if !path.starts_with('/') || path.chars().any(|ch| ch.is_whitespace() || ch == '%' || ch.is_control()) {
+            return Err(bad("PATH must be absolute, without spaces or `%`"));
+        }
+        let key = if path.ends_with(".cred") { "LoadCredentialEncrypted" } else { "LoadCredential" };
+        out += &format!("{key}={name}:{path}\n");
+    }
+    if !out.is_empty() {
+        out.insert_str(0, "# Secrets: each worker reads $CREDENTIALS_DIRECTORY/NAME (see corral(1), SECURITY).\n");
+    }
+    Ok(out)
 }
 
 /// The `[control]` section for `group` (nothing without one).
@@ -97,6 +126,8 @@ pub enum InitError {
     Exists(PathBuf),
     #[error("cannot {action}: {error}")]
     Io { action: String, error: String },
+    #[error("{0}")]
+    Credential(String),
 }
 
 /// What `corral init` writes for a pool: its config and its two units.
@@ -148,7 +179,15 @@ pub fn render(req: &InitRequest) -> Result<PoolFiles, InitError> {
              timeout = \"30s\"\n";
     cfg += &control_section(req.control_group.as_deref());
     Config::parse(&config_path, &cfg, 1).map_err(InitError::Config)?;
-    let (socket, service) = units(req, &listen, "`corral init`; edit freely (`corral init --force` rewrites it)");
+    let (socket, mut service) = units(req, &listen, "`corral init`; edit freely (`corral init --force` rewrites it)");
+    let creds = credential_lines(&req.credentials)?;
+    if !creds.is_empty() {
+        if let Some(at) =
+            service.text.find("\nExecReload=").and_then(|i| service.text[i + 1..].find('\n').map(|j| i + 2 + j))
+        {
+            service.text.insert_str(at, &creds);
+        }
+    }
     Ok(PoolFiles { config: File { path: under_root(&req.root, &config_path), text: cfg }, socket, service })
 }
 
@@ -274,6 +313,23 @@ mod tests {
             binary: PathBuf::from("/usr/bin/corral"),
             on_failure_alert: false,
             control_group: Some("corral".into()),
+            credentials: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn credentials_become_load_credential_lines() {
+        let mut r = req();
+        r.credentials = vec!["db-password=/etc/corral/secrets/db".into(), "api_key=/etc/corral/api.cred".into()];
+        let service = render(&r).unwrap().service.text;
+        assert!(
+            service.contains("ExecReload=/usr/bin/corral reload myapi\n# Secrets: each worker reads $CREDENTIALS_DIRECTORY/NAME (see corral(1), SECURITY).\nLoadCredential=db-password:/etc/corral/secrets/db\nLoadCredentialEncrypted=api_key:/etc/corral/api.cred\n"),
+            "{service}"
+        );
+        for bad in ["nopath", "=/x", "a/b=/x", "x=relative", "x=/with space", "..=/x"] {
+            r.credentials = vec![bad.into()];
+            let e = render(&r).unwrap_err().to_string();
+            assert!(e.starts_with(&format!("--credential {bad:?}")), "{bad}: {e}");
         }
     }
 

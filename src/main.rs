@@ -49,7 +49,7 @@ fn main() -> ExitCode {
         Command::Top { name, count } => ExitCode::from(corral::top::run(name.as_deref(), count)),
         Command::Reload { name, no_wait, config, timeout } => reload(name, config, env_config, !no_wait, timeout),
         Command::Scale { name, count } => scale(&name, count),
-        Command::Init { name, listen, user, instances, files, command } => init(
+        Command::Init { name, listen, user, instances, credential, files, command } => init(
             corral::init::InitRequest {
                 name,
                 listen,
@@ -60,6 +60,7 @@ fn main() -> ExitCode {
                 binary: own_binary(),
                 on_failure_alert: files.on_failure_alert,
                 control_group: Some(files.control_group.clone()).filter(|g| !g.is_empty()),
+                credentials: credential,
             },
             &files,
         ),

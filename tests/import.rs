@@ -277,3 +277,31 @@ fn what_cannot_be_read() {
     assert_eq!(code, Some(2));
     assert!(err.contains("no app named \"nope\"") && err.contains("it has: my-api"), "{err}");
 }
+
+#[test]
+fn secrets_in_the_environment_are_reported_not_copied() {
+    let dir = TempDir::new("import-secret");
+    std::fs::write(
+        dir.join("ecosystem.json"),
+        r#"{"apps": [{"name": "api", "script": "/srv/api/index.js",
+            "env": {"PORT": 3000, "NODE_ENV": "production", "STRIPE_SECRET_KEY": "sk_live_123",
+                    "DB_PASSWORD": "hunter2", "GITHUB_TOKEN": "ghp_abc"}}]}"#,
+    )
+    .unwrap();
+    let root = dir.join("root");
+    let (code, out, err) = import(dir.path(), &["ecosystem.json", "--root", root.to_str().unwrap()]);
+    assert_eq!(code, Some(0), "{out}{err}");
+    let text = std::fs::read_to_string(root.join("etc/corral/api.toml")).unwrap();
+    assert!(text.contains("NODE_ENV = \"production\""), "{text}");
+    for (name, value, file) in [
+        ("STRIPE_SECRET_KEY", "sk_live_123", "stripe-secret-key"),
+        ("DB_PASSWORD", "hunter2", "db-password"),
+        ("GITHUB_TOKEN", "ghp_abc", "github-token"),
+    ] {
+        assert!(!text.contains(name) && !text.contains(value), "{name} copied:\n{text}");
+        let line =
+            out.lines().find(|l| l.contains(&format!("env.{name} "))).unwrap_or_else(|| panic!("{name}:\n{out}"));
+        assert!(line.contains("not mapped") && line.contains(&format!("--credential {file}=")), "{line}");
+        assert!(!out.contains(value), "the report shows no secret:\n{out}");
+    }
+}

@@ -284,6 +284,12 @@ fn environment(app: &App, cx: &Context<'_>, d: &mut Draft) -> Result<(), Skipped
     Ok(())
 }
 
+/// An environment variable name that names a secret (KEY, TOKEN, SECRET, PASSWORD, …).
+fn looks_secret(name: &str) -> bool {
+    let upper = name.to_ascii_uppercase();
+    ["KEY", "TOKEN", "SECRET", "PASSWORD", "PASSWD", "CREDENTIAL"].iter().any(|w| upper.contains(w))
+}
+
 /// The variables of one environment object `key` into the draft's environment.
 fn take_env(app: &App, key: &str, d: &mut Draft) -> Result<(), Skipped> {
     match app.get(key) {
@@ -296,6 +302,19 @@ fn take_env(app: &App, key: &str, d: &mut Draft) -> Result<(), Skipped> {
                 }
                 if crate::config::RESERVED_ENV.contains(&k.as_str()) || k.starts_with("CORRAL_") {
                     d.not_mapped(format!("{key}.{k}"), "set by corral for each worker".into());
+                    continue;
+                }
+                if looks_secret(k) && !matches!(v, Value::Null) {
+                    let file = k.to_ascii_lowercase().replace('_', "-");
+                    d.not_mapped(
+                        format!("{key}.{k}"),
+                        format!(
+                            "looks like a secret: not copied into the config. Put it in a file only root reads \
+                             (or `systemd-creds encrypt` it) and pass it as a systemd credential: corral init \
+                             NAME --credential {file}=/etc/corral/secrets/{file} …; the app reads \
+                             $CREDENTIALS_DIRECTORY/{file}"
+                        ),
+                    );
                     continue;
                 }
                 match v {

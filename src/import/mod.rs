@@ -148,6 +148,7 @@ pub fn convert(app: &App, req: &ImportRequest, dir: &Path) -> Result<Imported, S
         binary: req.binary.clone(),
         on_failure_alert: req.on_failure_alert,
         control_group: req.control_group.clone(),
+        credentials: Vec::new(),
     };
     let (socket, service) = crate::init::render_units(&init, "`corral import`; edit freely")?;
     let mut files = vec![File { path: crate::init::under_root(&req.root, &config_path), text: cfg }, socket, service];
