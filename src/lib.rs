@@ -52,6 +52,7 @@ pub const VERSION: &str = match option_env!("CORRAL_BUILD_VERSION") {
 pub mod cli;
 pub mod config;
 pub mod control;
+pub mod credentials;
 pub mod driver;
 pub(crate) mod gate;
 pub mod handover;

@@ -44,6 +44,11 @@ impl RuntimeDir {
                     std::fs::create_dir_all(&path).map_err(io("create", &path))?;
                 }
                 let dir = open_dir(&path, None).and_then(|d| check_dir(&path, &d, Owner::Me).map(|_| d))?;
+                // Workers of another user go through it to their notify socket, metrics folder
+                // and credentials, as below; systemd's RuntimeDirectoryMode= is for the rest.
+                if let Some(gid) = worker_gid {
+                    give_to_workers(&path, &dir, gid)?;
+                }
                 (path, dir)
             }
             None => {
@@ -51,19 +56,13 @@ impl RuntimeDir {
                 let root_fd = ensure_root(&root)?;
                 let path = root.join(name);
                 let dir = ensure_dir(&root_fd, &path, 0o700, Owner::Me)?;
-                let mode = if worker_gid.is_some() { 0o710 } else { 0o700 };
-                if let Some(gid) = worker_gid {
-                    nix::unistd::fchown(&dir, None, Some(nix::unistd::Gid::from_raw(gid))).map_err(|e| {
-                        RuntimeDirError::Io {
-                            action: format!("give {} to the workers' group", path.display()),
-                            error: e.to_string(),
-                        }
-                    })?;
+                match worker_gid {
+                    Some(gid) => give_to_workers(&path, &dir, gid)?,
+                    None => fchmod(&dir, Mode::from_bits_truncate(0o700)).map_err(|e| RuntimeDirError::Io {
+                        action: format!("set permissions on {}", path.display()),
+                        error: e.to_string(),
+                    })?,
                 }
-                fchmod(&dir, Mode::from_bits_truncate(mode)).map_err(|e| RuntimeDirError::Io {
-                    action: format!("set permissions on {}", path.display()),
-                    error: e.to_string(),
-                })?;
                 (path, dir)
             }
         };
@@ -149,6 +148,19 @@ impl RuntimeDir {
     pub fn lock_fd(&self) -> std::os::fd::RawFd {
         std::os::fd::AsRawFd::as_raw_fd(&*self._lock)
     }
+}
+
+/// The directory's group becomes the workers' (who run as another user), mode 0710: they go
+/// through it, and only root and they may.
+fn give_to_workers(path: &Path, dir: &OwnedFd, gid: u32) -> Result<(), RuntimeDirError> {
+    nix::unistd::fchown(dir, None, Some(nix::unistd::Gid::from_raw(gid))).map_err(|e| RuntimeDirError::Io {
+        action: format!("give {} to the workers' group", path.display()),
+        error: e.to_string(),
+    })?;
+    fchmod(dir, Mode::from_bits_truncate(0o710)).map_err(|e| RuntimeDirError::Io {
+        action: format!("set permissions on {}", path.display()),
+        error: e.to_string(),
+    })
 }
 
 fn systemd_runtime_directory() -> Option<PathBuf> {

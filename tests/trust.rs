@@ -524,3 +524,52 @@ impl Drop for KillGroup {
         let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(self.0), nix::sys::signal::Signal::SIGKILL);
     }
 }
+
+#[test]
+fn workers_of_another_user_read_the_units_credentials_and_no_one_else_can() {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("skipped: needs root to start workers as another user");
+        return;
+    }
+    // What systemd makes of LoadCredential=: a folder only the unit's user (root) reads.
+    let creds = TempDir::new("creds");
+    std::fs::write(creds.join("token"), "s3cret-token\n").unwrap();
+    std::fs::set_permissions(creds.join("token"), std::fs::Permissions::from_mode(0o400)).unwrap();
+    std::fs::set_permissions(creds.path(), std::fs::Permissions::from_mode(0o500)).unwrap();
+    let copies = ForOtherUsers::new();
+    let port = free_port();
+    let cfg = format!(
+        "command = [\"/usr/bin/python3\", \"{}\"]\ninstances = 2\nuser = \"nobody\"\nlisten = [\"127.0.0.1:{port}\"]\n",
+        copies.worker().display()
+    );
+    let dir = creds.path().display().to_string();
+    let opts = Options { wrapper: vec!["env".into(), format!("CREDENTIALS_DIRECTORY={dir}")], ..Options::default() };
+    let mut m = Master::start("creds", &cfg, opts);
+    m.systemd().wait("READY=1");
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    for _ in 0..4 {
+        assert_eq!(get_path(addr, "/credential/token").expect("a worker reads the credential"), "s3cret-token\n");
+    }
+    // The copy is the workers' user's alone, in a folder only root and their group go through.
+    let nobody = nix::unistd::User::from_name("nobody").unwrap().unwrap();
+    let copy = m.dir.join("run/pool/credentials");
+    let (d, f) = (std::fs::metadata(&copy).unwrap(), std::fs::metadata(copy.join("token")).unwrap());
+    assert_eq!((d.uid(), d.mode() & 0o777), (nobody.uid.as_raw(), 0o500));
+    assert_eq!((f.uid(), f.mode() & 0o777), (nobody.uid.as_raw(), 0o400));
+    let run = std::fs::metadata(m.dir.join("run/pool")).unwrap();
+    assert_eq!((run.gid(), run.mode() & 0o777), (nobody.gid.as_raw(), 0o710));
+    // Another user, even in the workers' group, cannot read it.
+    let out = Command::new("setpriv")
+        .args(["--reuid=daemon", &format!("--regid={}", nobody.gid.as_raw()), "--clear-groups", "cat"])
+        .arg(copy.join("token"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "another user read the copy");
+    // A reload keeps serving it; the master's stop removes the copy.
+    let (code, _, err) = m.cli(&["reload", "pool"]);
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(get_path(addr, "/credential/token").unwrap(), "s3cret-token\n");
+    m.signal(nix::sys::signal::Signal::SIGTERM);
+    m.wait_exit();
+    assert!(!copy.exists(), "the copy outlived the master");
+}

@@ -122,7 +122,16 @@ class Handler(http.server.BaseHTTPRequestHandler):
             f"worker {os.getpid()} slot {os.environ.get('CORRAL_WORKER')} "
             f"generation {os.environ.get('CORRAL_GENERATION')} release {RELEASE}\n"
         ).encode()
-        self.send_response(200)
+        code = 200
+        if self.path.startswith("/credential/"):
+            # A systemd credential, read as an app reads one: $CREDENTIALS_DIRECTORY/NAME.
+            name = os.path.basename(self.path[len("/credential/"):])
+            try:
+                with open(os.path.join(os.environ["CREDENTIALS_DIRECTORY"], name), "rb") as f:
+                    body = f.read()
+            except (KeyError, OSError) as e:
+                body, code = f"cannot read credential {name}: {e!r}\n".encode(), 500
+        self.send_response(code)
         self.send_header("Content-Type", "text/plain")
         self.send_header("Content-Length", str(len(body)))
         if STOPPING.is_set():

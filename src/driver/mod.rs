@@ -98,6 +98,8 @@ pub struct Driver {
     events: VecDeque<Event>,
     /// `corral status`/`reload`/`scale` come in here.
     control: ControlServer,
+    /// The workers' user that `RUNTIME/credentials` was copied for ([`crate::credentials`]).
+    credentials_for: Option<u32>,
     /// How the control socket was last opened to `[control] group`.
     control_access: crate::control::GroupAccess,
     /// `/metrics` and `/health`, when configured, with its connection limit.
@@ -314,8 +316,9 @@ impl Driver {
                 () = self.systemd.flush(), if self.systemd.pending() => {}
             }
         }
-        // Every worker is gone: the watcher has nothing to do.
+        // Every worker is gone: the watcher has nothing to do, and no one reads the secrets.
         self.record.remove();
+        crate::credentials::remove(&self.runtime.path);
         if let Some(w) = self.watcher.take() {
             w.bye();
         }

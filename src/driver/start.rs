@@ -95,6 +95,7 @@ impl Driver {
             events: VecDeque::new(),
             control,
             control_access: crate::control::GroupAccess::Private,
+            credentials_for: None,
             metrics,
             replies: HashMap::new(),
             next_reply: 0,

@@ -36,7 +36,15 @@ impl Driver {
                 }
             }
         };
+        let credentials_dir = match &credentials {
+            Some(c) => self.worker_credentials(c)?,
+            None => None,
+        };
         let mut env = self.worker_env(slot, generation, config, credentials.as_ref());
+        if let Some(dir) = credentials_dir {
+            env.retain(|(k, _)| k != "CREDENTIALS_DIRECTORY");
+            env.push(("CREDENTIALS_DIRECTORY".into(), dir.to_string_lossy().into_owned()));
+        }
         if config.ready.mode == ReadyMode::Ipc {
             env.push(("NODE_CHANNEL_FD".into(), (3 + self.sockets.sockets.len()).to_string()));
             env.push(("NODE_CHANNEL_SERIALIZATION_MODE".into(), "json".into()));
@@ -87,6 +95,29 @@ impl Driver {
         let tail_until = Instant::now() + crate::pool::EARLY_EXIT;
         self.take_charge(child.pid, (slot, generation), meta, pipes, config.ready.mode, tail_until);
         Ok(child.pid)
+    }
+
+    /// For a worker that runs as another user than this (root) master: systemd's credentials
+    /// of the unit, copied where that user may read them ([`crate::credentials`]), once per
+    /// user. None when systemd gave the unit none.
+    fn worker_credentials(&mut self, c: &Credentials) -> Result<Option<std::path::PathBuf>, SpawnError> {
+        let Some(from) = self.base_env.iter().find(|(k, _)| k == "CREDENTIALS_DIRECTORY").map(|(_, v)| v.clone())
+        else {
+            return Ok(None);
+        };
+        let dir = self.runtime.path.join(crate::credentials::DIR);
+        if self.credentials_for == Some(c.uid) {
+            return Ok(Some(dir));
+        }
+        crate::credentials::copy_for(std::path::Path::new(&from), &self.runtime.path, c.uid, c.gid).map_err(
+            |error| SpawnError::Resources {
+                what: format!("give the pool's systemd credentials to user {}", c.name),
+                error,
+            },
+        )?;
+        tracing::info!("systemd credentials of the unit copied to {} for user {}", dir.display(), c.name);
+        self.credentials_for = Some(c.uid);
+        Ok(Some(dir))
     }
 
     /// Take charge of a worker process, new or taken over by an upgrade: forward its output

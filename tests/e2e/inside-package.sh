@@ -142,6 +142,49 @@ curl -sf --max-time 30 http://127.0.0.1:3001/ >/dev/null && ok "template instanc
 wait_for "corral@api2 ready" sh -c 'systemctl show corral@api2 -p StatusText --value | grep -q "^2/2 workers ready"'
 echo "FIGURE: systemd-analyze security corral@api2.service (the template, root master): $(exposure corral@api2.service)"
 
+# 3b. Secrets as systemd credentials (`corral init --credential`): workers read
+#     $CREDENTIALS_DIRECTORY/NAME, whether they run as the master's user (--user) or as the
+#     config's user under a root master (which copies them for that user); the encrypted form
+#     comes from `systemd-creds encrypt`.
+mkdir -p /etc/corral/secrets && chmod 0700 /etc/corral/secrets
+printf 'plain-token\n' > /etc/corral/secrets/token && chmod 0600 /etc/corral/secrets/token
+creds="--credential token=/etc/corral/secrets/token"
+if printf 'encrypted-key\n' | systemd-creds encrypt --with-key=host --name=apikey - /etc/corral/secrets/apikey.cred >/tmp/creds.log 2>&1; then
+  ok "systemd-creds encrypt --with-key=host (apikey.cred)"
+  creds="$creds --credential apikey=/etc/corral/secrets/apikey.cred"
+else
+  fail "systemd-creds encrypt: $(cat /tmp/creds.log)"
+fi
+cp /e2e/worker.py /srv/worker.py
+# shellcheck disable=SC2086
+corral init credapi --user web $creds --listen 127.0.0.1:3005 --instances 2 -- python3 /srv/worker.py >/tmp/init-cred.log 2>&1 \
+  && ok "corral init credapi --user web $creds" || { cat /tmp/init-cred.log; fail "corral init credapi"; }
+# shellcheck disable=SC2086
+corral init credroot $creds --listen 127.0.0.1:3006 --instances 2 -- python3 /srv/worker.py >/tmp/init-cred.log 2>&1 \
+  && ok "corral init credroot (root master)" || { cat /tmp/init-cred.log; fail "corral init credroot"; }
+sed -i '/^instances = /a user = "web"' /etc/corral/credroot.toml
+grep -q '^LoadCredential=token:/etc/corral/secrets/token$' /etc/systemd/system/credroot.service && ok "the unit says LoadCredential=token:…" \
+  || fail "credroot.service: $(grep -i credential /etc/systemd/system/credroot.service)"
+systemctl daemon-reload
+systemctl enable --now credapi.socket credroot.socket >/dev/null 2>&1 && ok "credapi.socket and credroot.socket enabled" || fail "enable the credential pools"
+for pool in credapi:3005 credroot:3006; do
+  name=${pool%:*}; port=${pool#*:}
+  got=$(curl -s --max-time 30 "http://127.0.0.1:$port/credential/token")
+  [ "$got" = plain-token ] && ok "$name: a worker reads \$CREDENTIALS_DIRECTORY/token" || fail "$name: token: $got $(journalctl -u "$name" --no-pager | tail -5)"
+  if [ -e /etc/corral/secrets/apikey.cred ]; then
+    got=$(curl -s --max-time 10 "http://127.0.0.1:$port/credential/apikey")
+    [ "$got" = encrypted-key ] && ok "$name: a worker reads the decrypted apikey (LoadCredentialEncrypted=)" || fail "$name: apikey: $got"
+  fi
+done
+root_main=$(systemctl show credroot -p MainPID --value)
+[ "$(ps -o user= -p "$root_main" | tr -d ' ')" = root ] && [ "$(ps -o user= --ppid "$root_main" | sort -u | tr -d ' ')" = web ] \
+  && ok "credroot: the master is root, its workers web" || fail "credroot users: $(ps -o user=,pid= -p "$root_main") / $(ps -o user= --ppid "$root_main")"
+systemctl reload credroot && [ "$(curl -s --max-time 10 http://127.0.0.1:3006/credential/token)" = plain-token ] \
+  && ok "credroot: after a reload the new workers read it too" || fail "credroot after a reload"
+leak=$(grep -l plain-token /etc/corral/*.toml /proc/"$root_main"/environ /proc/"$(pgrep -P "$root_main" | head -1)"/environ 2>/dev/null)
+[ -z "$leak" ] && ok "the secret is in no config and no environment" || fail "the secret leaked into: $leak"
+systemctl disable --now credapi.socket credroot.socket credapi.service credroot.service >/dev/null 2>&1
+
 # 4. Rolling reload under load; a broken release fails the reload and the old generation serves.
 load myapi 3000
 sleep 0.5
