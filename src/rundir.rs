@@ -127,20 +127,31 @@ impl RuntimeDir {
     }
 
     /// The lock's descriptor, for `corral upgrade`.
-    /// Let anyone traverse the directory (o+x, not list it), so that members of `[control]
-    /// group` reach the control socket; or take that back. Every file in it keeps its own
-    /// mode: the control socket is the group's, the notify socket and the metrics folder
-    /// belong to the master and the workers alone.
-    pub fn let_others_through(&self, yes: bool) -> Result<(), RuntimeDirError> {
+    /// Who goes through the directory: the workers' group when they run as another user
+    /// (`worker_gid`: g+x), and anyone when members of `[control] group` must reach the control
+    /// socket (`others`: o+x, not listing it). Every file in it keeps its own mode: the control
+    /// socket is that group's, the notify socket the workers' group's, the metrics and
+    /// credentials folders the workers' user's. Applied at start and at every reload: systemd
+    /// sets `RuntimeDirectoryMode=` and the owner again when it starts `ExecReload=`.
+    pub fn set_access(&self, worker_gid: Option<u32>, others: bool) -> Result<(), RuntimeDirError> {
         let dir = open_dir(&self.path, None)?;
-        let inspect = |e: nix::errno::Errno| RuntimeDirError::Io {
+        let fail = |e: nix::errno::Errno| RuntimeDirError::Io {
             action: format!("set permissions on {}", self.path.display()),
             error: e.to_string(),
         };
-        let mode = fstat(&dir).map_err(inspect)?.st_mode & 0o7777;
-        let want = if yes { mode | 0o001 } else { mode & !0o001 };
+        let st = fstat(&dir).map_err(fail)?;
+        if let Some(gid) = worker_gid.filter(|g| *g != st.st_gid) {
+            nix::unistd::fchown(&dir, None, Some(nix::unistd::Gid::from_raw(gid))).map_err(fail)?;
+        }
+        let mode = st.st_mode & 0o7777;
+        let mut want = (mode & !0o077) | if others { 0o001 } else { 0 };
+        if worker_gid.is_some() {
+            want |= 0o010;
+        } else {
+            want |= mode & 0o050;
+        }
         if want != mode {
-            fchmod(&dir, Mode::from_bits_truncate(want)).map_err(inspect)?;
+            fchmod(&dir, Mode::from_bits_truncate(want)).map_err(fail)?;
         }
         Ok(())
     }

@@ -565,9 +565,15 @@ fn workers_of_another_user_read_the_units_credentials_and_no_one_else_can() {
         .output()
         .unwrap();
     assert!(!out.status.success(), "another user read the copy");
-    // A reload keeps serving it; the master's stop removes the copy.
+    // A reload keeps serving it, even after the runtime directory was given back to root alone
+    // (what systemd 257 does as it starts ExecReload=: RuntimeDirectoryMode= and the owner
+    // again); the master's stop removes the copy.
+    std::os::unix::fs::chown(m.dir.join("run/pool"), Some(0), Some(0)).unwrap();
+    std::fs::set_permissions(m.dir.join("run/pool"), std::fs::Permissions::from_mode(0o750)).unwrap();
     let (code, _, err) = m.cli(&["reload", "pool"]);
     assert_eq!(code, Some(0), "{err}");
+    let run = std::fs::metadata(m.dir.join("run/pool")).unwrap();
+    assert_eq!((run.gid(), run.mode() & 0o777), (nobody.gid.as_raw(), 0o710));
     assert_eq!(get_path(addr, "/credential/token").unwrap(), "s3cret-token\n");
     m.signal(nix::sys::signal::Signal::SIGTERM);
     m.wait_exit();

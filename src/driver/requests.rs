@@ -48,14 +48,32 @@ impl Driver {
         self.next_reply
     }
 
-    /// Who besides root and the master's user may use the control socket (`[control] group`):
-    /// at start and at every reload. What cannot be done is said, and changes nothing.
+    /// Who besides root and the master's user may use the control socket (`[control] group`),
+    /// and who goes through the runtime directory (that group's members, workers of another
+    /// user): at start and at every reload. What cannot be done is said, and changes nothing.
     pub(super) fn open_control_socket(&mut self, config: &Config) {
         let wanted = config.control.group.as_deref();
         match self.control.admit_group(wanted) {
             Ok(access) => {
-                if let Err(e) = self.runtime.let_others_through(access != control::GroupAccess::Private) {
-                    tracing::warn!("{e}: members of control.group may not reach the control socket");
+                let worker_gid = match &config.user {
+                    Some(user) if nix::unistd::geteuid().is_root() => {
+                        crate::launch::Credentials::lookup(user).ok().map(|c| c.gid)
+                    }
+                    _ => None,
+                };
+                if let Err(e) = self.runtime.set_access(worker_gid, access != control::GroupAccess::Private) {
+                    tracing::warn!("{e}: workers of another user, or members of control.group, may not get through");
+                }
+                if let Some(gid) = worker_gid {
+                    let notify = self.notify.path().to_owned();
+                    let given = nix::unistd::chown(&notify, None, Some(nix::unistd::Gid::from_raw(gid)))
+                        .map_err(std::io::Error::from)
+                        .and_then(|()| {
+                            std::fs::set_permissions(&notify, std::os::unix::fs::PermissionsExt::from_mode(0o660))
+                        });
+                    if let Err(e) = given {
+                        tracing::warn!("cannot give {} to the workers' group: {e}", notify.display());
+                    }
                 }
                 if access != self.control_access {
                     match &access {
