@@ -4,8 +4,9 @@
 //! `SetCredential=`) to the unit's `User=` only: `$CREDENTIALS_DIRECTORY` is readable by root
 //! when the master runs as root, not by the config's `user` its workers drop to. So a root
 //! master copies them, once per worker user, into `RUNTIME/credentials/`: that folder is the
-//! workers' user's, mode 0500, each file 0400, in a runtime directory only root and the
-//! workers' group can go through (0710). The workers get `CREDENTIALS_DIRECTORY` pointing
+//! workers' user's, mode 0500, each file 0400, so no one else reads them, whoever may go
+//! through the runtime directory (root and the workers' group, 0710; under systemd, which keeps
+//! that directory root's, anyone: see [`crate::rundir::RuntimeDir::set_access`]). The workers get `CREDENTIALS_DIRECTORY` pointing
 //! there; nothing else changes for them. The copy is made again (file by file, each written
 //! aside and renamed into place, so a worker reading one never sees it missing or half written)
 //! when the workers' user changes, and removed when the master stops; under systemd the runtime

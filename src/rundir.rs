@@ -25,6 +25,8 @@ pub const WORKER_METRICS_DIR: &str = "metrics";
 pub struct RuntimeDir {
     pub path: PathBuf,
     _lock: nix::fcntl::Flock<std::fs::File>,
+    /// systemd made it (`RuntimeDirectory=`), and owns its owner.
+    managed: bool,
 }
 
 impl RuntimeDir {
@@ -44,11 +46,7 @@ impl RuntimeDir {
                     std::fs::create_dir_all(&path).map_err(io("create", &path))?;
                 }
                 let dir = open_dir(&path, None).and_then(|d| check_dir(&path, &d, Owner::Me).map(|_| d))?;
-                // Workers of another user go through it to their notify socket, metrics folder
-                // and credentials, as below; systemd's RuntimeDirectoryMode= is for the rest.
-                if let Some(gid) = worker_gid {
-                    give_to_workers(&path, &dir, gid)?;
-                }
+                // Its owner stays what systemd made it: see [`RuntimeDir::set_access`].
                 (path, dir)
             }
             None => {
@@ -77,7 +75,7 @@ impl RuntimeDir {
         .map_err(|e| RuntimeDirError::Io { action: format!("open {}", lock_path.display()), error: e.to_string() })?;
         let lock = nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock)
             .map_err(|_| RuntimeDirError::Locked { name: name.to_string(), lock: lock_path.clone() })?;
-        Ok(RuntimeDir { path, _lock: lock })
+        Ok(RuntimeDir { path, _lock: lock, managed: systemd_runtime_directory().is_some() })
     }
 }
 
@@ -90,7 +88,7 @@ impl RuntimeDir {
                 action: format!("keep the lock of {}", path.display()),
                 error: e.to_string(),
             })?;
-        Ok(RuntimeDir { path, _lock: lock })
+        Ok(RuntimeDir { path, _lock: lock, managed: systemd_runtime_directory().is_some() })
     }
 
     /// `metrics/` inside it, where workers serve their own metrics (`[metrics] workers`):
@@ -132,8 +130,16 @@ impl RuntimeDir {
     /// socket (`others`: o+x, not listing it). Every file in it keeps its own mode: the control
     /// socket is that group's, the notify socket the workers' group's, the metrics and
     /// credentials folders the workers' user's. Applied at start and at every reload: systemd
-    /// sets `RuntimeDirectoryMode=` and the owner again when it starts `ExecReload=`.
+    /// sets `RuntimeDirectoryMode=` again when it starts `ExecReload=`.
+    ///
+    /// A directory systemd made keeps the owner and group it gave it: systemd 257 gives the
+    /// whole tree back to the unit's user and group (files, folders, sockets) when it finds the
+    /// directory's owner changed, which would take the workers' files from them. Workers of
+    /// another user go through it as others do then (o+x), and what is theirs is theirs by
+    /// its own owner and mode.
     pub fn set_access(&self, worker_gid: Option<u32>, others: bool) -> Result<(), RuntimeDirError> {
+        let (worker_gid, others) =
+            if self.managed { (None, others || worker_gid.is_some()) } else { (worker_gid, others) };
         let dir = open_dir(&self.path, None)?;
         let fail = |e: nix::errno::Errno| RuntimeDirError::Io {
             action: format!("set permissions on {}", self.path.display()),

@@ -179,8 +179,12 @@ done
 root_main=$(systemctl show credroot -p MainPID --value)
 [ "$(ps -o user= -p "$root_main" | tr -d ' ')" = root ] && [ "$(ps -o user= --ppid "$root_main" | sort -u | tr -d ' ')" = web ] \
   && ok "credroot: the master is root, its workers web" || fail "credroot users: $(ps -o user=,pid= -p "$root_main") / $(ps -o user= --ppid "$root_main")"
-systemctl reload credroot && [ "$(curl -s --max-time 10 http://127.0.0.1:3006/credential/token)" = plain-token ] \
-  && ok "credroot: after a reload the new workers read it too" || fail "credroot after a reload: $(journalctl -u credroot --no-pager | tail -25)"
+systemctl reload credroot && got=$(curl -s --max-time 10 http://127.0.0.1:3006/credential/token) && [ "$got" = plain-token ] \
+  && ok "credroot: after a reload the new workers read it too" \
+  || fail "credroot after a reload: $got $(ls -la /run/corral/credroot /run/corral/credroot/credentials 2>&1) $(journalctl -u credroot --no-pager | tail -25)"
+[ "$(stat -c %U:%G /run/corral/credroot)" = root:root ] && [ "$(stat -c %U:%a /run/corral/credroot/credentials)" = web:500 ] \
+  && ok "credroot: systemd's runtime directory stays root's; the copy is web's (0500)" \
+  || fail "credroot owners: $(stat -c '%n %U:%G %a' /run/corral/credroot /run/corral/credroot/credentials)"
 leak=$(grep -l plain-token /etc/corral/*.toml /proc/"$root_main"/environ /proc/"$(pgrep -P "$root_main" | head -1)"/environ 2>/dev/null)
 [ -z "$leak" ] && ok "the secret is in no config and no environment" || fail "the secret leaked into: $leak"
 systemctl disable --now credapi.socket credroot.socket credapi.service credroot.service >/dev/null 2>&1
