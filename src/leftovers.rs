@@ -24,6 +24,7 @@
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::os::fd::OwnedFd;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -219,7 +220,16 @@ impl Record {
         let mut tmp = self.path.clone().into_os_string();
         tmp.push(".new");
         let text: String = self.live.iter().map(|(pgid, start)| format!("+ {pgid} {start}\n")).collect();
-        let written = std::fs::write(&tmp, text)
+        // The master's and its watcher's alone (0600): the runtime directory may let others
+        // through (`[control] group`).
+        let _ = std::fs::remove_file(&tmp);
+        let written = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)
+            .and_then(|mut f| f.write_all(text.as_bytes()))
             .and_then(|()| std::fs::rename(&tmp, &self.path))
             .and_then(|()| std::fs::OpenOptions::new().append(true).open(&self.path));
         match written {
@@ -385,6 +395,8 @@ mod tests {
         r.started(me);
         let text = std::fs::read_to_string(&path).unwrap();
         assert!(text.lines().count() < 70, "{text}");
+        let mode = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&path).unwrap().permissions());
+        assert_eq!(mode & 0o777, 0o600, "the master's and its watcher's alone");
         assert_eq!(read(&path).keys().copied().collect::<Vec<_>>(), vec![me]);
         r.remove();
         assert!(read(&path).is_empty());

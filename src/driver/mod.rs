@@ -98,6 +98,9 @@ pub struct Driver {
     events: VecDeque<Event>,
     /// `corral status`/`reload`/`scale` come in here.
     control: ControlServer,
+    /// Who goes through the runtime directory, as last applied: the workers' group, others
+    /// ([`crate::rundir::RuntimeDir::set_access`]).
+    runtime_access: (Option<u32>, bool),
     /// The workers' user that `RUNTIME/credentials` was copied for ([`crate::credentials`]).
     credentials_for: Option<u32>,
     /// How the control socket was last opened to `[control] group`.

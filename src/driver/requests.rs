@@ -61,6 +61,7 @@ impl Driver {
                     }
                     _ => None,
                 };
+                self.runtime_access = (worker_gid, access != control::GroupAccess::Private);
                 if let Err(e) = self.runtime.set_access(worker_gid, access != control::GroupAccess::Private) {
                     tracing::warn!("{e}: workers of another user, or members of control.group, may not get through");
                 }

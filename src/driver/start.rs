@@ -96,6 +96,7 @@ impl Driver {
             control,
             control_access: crate::control::GroupAccess::Private,
             credentials_for: None,
+            runtime_access: (None, false),
             metrics,
             replies: HashMap::new(),
             next_reply: 0,

@@ -37,7 +37,15 @@ impl Driver {
             }
         };
         let credentials_dir = match &credentials {
-            Some(c) => self.worker_credentials(c)?,
+            Some(c) => {
+                // systemd may have reset the directory's mode since (it does at ExecReload=):
+                // one fstat when nothing changed.
+                let (gid, others) = self.runtime_access;
+                if let Err(e) = self.runtime.set_access(gid, others) {
+                    tracing::warn!("{e}: the worker may not reach its notify socket");
+                }
+                self.worker_credentials(c)?
+            }
             None => None,
         };
         let mut env = self.worker_env(slot, generation, config, credentials.as_ref());
