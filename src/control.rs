@@ -73,14 +73,15 @@ pub struct ControlServer {
     listener: tokio::net::UnixListener,
     path: PathBuf,
     gate: crate::gate::Gate,
-    /// `[control] group`, resolved: its name and gid. Read by each connection's task.
-    group: std::sync::Arc<std::sync::RwLock<Option<(String, u32)>>>,
+    /// How `[control] group` was last applied. Read by each connection's task.
+    access: std::sync::Arc<std::sync::RwLock<GroupAccess>>,
 }
 
 /// How [`ControlServer::admit_group`] opened the socket to a group.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub enum GroupAccess {
     /// Only root and the master's user (no group configured).
+    #[default]
     Private,
     /// Mode 0660, the group's.
     Group { name: String, gid: u32 },
@@ -88,6 +89,16 @@ pub enum GroupAccess {
     /// mode 0666, and the credentials check alone admits the group's members, as the D-Bus
     /// system bus does.
     CheckedOnly { name: String, gid: u32 },
+}
+
+impl GroupAccess {
+    /// The group admitted, if any: its name and gid.
+    fn group(&self) -> Option<(&str, u32)> {
+        match self {
+            GroupAccess::Private => None,
+            GroupAccess::Group { name, gid } | GroupAccess::CheckedOnly { name, gid } => Some((name, *gid)),
+        }
+    }
 }
 
 impl ControlServer {
@@ -105,14 +116,15 @@ impl ControlServer {
             listener: tokio::net::UnixListener::from_std(listener)?,
             path: path.to_owned(),
             gate: crate::gate::Gate::new("control socket"),
-            group: Default::default(),
+            access: Default::default(),
         })
     }
 
     /// Let members of `group` (`[control] group`) use the socket too, or, with `None`, no one
-    /// but root and the master's user. Applied at start and at every reload. A group that does
-    /// not exist is an error for the caller to report; the socket stays as it was.
-    pub fn admit_group(&self, group: Option<&str>) -> Result<GroupAccess, String> {
+    /// but root and the master's user; a change is logged. Applied at start and at every
+    /// reload. A group that does not exist is an error for the caller to report; the socket
+    /// stays as it was.
+    pub fn admit_group(&self, group: Option<&str>) -> Result<(), String> {
         use std::os::unix::fs::PermissionsExt;
         let set_mode = |mode: u32| {
             std::fs::set_permissions(&self.path, std::fs::Permissions::from_mode(mode))
@@ -120,18 +132,10 @@ impl ControlServer {
         };
         let Some(name) = group else {
             set_mode(0o600)?;
-            *self.group.write().unwrap_or_else(std::sync::PoisonError::into_inner) = None;
-            return Ok(GroupAccess::Private);
+            self.remember(GroupAccess::Private);
+            return Ok(());
         };
-        let gid = match nix::unistd::Group::from_name(name) {
-            Ok(Some(g)) => g.gid,
-            Ok(None) => {
-                return Err(format!(
-                    "control.group: there is no group {name:?} (the corral package creates `corral`;                      else create it with groupadd, or remove control.group)"
-                ))
-            }
-            Err(e) => return Err(format!("control.group: cannot look up group {name:?}: {e}")),
-        };
+        let gid = group_gid(name)?;
         let access = match nix::unistd::chown(&self.path, None, Some(gid)) {
             Ok(()) => {
                 set_mode(0o660)?;
@@ -143,8 +147,34 @@ impl ControlServer {
             }
             Err(e) => return Err(format!("cannot give {} to group {name:?}: {e}", self.path.display())),
         };
-        *self.group.write().unwrap_or_else(std::sync::PoisonError::into_inner) = Some((name.to_string(), gid.as_raw()));
-        Ok(access)
+        self.remember(access);
+        Ok(())
+    }
+
+    /// Keep `access` for the connections to come; say so when it changed.
+    fn remember(&self, access: GroupAccess) {
+        let mut kept = self.access.write().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if *kept == access {
+            return;
+        }
+        match &access {
+            GroupAccess::Private => {}
+            GroupAccess::Group { name, gid } => tracing::info!(
+                "control socket {}: members of group {name} (gid {gid}) may use it (mode 0660)",
+                self.path.display()
+            ),
+            GroupAccess::CheckedOnly { name, gid } => tracing::info!(
+                "control socket {}: members of group {name} (gid {gid}) may use it; this master is not in \
+                 that group, so the socket is mode 0666 and the credentials check alone refuses everyone else",
+                self.path.display()
+            ),
+        }
+        *kept = access;
+    }
+
+    /// Members of a group may come through the runtime directory to the socket.
+    pub fn open_to_others(&self) -> bool {
+        *self.access.read().unwrap_or_else(std::sync::PoisonError::into_inner) != GroupAccess::Private
     }
 
     /// The socket a previous image of this master bound (`corral upgrade`).
@@ -155,7 +185,7 @@ impl ControlServer {
             listener: tokio::net::UnixListener::from_std(listener)?,
             path: path.to_owned(),
             gate: crate::gate::Gate::new("control socket"),
-            group: Default::default(),
+            access: Default::default(),
         })
     }
 
@@ -173,9 +203,9 @@ impl ControlServer {
         let permit = self.gate.admit().await;
         match self.listener.accept().await {
             Ok((stream, _)) => {
-                let group = self.group.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
+                let access = self.access.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
                 tokio::spawn(async move {
-                    serve(stream, group, to_driver).await;
+                    serve(stream, access, to_driver).await;
                     drop(permit);
                 });
             }
@@ -190,12 +220,8 @@ impl Drop for ControlServer {
     }
 }
 
-async fn serve(
-    mut stream: tokio::net::UnixStream,
-    group: Option<(String, u32)>,
-    to_driver: mpsc::UnboundedSender<Incoming>,
-) {
-    let reply = match authorize(&stream, group.as_ref()) {
+async fn serve(mut stream: tokio::net::UnixStream, access: GroupAccess, to_driver: mpsc::UnboundedSender<Incoming>) {
+    let reply = match authorize(&stream, access.group()) {
         Err(refusal) => Reply::err(refusal.to_string()),
         Ok(()) => match read_request(&mut stream).await {
             Err(e) => Reply::err(e.to_string()),
@@ -213,6 +239,19 @@ async fn serve(
     text.push('\n');
     let _ = stream.write_all(text.as_bytes()).await;
     let _ = stream.shutdown().await;
+}
+
+/// The gid of `[control] group` `name`, or what `corral check` and the master say when there is
+/// none.
+pub fn group_gid(name: &str) -> Result<nix::unistd::Gid, String> {
+    match nix::unistd::Group::from_name(name) {
+        Ok(Some(g)) => Ok(g.gid),
+        Ok(None) => Err(format!(
+            "control.group: there is no group {name:?} (the corral package creates `corral`; else create it with \
+             groupadd, or remove control.group)"
+        )),
+        Err(e) => Err(format!("control.group: cannot look up group {name:?}: {e}")),
+    }
 }
 
 /// Why the control socket answers a connection with a refusal (the reply's `error`).
@@ -241,23 +280,23 @@ pub enum RequestError {
 /// refusal and nothing of theirs is read. Membership is the peer's own at `connect()`: its
 /// primary gid or one of its supplementary groups, as the kernel judges file access (a user
 /// just added to the group logs in again first, as for a file of the group's).
-fn authorize(stream: &tokio::net::UnixStream, group: Option<&(String, u32)>) -> Result<(), RequestError> {
+fn authorize(stream: &tokio::net::UnixStream, group: Option<(&str, u32)>) -> Result<(), RequestError> {
     let me = nix::unistd::geteuid().as_raw();
     let cred = stream.peer_cred().map_err(RequestError::Credentials)?;
     if cred.uid() == 0 || cred.uid() == me {
         return Ok(());
     }
     if let Some((_, gid)) = group {
-        let member = cred.gid() == *gid
+        let member = cred.gid() == gid
             || crate::os::peer::groups(std::os::fd::AsFd::as_fd(stream))
                 .map_err(RequestError::Credentials)?
-                .contains(gid);
+                .contains(&gid);
         if member {
             return Ok(());
         }
     }
     tracing::warn!("control request from uid {} refused", cred.uid());
-    Err(RequestError::NotAllowed { uid: cred.uid(), me, group: group.map(|(name, _)| name.clone()) })
+    Err(RequestError::NotAllowed { uid: cred.uid(), me, group: group.map(|(name, _)| name.to_string()) })
 }
 
 async fn read_request(stream: &mut tokio::net::UnixStream) -> Result<Request, RequestError> {

@@ -414,14 +414,8 @@ fn check(path: &Path) -> ExitCode {
             if let Some(w) = c.wrapper_warning() {
                 println!("warning: {w}");
             }
-            if let Some(group) = &c.control.group {
-                match nix::unistd::Group::from_name(group) {
-                    Ok(Some(_)) => {}
-                    _ => println!(
-                        "warning: control.group: there is no group {group:?} here: the control socket will stay root's \
-                         and the pool user's only (the corral package creates `corral`; else groupadd {group})"
-                    ),
-                }
+            if let Some(Err(e)) = c.control.group.as_deref().map(corral::control::group_gid) {
+                println!("warning: {e}: until then the control socket stays root's and the pool user's only");
             }
             ExitCode::SUCCESS
         }

@@ -27,6 +27,8 @@ pub struct RuntimeDir {
     _lock: nix::fcntl::Flock<std::fs::File>,
     /// systemd made it (`RuntimeDirectory=`), and owns its owner.
     managed: bool,
+    /// Who goes through it, as [`RuntimeDir::set_access`] was last told.
+    access: (Option<u32>, bool),
 }
 
 impl RuntimeDir {
@@ -35,9 +37,9 @@ impl RuntimeDir {
         systemd_runtime_directory().unwrap_or_else(|| runtime_root().join(name))
     }
 
-    /// Create the directory (0700, or 0710 with the workers' group so they can reach the notify
-    /// socket), check it is ours alone, and take its lock.
-    pub fn create(name: &str, worker_gid: Option<u32>) -> Result<RuntimeDir, RuntimeDirError> {
+    /// Create the directory (0700: who else goes through it is [`RuntimeDir::set_access`]'s),
+    /// check it is ours alone, and take its lock.
+    pub fn create(name: &str) -> Result<RuntimeDir, RuntimeDirError> {
         let (path, dir) = match systemd_runtime_directory() {
             // systemd made it for this service (RuntimeDirectory=): check it, leave its mode. (Set
             // by hand, it may not exist yet.)
@@ -54,13 +56,10 @@ impl RuntimeDir {
                 let root_fd = ensure_root(&root)?;
                 let path = root.join(name);
                 let dir = ensure_dir(&root_fd, &path, 0o700, Owner::Me)?;
-                match worker_gid {
-                    Some(gid) => give_to_workers(&path, &dir, gid)?,
-                    None => fchmod(&dir, Mode::from_bits_truncate(0o700)).map_err(|e| RuntimeDirError::Io {
-                        action: format!("set permissions on {}", path.display()),
-                        error: e.to_string(),
-                    })?,
-                }
+                fchmod(&dir, Mode::from_bits_truncate(0o700)).map_err(|e| RuntimeDirError::Io {
+                    action: format!("set permissions on {}", path.display()),
+                    error: e.to_string(),
+                })?;
                 (path, dir)
             }
         };
@@ -75,7 +74,7 @@ impl RuntimeDir {
         .map_err(|e| RuntimeDirError::Io { action: format!("open {}", lock_path.display()), error: e.to_string() })?;
         let lock = nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock)
             .map_err(|_| RuntimeDirError::Locked { name: name.to_string(), lock: lock_path.clone() })?;
-        Ok(RuntimeDir { path, _lock: lock, managed: systemd_runtime_directory().is_some() })
+        Ok(RuntimeDir { path, _lock: lock, managed: systemd_runtime_directory().is_some(), access: (None, false) })
     }
 }
 
@@ -88,7 +87,7 @@ impl RuntimeDir {
                 action: format!("keep the lock of {}", path.display()),
                 error: e.to_string(),
             })?;
-        Ok(RuntimeDir { path, _lock: lock, managed: systemd_runtime_directory().is_some() })
+        Ok(RuntimeDir { path, _lock: lock, managed: systemd_runtime_directory().is_some(), access: (None, false) })
     }
 
     /// `metrics/` inside it, where workers serve their own metrics (`[metrics] workers`):
@@ -124,7 +123,6 @@ impl RuntimeDir {
         Ok(path)
     }
 
-    /// The lock's descriptor, for `corral upgrade`.
     /// Who goes through the directory: the workers' group when they run as another user
     /// (`worker_gid`: g+x), and anyone when members of `[control] group` must reach the control
     /// socket (`others`: o+x, not listing it). Every file in it keeps its own mode: the control
@@ -137,7 +135,14 @@ impl RuntimeDir {
     /// directory's owner changed, which would take the workers' files from them. Workers of
     /// another user go through it as others do then (o+x), and what is theirs is theirs by
     /// its own owner and mode.
-    pub fn set_access(&self, worker_gid: Option<u32>, others: bool) -> Result<(), RuntimeDirError> {
+    pub fn set_access(&mut self, worker_gid: Option<u32>, others: bool) -> Result<(), RuntimeDirError> {
+        self.access = (worker_gid, others);
+        self.reapply_access()
+    }
+
+    /// [`RuntimeDir::set_access`] again, as last told (one `fstat` when nothing changed).
+    pub fn reapply_access(&self) -> Result<(), RuntimeDirError> {
+        let (worker_gid, others) = self.access;
         let (worker_gid, others) =
             if self.managed { (None, others || worker_gid.is_some()) } else { (worker_gid, others) };
         let dir = open_dir(&self.path, None)?;
@@ -162,22 +167,10 @@ impl RuntimeDir {
         Ok(())
     }
 
+    /// The lock's descriptor, for `corral upgrade`.
     pub fn lock_fd(&self) -> std::os::fd::RawFd {
         std::os::fd::AsRawFd::as_raw_fd(&*self._lock)
     }
-}
-
-/// The directory's group becomes the workers' (who run as another user), mode 0710: they go
-/// through it, and only root and they may.
-fn give_to_workers(path: &Path, dir: &OwnedFd, gid: u32) -> Result<(), RuntimeDirError> {
-    nix::unistd::fchown(dir, None, Some(nix::unistd::Gid::from_raw(gid))).map_err(|e| RuntimeDirError::Io {
-        action: format!("give {} to the workers' group", path.display()),
-        error: e.to_string(),
-    })?;
-    fchmod(dir, Mode::from_bits_truncate(0o710)).map_err(|e| RuntimeDirError::Io {
-        action: format!("set permissions on {}", path.display()),
-        error: e.to_string(),
-    })
 }
 
 fn systemd_runtime_directory() -> Option<PathBuf> {

@@ -98,13 +98,8 @@ pub struct Driver {
     events: VecDeque<Event>,
     /// `corral status`/`reload`/`scale` come in here.
     control: ControlServer,
-    /// Who goes through the runtime directory, as last applied: the workers' group, others
-    /// ([`crate::rundir::RuntimeDir::set_access`]).
-    runtime_access: (Option<u32>, bool),
     /// The workers' user that `RUNTIME/credentials` was copied for ([`crate::credentials`]).
     credentials_for: Option<u32>,
-    /// How the control socket was last opened to `[control] group`.
-    control_access: crate::control::GroupAccess,
     /// `/metrics` and `/health`, when configured, with its connection limit.
     metrics: Option<(tokio::net::TcpListener, crate::gate::Gate)>,
     /// Control clients waiting for an outcome (a reload, a scale), by the id the pool knows.
@@ -243,7 +238,7 @@ impl Driver {
         }
         let config = self.pool.config().clone();
         self.tell_capacity(&config);
-        self.open_control_socket(&config);
+        self.apply_access(&config);
         self.dispatch(Event::Start);
         while self.exit.is_none() {
             if let Some(pending) = self.pending_upgrade.take() {

@@ -49,51 +49,30 @@ impl Driver {
     }
 
     /// Who besides root and the master's user may use the control socket (`[control] group`),
-    /// and who goes through the runtime directory (that group's members, workers of another
-    /// user): at start and at every reload. What cannot be done is said, and changes nothing.
-    pub(super) fn open_control_socket(&mut self, config: &Config) {
-        let wanted = config.control.group.as_deref();
-        match self.control.admit_group(wanted) {
-            Ok(access) => {
-                let worker_gid = match &config.user {
-                    Some(user) if nix::unistd::geteuid().is_root() => {
-                        crate::launch::Credentials::lookup(user).ok().map(|c| c.gid)
-                    }
-                    _ => None,
-                };
-                self.runtime_access = (worker_gid, access != control::GroupAccess::Private);
-                if let Err(e) = self.runtime.set_access(worker_gid, access != control::GroupAccess::Private) {
-                    tracing::warn!("{e}: workers of another user, or members of control.group, may not get through");
-                }
-                if let Some(gid) = worker_gid {
-                    let notify = self.notify.path().to_owned();
-                    let given = nix::unistd::chown(&notify, None, Some(nix::unistd::Gid::from_raw(gid)))
-                        .map_err(std::io::Error::from)
-                        .and_then(|()| {
-                            std::fs::set_permissions(&notify, std::os::unix::fs::PermissionsExt::from_mode(0o660))
-                        });
-                    if let Err(e) = given {
-                        tracing::warn!("cannot give {} to the workers' group: {e}", notify.display());
-                    }
-                }
-                if access != self.control_access {
-                    match &access {
-                        control::GroupAccess::Private => {}
-                        control::GroupAccess::Group { name, gid } => tracing::info!(
-                            "control socket {}: members of group {name} (gid {gid}) may use it (mode 0660)",
-                            self.control.path().display()
-                        ),
-                        control::GroupAccess::CheckedOnly { name, gid } => tracing::info!(
-                            "control socket {}: members of group {name} (gid {gid}) may use it; this master \
-                             is not in that group, so the socket is mode 0666 and the credentials check \
-                             alone refuses everyone else",
-                            self.control.path().display()
-                        ),
-                    }
-                    self.control_access = access;
-                }
+    /// and who goes through the runtime directory to it and to the notify socket (that group's
+    /// members; workers of another user): at start and at every reload. What cannot be done is
+    /// said, and changes nothing.
+    pub(super) fn apply_access(&mut self, config: &Config) {
+        if let Err(e) = self.control.admit_group(config.control.group.as_deref()) {
+            tracing::error!("{e}; the control socket stays as it was");
+        }
+        let worker_gid = match &config.user {
+            Some(user) if nix::unistd::geteuid().is_root() => {
+                crate::launch::Credentials::lookup(user).ok().map(|c| c.gid)
             }
-            Err(e) => tracing::error!("{e}; the control socket stays as it was"),
+            _ => None,
+        };
+        if let Err(e) = self.runtime.set_access(worker_gid, self.control.open_to_others()) {
+            tracing::warn!("{e}: workers of another user, or members of control.group, may not get through");
+        }
+        if let Some(gid) = worker_gid {
+            let notify = self.notify.path().to_owned();
+            let given = nix::unistd::chown(&notify, None, Some(nix::unistd::Gid::from_raw(gid)))
+                .map_err(std::io::Error::from)
+                .and_then(|()| std::fs::set_permissions(&notify, std::os::unix::fs::PermissionsExt::from_mode(0o660)));
+            if let Err(e) = given {
+                tracing::warn!("cannot give {} to the workers' group: {e}", notify.display());
+            }
         }
     }
 
@@ -108,7 +87,7 @@ impl Driver {
             }
             // What a worker of the new config costs may differ (an IPC channel, metrics).
             self.tell_capacity(c);
-            self.open_control_socket(c);
+            self.apply_access(c);
         }
         self.dispatch(Event::Reload { config, reply });
     }

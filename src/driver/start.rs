@@ -94,9 +94,7 @@ impl Driver {
             exit: None,
             events: VecDeque::new(),
             control,
-            control_access: crate::control::GroupAccess::Private,
             credentials_for: None,
-            runtime_access: (None, false),
             metrics,
             replies: HashMap::new(),
             next_reply: 0,
@@ -162,13 +160,12 @@ impl Driver {
             tracing::warn!("cannot become a child subreaper: {e}");
         }
         launch::raise_nofile_limit();
-        let worker_gid = match &config.user {
-            Some(user) if nix::unistd::geteuid().is_root() => {
-                Some(Credentials::lookup(user).map_err(StartError::User)?.gid)
-            }
-            _ => None,
-        };
-        let runtime = RuntimeDir::create(&config.name, worker_gid).map_err(StartError::RuntimeDir)?;
+        // A user that does not exist stops the start here; who goes through the runtime directory
+        // to the notify socket is set before the first worker starts (`Driver::apply_access`).
+        if let Some(user) = config.user.as_ref().filter(|_| nix::unistd::geteuid().is_root()) {
+            Credentials::lookup(user).map_err(StartError::User)?;
+        }
+        let runtime = RuntimeDir::create(&config.name).map_err(StartError::RuntimeDir)?;
         // What a previous master of this pool left running when it was killed (the lock is ours, so
         // it is gone) is stopped before the sockets are bound: it may hold the port.
         crate::leftovers::stop_previous(&runtime.path);
@@ -185,16 +182,12 @@ impl Driver {
         }
         // Metrics sockets of a previous master's workers (they are gone: the lock is ours).
         let _ = std::fs::remove_dir_all(runtime.path.join(crate::rundir::WORKER_METRICS_DIR));
-        let mode = if worker_gid.is_some() { 0o660 } else { 0o600 };
         let notify_path = runtime.path.join(crate::rundir::NOTIFY_SOCKET);
-        let notify = NotifyServer::bind(&notify_path, mode).map_err(|source| StartError::Bind {
+        let notify = NotifyServer::bind(&notify_path, 0o600).map_err(|source| StartError::Bind {
             what: "notify",
             path: notify_path.clone(),
             source,
         })?;
-        if let Some(gid) = worker_gid {
-            let _ = nix::unistd::chown(&notify_path, None, Some(nix::unistd::Gid::from_raw(gid)));
-        }
         let control_path = runtime.path.join(crate::rundir::CONTROL_SOCKET);
         let control = ControlServer::bind(&control_path).map_err(|source| StartError::Bind {
             what: "control",

@@ -40,8 +40,7 @@ impl Driver {
             Some(c) => {
                 // systemd may have reset the directory's mode since (it does at ExecReload=):
                 // one fstat when nothing changed.
-                let (gid, others) = self.runtime_access;
-                if let Err(e) = self.runtime.set_access(gid, others) {
+                if let Err(e) = self.runtime.reapply_access() {
                     tracing::warn!("{e}: the worker may not reach its notify socket");
                 }
                 self.worker_credentials(c)?

@@ -78,14 +78,16 @@ impl Pool {
             self.out_of_descriptors = true;
             self.notices.push(Notice::OutOfDescriptors { fit, wanted: self.desired, nofile });
         }
-        // Workers on their way out hold their descriptors until they are reaped.
-        let leaving = self.workers.iter().any(|w| !w.is_live());
         for slot in outdated {
             // Out of room, a reload replaces one worker at a time: the reserve holds one
             // replacement, and the next starts once the worker it replaced has exited. When
             // nothing is in flight or leaving (a pool that runs more workers than a new config's
             // limit holds), one replacement goes ahead anyway, or the reload would never end.
-            if in_flight >= batch || (processes >= capacity.max(2) && (in_flight > 0 || leaving)) {
+            // (Workers on their way out hold their descriptors until they are reaped; looked for
+            // only when out of room: this runs after every event.)
+            let out_of_room =
+                processes >= capacity.max(2) && (in_flight > 0 || self.workers.iter().any(|w| !w.is_live()));
+            if in_flight >= batch || out_of_room {
                 break;
             }
             // A replacement that failed waits out its slot's backoff like an empty slot (the
